@@ -1,0 +1,78 @@
+//! Throughput of ViT-B-32: image and text encoding at batch 8 and 32, and one training step
+//! (forward, backward, AdamW) at batch 32. Run with `cargo bench -p clip-core`; the device is
+//! burn's default (`flex` on CPU unless `BURN_DEVICE` names another compiled-in backend).
+//! `CLIP_BENCH_MODEL` picks another named architecture, `CLIP_BENCH_ITERS` the timed repeats.
+
+use std::time::Instant;
+
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use clip_core::{ClipConfig, ClipLoss};
+
+fn iterations() -> usize {
+    std::env::var("CLIP_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3)
+}
+
+/// Token ids shaped like real captions: SOT, a few words, EOT, zero padding.
+fn captions(batch: usize, context: usize, device: &Device) -> Tensor<2, Int> {
+    let mut ids = vec![0i64; batch * context];
+    for (row, chunk) in ids.chunks_mut(context).enumerate() {
+        let len = 5 + row % 12;
+        chunk[0] = 49406;
+        for (i, id) in chunk.iter_mut().enumerate().take(len).skip(1) {
+            *id = 320 + ((row * 31 + i * 7) % 4000) as i64;
+        }
+        chunk[len] = 49407;
+    }
+    Tensor::from_data(TensorData::new(ids, [batch, context]), device)
+}
+
+/// Runs `f` once to warm up, then `iterations()` times, returning items per second.
+fn items_per_second(items: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let n = iterations();
+    for _ in 0..n {
+        f();
+    }
+    (items * n) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let name = std::env::var("CLIP_BENCH_MODEL").unwrap_or_else(|_| "ViT-B-32".into());
+    let config = ClipConfig::named(&name).expect("a named model config");
+    let device = Device::default();
+    println!("model {name}, device {device:?}, {} timed iterations", iterations());
+    let model = config.init(&device);
+    let size = config.vision.image_size;
+    let context = config.text.context_length;
+
+    for batch in [8, 32] {
+        let images = Tensor::<4>::random([batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
+        let rate = items_per_second(batch, || {
+            let _ = model.encode_image(images.clone(), true).into_data();
+        });
+        println!("encode_image  batch {batch:>3}: {rate:8.2} images/s");
+        let tokens = captions(batch, context, &device);
+        let rate = items_per_second(batch, || {
+            let _ = model.encode_text(tokens.clone(), true).into_data();
+        });
+        println!("encode_text   batch {batch:>3}: {rate:8.2} texts/s");
+    }
+
+    let batch = 32;
+    let train_device = device.clone().autodiff();
+    let mut model = config.init(&train_device);
+    let mut optimizer = AdamWConfig::new().with_weight_decay(0.2).init();
+    let images = Tensor::<4>::random([batch, 3, size, size], Distribution::Normal(0.0, 1.0), &train_device);
+    let tokens = captions(batch, context, &train_device);
+    let rate = items_per_second(batch, || {
+        let image = model.encode_image(images.clone(), true);
+        let text = model.encode_text(tokens.clone(), true);
+        let loss = ClipLoss::default().forward(image, text, model.logit_scale());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(1e-5, model.clone(), grads).clamp_logit_scale();
+        let _ = model.logit_scale.val().into_data();
+    });
+    println!("train step    batch {batch:>3}: {rate:8.2} samples/s (forward + backward + AdamW)");
+}

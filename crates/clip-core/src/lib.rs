@@ -1,0 +1,26 @@
+//! # clip-core
+//!
+//! CLIP on [burn](https://burn.dev): the ViT image tower and causal text tower, the CLIP BPE
+//! tokenizer, image preprocessing, the contrastive losses (InfoNCE and SigLIP), zero-shot
+//! classification, and weight import/export for open_clip/OpenAI and Hugging Face checkpoints.
+//! Outputs match open_clip and transformers to 1e-4 on the reference fixtures.
+
+pub mod config;
+pub mod error;
+pub mod fixtures;
+pub mod loss;
+pub mod model;
+pub mod preprocess;
+pub mod text;
+pub mod tokenizer;
+pub mod transformer;
+pub mod vision;
+pub mod weights;
+pub mod zero_shot;
+
+pub use config::ClipConfig;
+pub use error::{ClipError, Result};
+pub use loss::{ClipLoss, SigLipLoss};
+pub use model::{Clip, ClipLogits, l2_normalize};
+pub use tokenizer::ClipTokenizer;
+pub use zero_shot::{ZeroShotClassifier, imagenet_templates};

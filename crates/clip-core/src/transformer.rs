@@ -1,0 +1,206 @@
+//! The pre-norm residual attention transformer shared by both CLIP towers.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ClipError;
+
+/// The MLP non-linearity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Exact (erf) GELU, as `torch.nn.GELU()`.
+    Gelu,
+    /// OpenAI's `x * sigmoid(1.702 x)`.
+    QuickGelu,
+}
+
+impl Activation {
+    /// Applies the activation element-wise.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::Gelu => gelu(x),
+            Self::QuickGelu => x.clone() * sigmoid(x * 1.702),
+        }
+    }
+
+    /// Parses Hugging Face's `hidden_act` value; `field` names the key in errors.
+    pub fn from_hf_name(name: &str, origin: &str, field: &str) -> crate::Result<Self> {
+        match name {
+            "gelu" => Ok(Self::Gelu),
+            "quick_gelu" => Ok(Self::QuickGelu),
+            other => Err(ClipError::config(
+                origin,
+                format!("{field} = \"{other}\" is not supported (use \"gelu\" or \"quick_gelu\")"),
+            )),
+        }
+    }
+
+    /// The name Hugging Face uses for this activation.
+    pub fn hf_name(&self) -> &'static str {
+        match self {
+            Self::Gelu => "gelu",
+            Self::QuickGelu => "quick_gelu",
+        }
+    }
+}
+
+/// Configuration of a [`Transformer`].
+#[derive(Config, Debug)]
+pub struct TransformerConfig {
+    /// Residual stream width.
+    pub width: usize,
+    /// Number of residual attention blocks.
+    pub layers: usize,
+    /// Attention heads per block.
+    pub heads: usize,
+    /// Hidden size of each MLP.
+    pub mlp_width: usize,
+    /// MLP non-linearity.
+    pub activation: Activation,
+    /// Layer-norm epsilon.
+    #[config(default = 1e-5)]
+    pub layer_norm_eps: f64,
+}
+
+impl TransformerConfig {
+    /// Builds the transformer with freshly initialized weights.
+    pub fn init(&self, device: &Device) -> Transformer {
+        let resblocks = (0..self.layers)
+            .map(|_| ResidualAttentionBlock {
+                ln_1: LayerNormConfig::new(self.width)
+                    .with_epsilon(self.layer_norm_eps)
+                    .init(device),
+                attn: MultiHeadAttention {
+                    query: LinearConfig::new(self.width, self.width).init(device),
+                    key: LinearConfig::new(self.width, self.width).init(device),
+                    value: LinearConfig::new(self.width, self.width).init(device),
+                    out_proj: LinearConfig::new(self.width, self.width).init(device),
+                    heads: self.heads,
+                },
+                ln_2: LayerNormConfig::new(self.width)
+                    .with_epsilon(self.layer_norm_eps)
+                    .init(device),
+                mlp: Mlp {
+                    c_fc: LinearConfig::new(self.width, self.mlp_width).init(device),
+                    c_proj: LinearConfig::new(self.mlp_width, self.width).init(device),
+                    activation: self.activation,
+                },
+            })
+            .collect();
+        Transformer { resblocks }
+    }
+}
+
+/// A stack of pre-norm residual attention blocks.
+#[derive(Module, Debug)]
+pub struct Transformer {
+    /// The blocks, applied in order.
+    pub resblocks: Vec<ResidualAttentionBlock>,
+}
+
+impl Transformer {
+    /// `[batch, seq, width]` in and out; `causal` masks attention to later positions.
+    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+        self.resblocks
+            .iter()
+            .fold(x, |x, block| block.forward(x, causal))
+    }
+
+    /// As [`forward`](Self::forward), also returning the output of every block.
+    pub fn forward_with_hidden_states(&self, x: Tensor<3>, causal: bool) -> (Tensor<3>, Vec<Tensor<3>>) {
+        let mut hidden_states = Vec::with_capacity(self.resblocks.len());
+        let mut x = x;
+        for block in &self.resblocks {
+            x = block.forward(x, causal);
+            hidden_states.push(x.clone());
+        }
+        (x, hidden_states)
+    }
+}
+
+/// `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+#[derive(Module, Debug)]
+pub struct ResidualAttentionBlock {
+    /// Norm before attention.
+    pub ln_1: LayerNorm,
+    /// Multi-head self-attention.
+    pub attn: MultiHeadAttention,
+    /// Norm before the MLP.
+    pub ln_2: LayerNorm,
+    /// Two-layer MLP.
+    pub mlp: Mlp,
+}
+
+impl ResidualAttentionBlock {
+    /// `[batch, seq, width]` in and out.
+    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), causal);
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    }
+}
+
+/// Multi-head self-attention with separate query, key and value projections
+/// (open_clip's fused `in_proj` is split on import).
+#[derive(Module, Debug)]
+pub struct MultiHeadAttention {
+    /// Query projection.
+    pub query: Linear,
+    /// Key projection.
+    pub key: Linear,
+    /// Value projection.
+    pub value: Linear,
+    /// Output projection.
+    pub out_proj: Linear,
+    /// Number of heads.
+    pub heads: usize,
+}
+
+impl MultiHeadAttention {
+    /// `[batch, seq, width]` in and out.
+    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+        let [batch, seq, width] = x.dims();
+        let head_dim = width / self.heads;
+        let split_heads = |t: Tensor<3>| {
+            t.reshape([batch, seq, self.heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let q = split_heads(self.query.forward(x.clone()));
+        let k = split_heads(self.key.forward(x.clone()));
+        let v = split_heads(self.value.forward(x));
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: causal,
+        };
+        let out = attention(q, k, v, None, None, options)
+            .swap_dims(1, 2)
+            .reshape([batch, seq, width]);
+        self.out_proj.forward(out)
+    }
+}
+
+/// `c_proj(act(c_fc(x)))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// Expansion layer.
+    pub c_fc: Linear,
+    /// Projection back to the residual width.
+    pub c_proj: Linear,
+    /// Non-linearity between them.
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl Mlp {
+    /// `[..., width]` in and out.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.c_proj.forward(self.activation.forward(self.c_fc.forward(x)))
+    }
+}

@@ -1,0 +1,132 @@
+//! The key tables of the supported checkpoint layouts: open_clip/OpenAI and Hugging Face
+//! `CLIPModel`. Each is read in both directions (import and export).
+
+use super::mapping::{Entry, Layout, Transform};
+use crate::config::ClipConfig;
+
+use Transform::{Identity, PositionalEmbedding, Scalar, Transpose};
+
+/// Entries of a LayerNorm: `weight`/`bias` in PyTorch, `gamma`/`beta` in burn.
+fn layer_norm(entries: &mut Vec<Entry>, checkpoint: &str, ours: &str) {
+    entries.push(Entry::new(format!("{checkpoint}.weight"), format!("{ours}.gamma"), Identity));
+    entries.push(Entry::new(format!("{checkpoint}.bias"), format!("{ours}.beta"), Identity));
+}
+
+/// Entries of a PyTorch Linear with bias.
+fn linear(entries: &mut Vec<Entry>, checkpoint: &str, ours: &str) {
+    entries.push(Entry::new(format!("{checkpoint}.weight"), format!("{ours}.weight"), Transpose));
+    entries.push(Entry::new(format!("{checkpoint}.bias"), format!("{ours}.bias"), Identity));
+}
+
+/// open_clip/OpenAI layout (`visual.conv1.weight`, fused `in_proj_weight`, `x @ proj`).
+pub fn open_clip(config: &ClipConfig) -> Layout {
+    let mut e = Vec::new();
+    e.push(Entry::new("visual.conv1.weight", "visual.conv1.weight", Identity));
+    e.push(Entry::new("visual.class_embedding", "visual.class_embedding", Identity));
+    e.push(Entry::new(
+        "visual.positional_embedding",
+        "visual.positional_embedding",
+        PositionalEmbedding,
+    ));
+    layer_norm(&mut e, "visual.ln_pre", "visual.ln_pre");
+    open_clip_blocks(&mut e, "visual.transformer", "visual.transformer", config.vision.layers);
+    layer_norm(&mut e, "visual.ln_post", "visual.ln_post");
+    e.push(Entry::new("visual.proj", "visual.proj", Identity));
+
+    e.push(Entry::new("token_embedding.weight", "text.token_embedding.weight", Identity));
+    e.push(Entry::new("positional_embedding", "text.positional_embedding", Identity));
+    open_clip_blocks(&mut e, "transformer", "text.transformer", config.text.layers);
+    layer_norm(&mut e, "ln_final", "text.ln_final");
+    e.push(Entry::new("text_projection", "text.text_projection", Identity));
+    e.push(Entry::new("logit_scale", "logit_scale", Scalar));
+    Layout {
+        entries: e,
+        // OpenAI's released state dicts carry these three scalars besides the weights.
+        ignored: vec!["input_resolution".into(), "context_length".into(), "vocab_size".into()],
+    }
+}
+
+fn open_clip_blocks(e: &mut Vec<Entry>, checkpoint: &str, ours: &str, layers: usize) {
+    for i in 0..layers {
+        let c = format!("{checkpoint}.resblocks.{i}");
+        let o = format!("{ours}.resblocks.{i}");
+        for (index, name) in ["query", "key", "value"].into_iter().enumerate() {
+            e.push(Entry::new(
+                format!("{c}.attn.in_proj_weight"),
+                format!("{o}.attn.{name}.weight"),
+                Transform::Chunk { index, count: 3, transpose: true },
+            ));
+            e.push(Entry::new(
+                format!("{c}.attn.in_proj_bias"),
+                format!("{o}.attn.{name}.bias"),
+                Transform::Chunk { index, count: 3, transpose: false },
+            ));
+        }
+        linear(e, &format!("{c}.attn.out_proj"), &format!("{o}.attn.out_proj"));
+        for part in ["ln_1", "ln_2"] {
+            layer_norm(e, &format!("{c}.{part}"), &format!("{o}.{part}"));
+        }
+        for part in ["mlp.c_fc", "mlp.c_proj"] {
+            linear(e, &format!("{c}.{part}"), &format!("{o}.{part}"));
+        }
+    }
+}
+
+/// Hugging Face `CLIPModel` layout (`vision_model.encoder.layers.N.self_attn.q_proj`, ...).
+pub fn hugging_face(config: &ClipConfig) -> Layout {
+    let mut e = Vec::new();
+    let v = "vision_model";
+    e.push(Entry::new(
+        format!("{v}.embeddings.patch_embedding.weight"),
+        "visual.conv1.weight",
+        Identity,
+    ));
+    e.push(Entry::new(format!("{v}.embeddings.class_embedding"), "visual.class_embedding", Identity));
+    e.push(Entry::new(
+        format!("{v}.embeddings.position_embedding.weight"),
+        "visual.positional_embedding",
+        PositionalEmbedding,
+    ));
+    layer_norm(&mut e, &format!("{v}.pre_layrnorm"), "visual.ln_pre");
+    hf_layers(&mut e, &format!("{v}.encoder"), "visual.transformer", config.vision.layers);
+    layer_norm(&mut e, &format!("{v}.post_layernorm"), "visual.ln_post");
+    e.push(Entry::new("visual_projection.weight", "visual.proj", Transpose));
+
+    let t = "text_model";
+    e.push(Entry::new(
+        format!("{t}.embeddings.token_embedding.weight"),
+        "text.token_embedding.weight",
+        Identity,
+    ));
+    e.push(Entry::new(
+        format!("{t}.embeddings.position_embedding.weight"),
+        "text.positional_embedding",
+        Identity,
+    ));
+    hf_layers(&mut e, &format!("{t}.encoder"), "text.transformer", config.text.layers);
+    layer_norm(&mut e, &format!("{t}.final_layer_norm"), "text.ln_final");
+    e.push(Entry::new("text_projection.weight", "text.text_projection", Transpose));
+    e.push(Entry::new("logit_scale", "logit_scale", Scalar));
+    Layout {
+        entries: e,
+        // Older transformers versions persisted these index buffers.
+        ignored: vec![
+            format!("{v}.embeddings.position_ids"),
+            format!("{t}.embeddings.position_ids"),
+        ],
+    }
+}
+
+fn hf_layers(e: &mut Vec<Entry>, checkpoint: &str, ours: &str, layers: usize) {
+    for i in 0..layers {
+        let c = format!("{checkpoint}.layers.{i}");
+        let o = format!("{ours}.resblocks.{i}");
+        for (hf, name) in [("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"), ("out_proj", "out_proj")] {
+            linear(e, &format!("{c}.self_attn.{hf}"), &format!("{o}.attn.{name}"));
+        }
+        layer_norm(e, &format!("{c}.layer_norm1"), &format!("{o}.ln_1"));
+        layer_norm(e, &format!("{c}.layer_norm2"), &format!("{o}.ln_2"));
+        linear(e, &format!("{c}.mlp.fc1"), &format!("{o}.mlp.c_fc"));
+        linear(e, &format!("{c}.mlp.fc2"), &format!("{o}.mlp.c_proj"));
+    }
+}

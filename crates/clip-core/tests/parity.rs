@@ -1,0 +1,143 @@
+//! Numerical parity with open_clip and Hugging Face transformers on every model fixture under
+//! `$CLIP_FIXTURES/models` (default `../shared/fixtures`). Expected values are read from the
+//! fixture files, never written here.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use clip_core::fixtures::{self, ModelFixture, abs_diff};
+use std::path::{Path, PathBuf};
+
+use clip_core::weights::{self, CheckpointFormat, RawTensor};
+use clip_core::{Clip, ClipConfig};
+
+/// Embeddings and logits must agree to this absolute tolerance (the fixtures' README).
+const TOLERANCE: f32 = 1e-4;
+
+/// Formats handled by other crates' parity tests.
+const FORMATS_OF_OTHER_CRATES: &[(&str, &str)] = &[("hf_groupvit", "clip-seg")];
+
+fn tensor<const D: usize>(raw: &RawTensor, device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(raw.values.clone(), raw.shape.clone()), device)
+}
+
+fn token_ids(raw: &RawTensor, device: &Device) -> Tensor<2, Int> {
+    let ids: Vec<i64> = raw.values.iter().map(|&v| v as i64).collect();
+    Tensor::from_data(TensorData::new(ids, raw.shape.clone()), device)
+}
+
+fn check(fixture: &ModelFixture, what: &str, got: Tensor<2>, expected: &RawTensor) {
+    assert_eq!(got.dims().to_vec(), expected.shape, "{}: {what} shape", fixture.dir.display());
+    let got: Vec<f32> = got.into_data().iter::<f32>().collect();
+    let (max, mean) = abs_diff(&got, &expected.values);
+    eprintln!("{}: {what}: max abs diff {max:.3e}, mean {mean:.3e}", fixture.dir.display());
+    assert!(max <= TOLERANCE, "{}: {what} differs by {max:e} (> {TOLERANCE:e})", fixture.dir.display());
+}
+
+/// Runs a CLIP fixture; `normalized` says whether the expected embeddings are L2-normalized.
+fn check_clip(fixture: &ModelFixture, model: &Clip, normalized: bool, device: &Device) {
+    let inputs = fixture.tensors("inputs").unwrap();
+    let expected = fixture.tensors("expected").unwrap();
+    let images = tensor::<4>(&inputs["pixel_values"], device);
+    let tokens = token_ids(&inputs["input_ids"], device);
+    let image_embeds = model.encode_image(images, normalized);
+    let text_embeds = model.encode_text(tokens, normalized);
+    let logits = model.logits_from_embeddings(image_embeds.clone(), text_embeds.clone());
+    check(fixture, "image_embeds", image_embeds, &expected["image_embeds"]);
+    check(fixture, "text_embeds", text_embeds, &expected["text_embeds"]);
+    check(fixture, "logits_per_image", logits.per_image, &expected["logits_per_image"]);
+}
+
+fn config_of(fixture: &ModelFixture) -> ClipConfig {
+    let origin = fixture.dir.join("fixture.json").display().to_string();
+    match fixture.format.as_str() {
+        "open_clip" => ClipConfig::from_open_clip_value(fixture.model_config(), &origin).unwrap(),
+        _ => ClipConfig::from_hf_value(fixture.model_config(), &origin).unwrap(),
+    }
+}
+
+#[test]
+fn every_model_fixture_matches_its_reference() {
+    let device = Device::flex();
+    let root = fixtures::root();
+    let all = fixtures::model_fixtures(&root)
+        .unwrap_or_else(|e| panic!("cannot read fixtures under {} ({e}); set CLIP_FIXTURES", root.display()));
+    let mut checked = 0;
+    for fixture in &all {
+        match fixture.format.as_str() {
+            "open_clip" | "hf_clip" => {
+                let config = config_of(fixture);
+                let model = weights::load_clip(&fixture.file("model"), &config, &device).unwrap();
+                check_clip(fixture, &model, fixture.format == "hf_clip", &device);
+                checked += 1;
+            }
+            other => match FORMATS_OF_OTHER_CRATES.iter().find(|(format, _)| *format == other) {
+                Some((_, owner)) => eprintln!("{}: format {other} is checked by {owner}", fixture.dir.display()),
+                None => panic!(
+                    "{}: unknown fixture format '{other}' (known: open_clip, hf_clip, hf_groupvit)",
+                    fixture.dir.display()
+                ),
+            },
+        }
+    }
+    assert!(checked > 0, "no open_clip or hf_clip fixture found under {}", root.display());
+}
+
+/// Saves `model` in `format` under `dir` and returns the weights file written.
+fn save(format: CheckpointFormat, model: &Clip, config: &ClipConfig, dir: &Path) -> PathBuf {
+    match format {
+        CheckpointFormat::OpenClip => {
+            let path = dir.join("open_clip_model.safetensors");
+            weights::save_open_clip(model, config, &path).unwrap();
+            path
+        }
+        CheckpointFormat::HuggingFace => {
+            weights::save_hugging_face(model, config, dir).unwrap();
+            dir.join("model.safetensors")
+        }
+    }
+}
+
+#[test]
+fn export_then_import_gives_identical_tensors() {
+    let device = Device::flex();
+    let out = std::env::temp_dir().join(format!("clip-core-roundtrip-{}", std::process::id()));
+    for fixture in fixtures::model_fixtures(&fixtures::root()).unwrap() {
+        let (own, other) = match fixture.format.as_str() {
+            "open_clip" => (CheckpointFormat::OpenClip, CheckpointFormat::HuggingFace),
+            "hf_clip" => (CheckpointFormat::HuggingFace, CheckpointFormat::OpenClip),
+            _ => continue,
+        };
+        let config = config_of(&fixture);
+        let original = fixture.tensors("model").unwrap();
+        let model = weights::load_clip(&fixture.file("model"), &config, &device).unwrap();
+        let dir = out.join(fixture.dir.file_name().unwrap());
+
+        // Exported in the fixture's own layout, every tensor comes back bit for bit.
+        let same = save(own, &model, &config, &dir.join("same"));
+        assert_eq!(fixtures::read_tensors(&same).unwrap(), original, "{}", fixture.dir.display());
+
+        // Through the other layout and back, nothing changes either.
+        let crossed = save(other, &model, &config, &dir.join("other"));
+        let reimported = weights::load_clip(&crossed, &config, &device).unwrap();
+        let back = save(own, &reimported, &config, &dir.join("back"));
+        assert_eq!(fixtures::read_tensors(&back).unwrap(), original, "{}", fixture.dir.display());
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn hugging_face_export_carries_its_config() {
+    let device = Device::flex();
+    let fixture = fixtures::model_fixtures(&fixtures::root())
+        .unwrap()
+        .into_iter()
+        .find(|f| f.format == "hf_clip" || f.format == "open_clip")
+        .expect("a CLIP fixture");
+    let config = config_of(&fixture);
+    let model = weights::load_clip(&fixture.file("model"), &config, &device).unwrap();
+    let dir = std::env::temp_dir().join(format!("clip-core-hf-export-{}", std::process::id()));
+    weights::save_hugging_face(&model, &config, &dir).unwrap();
+    let (_, read_back) = weights::load_hugging_face(&dir, &device).unwrap();
+    assert_eq!(read_back.vision, config.vision);
+    assert_eq!(read_back.text, config.text);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,31 @@
+//! Every case of `$CLIP_FIXTURES/tokenizer/cases.jsonl` (open_clip's own ids) exactly.
+
+use clip_core::ClipTokenizer;
+use clip_core::fixtures;
+
+#[derive(serde::Deserialize)]
+struct Case {
+    text: String,
+    ids: Vec<i64>,
+}
+
+#[test]
+fn every_tokenizer_case_matches_open_clip() {
+    let path = fixtures::root().join("tokenizer/cases.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let tokenizer = ClipTokenizer::new();
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for (line, json) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let case: Case = serde_json::from_str(json).unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), line + 1));
+        let tokenizer = tokenizer.clone().with_context_length(case.ids.len()).unwrap();
+        let got = tokenizer.tokenize(&case.text).unwrap();
+        if got != case.ids {
+            failures.push(format!("line {}: {:?}\n  expected {:?}\n  got      {:?}", line + 1, case.text, case.ids, got));
+        }
+        checked += 1;
+    }
+    assert!(checked > 0, "no cases in {}", path.display());
+    assert!(failures.is_empty(), "{} of {checked} cases differ:\n{}", failures.len(), failures.join("\n"));
+    eprintln!("{checked} tokenizer cases identical to open_clip");
+}
