@@ -11,9 +11,27 @@ struct Case {
 
 #[test]
 fn every_tokenizer_case_matches_open_clip() {
+    check_every_case(&ClipTokenizer::new());
+}
+
+#[test]
+fn tokenizer_json_round_trip_matches_open_clip() {
+    let path = std::env::temp_dir().join(format!("clip-core-tokenizer-{}.json", std::process::id()));
+    ClipTokenizer::new().save(&path).unwrap();
+    let loaded = ClipTokenizer::from_file(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    check_every_case(&loaded);
+}
+
+#[test]
+fn unreadable_tokenizer_file_is_named() {
+    let err = ClipTokenizer::from_file("no/such/tokenizer.json".as_ref()).unwrap_err();
+    assert!(err.to_string().contains("no/such/tokenizer.json"), "{err}");
+}
+
+fn check_every_case(tokenizer: &ClipTokenizer) {
     let path = fixtures::root().join("tokenizer/cases.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let tokenizer = ClipTokenizer::new();
     let mut checked = 0;
     let mut failures = Vec::new();
     for (line, json) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {

@@ -161,6 +161,15 @@ impl ClipTokenizer {
         Self::wrap(tokenizer, path)
     }
 
+    /// Writes the tokenizer as a Hugging Face `tokenizer.json`, readable by
+    /// [`from_file`](Self::from_file) and by the `tokenizers` libraries.
+    pub fn save(&self, path: &Path) -> Result<(), TokenizerError> {
+        self.tokenizer.save(path, false).map_err(|e| TokenizerError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
     fn wrap(tokenizer: Tokenizer, origin: &Path) -> Result<Self, TokenizerError> {
         let find = |names: [&str; 2]| {
             names
