@@ -1,26 +1,44 @@
 //! Developer commands: `cargo xtask <command>`.
 //!
+//! - `digits [ASSET]`: regenerate `datasets/digits` from the UCI handwritten digits
+//!   (`../shared/assets/digits.csv.gz` by default).
 //! - `bench`: throughput of ViT-B-32 (image and text encoding, a training step) on the CPU.
 
+mod digits;
+
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
 
+const USAGE: &str = "usage: cargo xtask <command>
+  digits [ASSET]  regenerate datasets/digits from digits.csv.gz (default ../shared/assets/digits.csv.gz)
+  bench           ViT-B-32 encode and train-step throughput (CPU)";
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
     match args.first().map(String::as_str) {
-        Some("bench") => cargo(&["bench", "-p", "clip-core", "--bench", "throughput"]),
+        Some("digits") => {
+            let asset = args
+                .get(1)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("../shared/assets/digits.csv.gz"));
+            digits::convert(&asset, &root.join("datasets/digits"))
+        }
+        Some("bench") => cargo(&root, &["bench", "-p", "clip-core", "--bench", "throughput"]),
         Some(other) => bail!("unknown command '{other}'\n{USAGE}"),
         None => bail!("{USAGE}"),
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <command>\n  bench   ViT-B-32 encode and train-step throughput (CPU)";
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
 
 /// Runs cargo with `args` in the workspace root, failing if it fails.
-fn cargo(args: &[&str]) -> anyhow::Result<()> {
+fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let status = Command::new(&cargo)
         .args(args)
         .current_dir(root)

@@ -62,9 +62,12 @@ impl Clip {
     /// Clamps the log logit scale to `[0, ln 100]`; the trainer calls this after every
     /// optimizer step, as open_clip does.
     pub fn clamp_logit_scale(mut self) -> Self {
-        self.logit_scale = self
-            .logit_scale
-            .map(|scale| scale.clamp(0.0, MAX_LOG_LOGIT_SCALE));
+        // The clamp is not part of any loss: detach it so the parameter stays a graph leaf.
+        self.logit_scale = self.logit_scale.map(|scale| {
+            let trainable = scale.is_require_grad();
+            let clamped = scale.clamp(0.0, MAX_LOG_LOGIT_SCALE).detach();
+            if trainable { clamped.require_grad() } else { clamped }
+        });
         self
     }
 

@@ -1,0 +1,286 @@
+//! Run configuration: a TOML file, then `CLIPFORGE_*` environment variables, then
+//! `--set key=value` overrides, deserialized into typed sections that reject unknown keys and
+//! validated so that every error names the file and the key.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A complete training run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Where and how the run executes.
+    #[serde(default)]
+    pub run: RunSection,
+    /// The model to train.
+    pub model: ModelSection,
+    /// Training and validation data.
+    pub data: DataSection,
+    /// Optimization.
+    #[serde(default)]
+    pub train: TrainSection,
+    /// Evaluation at the end of training (and by `clipforge eval`).
+    #[serde(default)]
+    pub eval: EvalSection,
+}
+
+/// `[run]`: output, backend, seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// Output directory (checkpoints, metrics, summary); `--output` overrides it.
+    pub output: PathBuf,
+    /// Backend: `flex` (CPU), `wgpu` or `cuda`.
+    pub device: String,
+    /// Seed of model initialization, shuffling and augmentation.
+    pub seed: u64,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self {
+            output: PathBuf::from("runs/default"),
+            device: "flex".into(),
+            seed: 0,
+        }
+    }
+}
+
+/// `[model]`: architecture and optional starting weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A named architecture (`ViT-B-32`) or the path of an open_clip / Hugging Face JSON config.
+    pub name: String,
+    /// Checkpoint to fine-tune from (open_clip or Hugging Face layout); random init if absent.
+    #[serde(default)]
+    pub weights: Option<PathBuf>,
+}
+
+/// `[data]`: image-caption tables in open_clip's CSV/TSV layout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Training table (`.csv`, `.tsv`); image paths are relative to its folder.
+    pub train: PathBuf,
+    /// Validation table, used for the end-of-training evaluation.
+    #[serde(default)]
+    pub val: Option<PathBuf>,
+    /// Column holding image paths.
+    #[serde(default = "default_image_column")]
+    pub image_column: String,
+    /// Column holding captions.
+    #[serde(default = "default_caption_column")]
+    pub caption_column: String,
+    /// Column holding class names, for zero-shot evaluation.
+    #[serde(default)]
+    pub label_column: Option<String>,
+    /// Skip (and count) unreadable images instead of stopping the run.
+    #[serde(default)]
+    pub skip_bad_samples: bool,
+    /// Threads decoding and transforming images.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Range of the random-resized-crop area during training.
+    #[serde(default = "default_crop_scale")]
+    pub crop_scale: (f64, f64),
+}
+
+fn default_image_column() -> String {
+    "filepath".into()
+}
+fn default_caption_column() -> String {
+    "title".into()
+}
+fn default_workers() -> usize {
+    2
+}
+fn default_crop_scale() -> (f64, f64) {
+    (0.9, 1.0)
+}
+
+/// `[train]`: objective and optimizer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Contrastive loss: `infonce` (CLIP) or `siglip`.
+    pub loss: String,
+    /// Samples per optimizer step.
+    pub batch_size: usize,
+    /// Passes over the training data.
+    pub epochs: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// AdamW decoupled weight decay (not applied to gains, biases, 1-D embeddings, logit scale).
+    pub weight_decay: f64,
+    /// AdamW beta 1.
+    pub beta1: f64,
+    /// AdamW beta 2.
+    pub beta2: f64,
+    /// AdamW epsilon.
+    pub eps: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// Schedule after warm-up: `cosine` or `constant`.
+    pub schedule: String,
+    /// Clip the global gradient norm to this value (0: off).
+    pub grad_clip_norm: f64,
+    /// Parameter path prefixes to freeze (`visual` locks the image tower as in LiT).
+    pub freeze: Vec<String>,
+    /// Write a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Checkpoints to keep.
+    pub keep_checkpoints: usize,
+    /// Append to `metrics.jsonl` every this many steps.
+    pub log_every: usize,
+    /// Stop after this many steps even if epochs remain (0: no limit).
+    pub max_steps: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            loss: "infonce".into(),
+            batch_size: 64,
+            epochs: 1,
+            lr: 5e-4,
+            weight_decay: 0.2,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            warmup_steps: 0,
+            schedule: "cosine".into(),
+            grad_clip_norm: 0.0,
+            freeze: Vec::new(),
+            checkpoint_every: 0,
+            keep_checkpoints: 2,
+            log_every: 10,
+            max_steps: 0,
+        }
+    }
+}
+
+/// `[eval]`: zero-shot classification and retrieval on the validation table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Class names for zero-shot classification (defaults to the labels found in the table).
+    pub classes: Vec<String>,
+    /// Prompt templates, `{}` standing for the class name (defaults to OpenAI's 80).
+    pub templates: Vec<String>,
+    /// Images per forward pass during evaluation.
+    pub batch_size: usize,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            classes: Vec::new(),
+            templates: Vec::new(),
+            batch_size: 256,
+        }
+    }
+}
+
+/// A configuration problem, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// What is wrong, with the key.
+    pub message: String,
+}
+
+impl RunConfig {
+    /// Reads `path`, layers `CLIPFORGE_<SECTION>__<KEY>` environment variables and `overrides`
+    /// (`section.key=value`) on top, and validates the result.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let error = |message: String| ConfigError {
+            file: path.to_path_buf(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(error("no such configuration file".into()));
+        }
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("CLIPFORGE")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            );
+        for item in overrides {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| error(format!("--set {item:?} is not key=value")))?;
+            builder = builder
+                .set_override(key.trim(), parse_override(value.trim()))
+                .map_err(|e| error(format!("--set {item:?}: {e}")))?;
+        }
+        let config: Self = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| error(e.to_string()))?;
+        config.validate().map_err(error)?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: ranges, choices and the existence of input files.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = &self.train;
+        let checks: [(bool, String); 12] = [
+            (t.batch_size > 0, "train.batch_size must be at least 1".into()),
+            (t.epochs > 0, "train.epochs must be at least 1".into()),
+            (t.lr.is_finite() && t.lr > 0.0, format!("train.lr = {} must be positive", t.lr)),
+            (t.weight_decay >= 0.0, format!("train.weight_decay = {} must not be negative", t.weight_decay)),
+            ((0.0..1.0).contains(&t.beta1), format!("train.beta1 = {} must be in [0, 1)", t.beta1)),
+            ((0.0..1.0).contains(&t.beta2), format!("train.beta2 = {} must be in [0, 1)", t.beta2)),
+            (t.eps > 0.0, format!("train.eps = {} must be positive", t.eps)),
+            (t.grad_clip_norm >= 0.0, format!("train.grad_clip_norm = {} must not be negative", t.grad_clip_norm)),
+            (["infonce", "siglip"].contains(&t.loss.as_str()), format!("train.loss = {:?}: use \"infonce\" or \"siglip\"", t.loss)),
+            (["cosine", "constant"].contains(&t.schedule.as_str()), format!("train.schedule = {:?}: use \"cosine\" or \"constant\"", t.schedule)),
+            (t.keep_checkpoints > 0, "train.keep_checkpoints must be at least 1".into()),
+            (self.eval.batch_size > 0, "eval.batch_size must be at least 1".into()),
+        ];
+        if let Some((_, message)) = checks.into_iter().find(|(ok, _)| !ok) {
+            return Err(message);
+        }
+        if !["flex", "wgpu", "cuda"].contains(&self.run.device.as_str()) {
+            return Err(format!("run.device = {:?}: use \"flex\", \"wgpu\" or \"cuda\"", self.run.device));
+        }
+        let (lo, hi) = self.data.crop_scale;
+        if !(0.0 < lo && lo <= hi && hi <= 1.0) {
+            return Err(format!("data.crop_scale = {:?} must satisfy 0 < min <= max <= 1", self.data.crop_scale));
+        }
+        if !self.data.train.is_file() {
+            return Err(format!("data.train = {}: no such file", self.data.train.display()));
+        }
+        if let Some(val) = self.data.val.as_ref().filter(|v| !v.is_file()) {
+            return Err(format!("data.val = {}: no such file", val.display()));
+        }
+        if let Some(weights) = self.model.weights.as_ref().filter(|w| !w.exists()) {
+            return Err(format!("model.weights = {}: no such file", weights.display()));
+        }
+        clip_core::ClipConfig::from_name_or_path(&self.model.name).map_err(|e| format!("model.name: {e}"))?;
+        if self.eval.templates.iter().any(|t| !t.contains("{}")) {
+            return Err("eval.templates: every template needs a {} for the class name".into());
+        }
+        Ok(())
+    }
+}
+
+/// `--set` values: numbers and booleans typed, anything else a string.
+fn parse_override(value: &str) -> config::Value {
+    if let Ok(v) = value.parse::<i64>() {
+        v.into()
+    } else if let Ok(v) = value.parse::<f64>() {
+        v.into()
+    } else if let Ok(v) = value.parse::<bool>() {
+        v.into()
+    } else {
+        value.into()
+    }
+}

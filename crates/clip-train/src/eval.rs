@@ -1,0 +1,140 @@
+//! Evaluation on a labelled image-caption table: zero-shot top-1/top-5 accuracy over class
+//! names and prompt templates, and image-text retrieval recall@1/5/10.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use clip_core::preprocess::stack_images;
+use clip_core::{Clip, ClipTokenizer, ZeroShotClassifier, imagenet_templates};
+use serde::Serialize;
+
+use crate::config::EvalSection;
+use crate::data::Batcher;
+
+/// Evaluation results.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EvalReport {
+    /// Images evaluated (unreadable ones skipped when the config allows).
+    pub samples: usize,
+    /// Zero-shot top-1 accuracy (when the table has labels).
+    pub zero_shot_top1: Option<f64>,
+    /// Zero-shot top-5 accuracy.
+    pub zero_shot_top5: Option<f64>,
+    /// Top-1 accuracy of guessing: 1 / classes.
+    pub chance_top1: Option<f64>,
+    /// Image-to-text recall@1, @5, @10 (the row's own caption must be retrieved).
+    pub image_to_text_recall: [f64; 3],
+    /// Text-to-image recall@1, @5, @10.
+    pub text_to_image_recall: [f64; 3],
+}
+
+/// Evaluates `model` (without autodiff) on every row of the batcher's table.
+pub fn evaluate(
+    model: &Clip,
+    batcher: &Batcher,
+    tokenizer: &ClipTokenizer,
+    eval: &EvalSection,
+    device: &Device,
+) -> anyhow::Result<EvalReport> {
+    let rows: Vec<usize> = (0..batcher.table().pairs.len()).collect();
+    let mut image_embeds = Vec::new();
+    let mut text_embeds = Vec::new();
+    let mut kept = Vec::new();
+    for chunk in rows.chunks(eval.batch_size) {
+        let batch = batcher.batch(chunk, 0)?;
+        if batch.rows.is_empty() {
+            continue;
+        }
+        let images = stack_images(&batch.images, device)?;
+        let tokens = Tensor::<2, Int>::from_data(
+            TensorData::new(batch.tokens, [batch.rows.len(), tokenizer.context_length()]),
+            device,
+        );
+        image_embeds.push(model.encode_image(images, true));
+        text_embeds.push(model.encode_text(tokens, true));
+        kept.extend(batch.rows);
+    }
+    anyhow::ensure!(!kept.is_empty(), "{}: no readable image to evaluate", batcher.table().path.display());
+    let image_embeds = Tensor::cat(image_embeds, 0);
+    let text_embeds = Tensor::cat(text_embeds, 0);
+
+    let similarity = image_embeds.clone().matmul(text_embeds.transpose());
+    let mut report = EvalReport {
+        samples: kept.len(),
+        image_to_text_recall: recall_at([1, 5, 10], &rank_of_diagonal(similarity.clone())),
+        text_to_image_recall: recall_at([1, 5, 10], &rank_of_diagonal(similarity.transpose())),
+        ..EvalReport::default()
+    };
+
+    let labels: Vec<&str> = kept
+        .iter()
+        .filter_map(|&row| batcher.table().pairs[row].label.as_deref())
+        .collect();
+    if labels.len() == kept.len() {
+        let classes: Vec<String> = if eval.classes.is_empty() {
+            let mut found: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+            found.sort();
+            found.dedup();
+            found
+        } else {
+            eval.classes.clone()
+        };
+        let templates: Vec<String> = if eval.templates.is_empty() {
+            imagenet_templates().into_iter().map(String::from).collect()
+        } else {
+            eval.templates.clone()
+        };
+        let targets = labels
+            .iter()
+            .map(|label| {
+                classes.iter().position(|c| c == label).ok_or_else(|| {
+                    anyhow::anyhow!("label {label:?} of {} is not in eval.classes", batcher.table().path.display())
+                })
+            })
+            .collect::<anyhow::Result<Vec<usize>>>()?;
+        let classifier = ZeroShotClassifier::build(model, tokenizer, &classes, &templates, device)?;
+        let top = classifier.top_k(image_embeds, 5);
+        let hits = |k: usize| {
+            let correct = top
+                .iter()
+                .zip(&targets)
+                .filter(|(predictions, target)| predictions.iter().take(k).any(|p| p.class == **target))
+                .count();
+            correct as f64 / targets.len() as f64
+        };
+        report.zero_shot_top1 = Some(hits(1));
+        report.zero_shot_top5 = Some(hits(5));
+        report.chance_top1 = Some(1.0 / classes.len() as f64);
+    }
+    Ok(report)
+}
+
+/// For each row of a square similarity matrix, how many entries beat the diagonal one.
+fn rank_of_diagonal(similarity: Tensor<2>) -> Vec<usize> {
+    let [rows, cols] = similarity.dims();
+    let values: Vec<f32> = similarity.into_data().iter::<f32>().collect();
+    (0..rows)
+        .map(|i| {
+            let row = &values[i * cols..(i + 1) * cols];
+            row.iter().filter(|&&v| v > row[i]).count()
+        })
+        .collect()
+}
+
+/// Fraction of ranks below each `k`.
+fn recall_at(ks: [usize; 3], ranks: &[usize]) -> [f64; 3] {
+    ks.map(|k| ranks.iter().filter(|&&r| r < k).count() as f64 / ranks.len().max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recall_counts_the_rank_of_the_matching_item() {
+        let device = Device::flex();
+        // Row 0 ranks its match first, row 1 second (behind column 0), row 2 third.
+        let similarity = Tensor::<2>::from_floats([[0.9, 0.1, 0.0], [0.8, 0.5, 0.1], [0.7, 0.6, 0.2]], &device);
+        let ranks = rank_of_diagonal(similarity);
+        assert_eq!(ranks, vec![0, 1, 2]);
+        assert_eq!(recall_at([1, 2, 3], &ranks), [1.0 / 3.0, 2.0 / 3.0, 1.0]);
+    }
+}

@@ -1,0 +1,13 @@
+//! # clip-train
+//!
+//! The ClipForge trainer behind the `clipforge` command: runs described by TOML files
+//! ([`config::RunConfig`]), image-caption data ([`data`]), contrastive training with AdamW,
+//! warm-up and cosine schedule, checkpoints with exact resume ([`trainer::train`]), and
+//! zero-shot and retrieval evaluation ([`eval`]).
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod lr;
+pub mod trainer;

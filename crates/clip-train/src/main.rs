@@ -1,0 +1,176 @@
+//! `clipforge`: train, evaluate and use CLIP models from the command line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use clip_core::preprocess::{EvalTransformConfig, stack_images};
+use clip_core::{ClipConfig, ClipTokenizer, ZeroShotClassifier, imagenet_templates, weights};
+use clip_train::config::RunConfig;
+use clip_train::data::{Batcher, PairTable, Transform};
+use clip_train::{eval, trainer};
+
+#[derive(Parser)]
+#[command(name = "clipforge", version, about = "Train, fine-tune and use CLIP models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model as a run config describes.
+    Train {
+        /// The run config (TOML).
+        config: PathBuf,
+        /// Output directory (overrides run.output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Continue from the newest checkpoint in the output directory.
+        #[arg(long)]
+        resume: bool,
+        /// Override a config key, e.g. `--set train.lr=1e-4` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Validate a run config without running it.
+    Check {
+        /// The run config (TOML).
+        config: PathBuf,
+        /// Override a config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Evaluate a trained model (zero-shot and retrieval) on the config's validation table.
+    Eval {
+        /// The run config (TOML).
+        config: PathBuf,
+        /// A run's checkpoint folder, or open_clip / Hugging Face weights.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Override a config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Rank labels for images with a pretrained model.
+    ZeroShot {
+        /// Named architecture or JSON config (ignored for Hugging Face directories).
+        #[arg(long, default_value = "ViT-B-32")]
+        model: String,
+        /// open_clip / OpenAI checkpoint, Hugging Face directory, or a run's checkpoint folder.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Comma-separated class names.
+        #[arg(long)]
+        labels: String,
+        /// Images to classify.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// How many labels to print per image.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+    },
+    /// Write a model in open_clip or Hugging Face layout.
+    Export {
+        /// Named architecture or JSON config of the model.
+        #[arg(long)]
+        model: String,
+        /// A run's checkpoint folder, or weights in any supported layout.
+        #[arg(long)]
+        weights: PathBuf,
+        /// `open_clip` (a .safetensors file) or `hf` (a directory).
+        #[arg(long, default_value = "open_clip")]
+        format: String,
+        /// Output file (open_clip) or directory (hf).
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+fn main() {
+    if let Err(error) = run(Cli::parse()) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train { config: path, output, resume, overrides } => {
+            let config = RunConfig::load(&path, &overrides)?;
+            let output = output.unwrap_or_else(|| config.run.output.clone());
+            let summary = trainer::train(&config, &output, resume)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            println!("summary written to {}", output.join("summary.json").display());
+        }
+        Command::Check { config: path, overrides } => {
+            RunConfig::load(&path, &overrides)?;
+            println!("{}: ok", path.display());
+        }
+        Command::Eval { config: path, weights, overrides } => {
+            let config = RunConfig::load(&path, &overrides)?;
+            let val = config.data.val.clone().context("data.val is not set: nothing to evaluate")?;
+            let device = trainer::select_device(&config.run.device)?;
+            let (model, clip) = load_model(&config.model.name, &weights, &device)?;
+            let tokenizer = ClipTokenizer::new().with_context_length(clip.text.context_length)?;
+            let batcher = Batcher::new(
+                PairTable::read(&val, &config.data)?,
+                tokenizer.clone(),
+                Transform::Eval(EvalTransformConfig::new().with_image_size(clip.vision.image_size).init()),
+                config.data.workers,
+                config.data.skip_bad_samples,
+                config.run.seed,
+            );
+            let report = eval::evaluate(&model, &batcher, &tokenizer, &config.eval, &device)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::ZeroShot { model, weights, labels, images, top } => {
+            let device = burn::tensor::Device::default();
+            let (model, clip) = load_model(&model, &weights, &device)?;
+            let labels: Vec<&str> = labels.split(',').map(str::trim).filter(|l| !l.is_empty()).collect();
+            anyhow::ensure!(!labels.is_empty(), "--labels: give at least one class name");
+            let tokenizer = ClipTokenizer::new().with_context_length(clip.text.context_length)?;
+            let classifier = ZeroShotClassifier::build(&model, &tokenizer, &labels, &imagenet_templates(), &device)?;
+            let transform = EvalTransformConfig::new().with_image_size(clip.vision.image_size).init();
+            let pixels = images.iter().map(|p| transform.load(p)).collect::<Result<Vec<_>, _>>()?;
+            let embeddings = model.encode_image(stack_images(&pixels, &device)?, true);
+            for (image, ranked) in images.iter().zip(classifier.top_k(embeddings, top)) {
+                println!("{}", image.display());
+                for prediction in ranked {
+                    println!("  {:>6.2}%  {}", 100.0 * prediction.probability, labels[prediction.class]);
+                }
+            }
+        }
+        Command::Export { model, weights, format, output } => {
+            let device = burn::tensor::Device::flex();
+            let (model, clip) = load_model(&model, &weights, &device)?;
+            match format.as_str() {
+                "open_clip" => weights::save_open_clip(&model, &clip, &output)?,
+                "hf" => weights::save_hugging_face(&model, &clip, &output)?,
+                other => anyhow::bail!("--format {other:?}: use \"open_clip\" or \"hf\""),
+            }
+            println!("wrote {}", output.display());
+        }
+    }
+    Ok(())
+}
+
+/// A model from a run's checkpoint folder (`model.bpk`), a Hugging Face directory, or an
+/// open_clip / OpenAI weights file.
+fn load_model(name: &str, weights: &Path, device: &burn::tensor::Device) -> anyhow::Result<(clip_core::Clip, ClipConfig)> {
+    use burn::module::Module;
+    let run_checkpoint = weights.join("model.bpk");
+    if run_checkpoint.is_file() {
+        let clip = ClipConfig::from_name_or_path(name)?;
+        let model = clip
+            .init(device)
+            .try_load_file(&run_checkpoint)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", run_checkpoint.display()))?;
+        Ok((model, clip))
+    } else if weights.is_dir() {
+        Ok(weights::load_hugging_face(weights, device)?)
+    } else {
+        let clip = ClipConfig::from_name_or_path(name)?;
+        Ok((weights::load_clip(weights, &clip, device)?, clip))
+    }
+}
