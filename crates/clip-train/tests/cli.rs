@@ -1,0 +1,192 @@
+//! End-to-end runs of the `clipforge` binary on the shipped digits dataset: a short training
+//! run, resume after SIGKILL, bad configs and bad data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("clipforge-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A tiny, fast run: small batches, a few steps, no evaluation prompts beyond three.
+const FAST: &[&str] = &["--set", "train.batch_size=16", "--set", "train.log_every=1", "--set", "train.warmup_steps=2"];
+
+fn clipforge(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clipforge"));
+    command.current_dir(workspace()).args(args);
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    clipforge(args).output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Loss of each step, as the last line written for it in `metrics.jsonl`.
+fn losses(output: &Path) -> std::collections::BTreeMap<u64, f64> {
+    let text = std::fs::read_to_string(output.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn short_training_run_writes_summary_metrics_and_checkpoint() {
+    let out = scratch("short");
+    let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "train.max_steps=6"];
+    args.extend(FAST);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 6);
+    assert_eq!(summary["samples"], 96);
+    assert_eq!(summary["chance_top1"], 0.1);
+    let top1 = summary["zero_shot_top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1));
+    assert!(summary["samples_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(losses(&out).len(), 6);
+    assert!(out.join("checkpoints/step-00000006/model.bpk").is_file());
+    assert!(out.join("checkpoints/step-00000006/optimizer.bpk").is_file());
+
+    // The checkpoint feeds `eval` and `export`.
+    let checkpoint = out.join("checkpoints/step-00000006");
+    let output = run(&["eval", "configs/quickstart.toml", "--weights", checkpoint.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["zero_shot_top1"], summary["zero_shot_top1"], "eval reproduces the end-of-training numbers");
+    let exported = out.join("export");
+    let output = run(&[
+        "export", "--model", "configs/models/tiny-digits.json", "--weights", checkpoint.to_str().unwrap(),
+        "--format", "hf", "--output", exported.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(exported.join("model.safetensors").is_file() && exported.join("config.json").is_file());
+
+    // A second run into the same folder must not silently overwrite it.
+    let output = run(&args);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("--resume"), "{}", stderr(&output));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn run_killed_with_sigkill_resumes_to_the_same_losses() {
+    let steps = ["--set", "train.max_steps=24", "--set", "train.checkpoint_every=8"];
+    let reference = scratch("reference");
+    let mut args = vec!["train", "configs/quickstart.toml", "--output", reference.to_str().unwrap()];
+    args.extend(FAST);
+    args.extend(steps);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let killed = scratch("killed");
+    args[3] = killed.to_str().unwrap();
+    let mut child = clipforge(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !killed.join("checkpoints/step-00000008").is_dir() {
+        assert!(Instant::now() < deadline, "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!killed.join("summary.json").exists(), "the run finished before it could be killed");
+
+    let mut resume = args.clone();
+    resume.push("--resume");
+    let output = run(&resume);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let (expected, got) = (losses(&reference), losses(&killed));
+    assert_eq!(got.keys().max(), Some(&24));
+    for (step, loss) in &expected {
+        assert_eq!(got.get(step), Some(loss), "loss at step {step} after resume");
+    }
+    let _ = std::fs::remove_dir_all(&reference);
+    let _ = std::fs::remove_dir_all(&killed);
+}
+
+#[test]
+fn bad_configs_name_the_file_and_the_key() {
+    let dir = scratch("configs");
+    let base = std::fs::read_to_string(workspace().join("configs/quickstart.toml")).unwrap();
+    let cases: [(&str, String, &str); 5] = [
+        ("unknown-key", base.replace("epochs = 30", "epochs = 30\nlearning_rate = 0.1"), "learning_rate"),
+        ("wrong-type", base.replace("batch_size = 64", "batch_size = \"big\""), "batch_size"),
+        ("negative-lr", base.replace("lr = 1e-3", "lr = -1e-3"), "train.lr"),
+        ("zero-batch", base.replace("batch_size = 64", "batch_size = 0"), "train.batch_size"),
+        ("missing-data", base.replace("datasets/digits/train.tsv", "datasets/nowhere/train.tsv"), "data.train"),
+    ];
+    for (name, text, key) in cases {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let output = run(&["check", path.to_str().unwrap()]);
+        let message = stderr(&output);
+        assert!(!output.status.success(), "{name}: accepted");
+        assert!(message.contains(&format!("{name}.toml")) && message.contains(key), "{name}: {message}");
+    }
+    let output = run(&["check", "configs/quickstart.toml", "--set", "train.epochs=0"]);
+    assert!(stderr(&output).contains("train.epochs"), "{}", stderr(&output));
+    let output = run(&["check", "configs/quickstart.toml"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn corrupt_images_stop_the_run_or_are_skipped_and_counted() {
+    let dir = scratch("corrupt");
+    let digits = workspace().join("datasets/digits");
+    std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
+    let mut table = String::from("filepath\ttitle\tlabel\n");
+    for line in std::fs::read_to_string(digits.join("train.tsv")).unwrap().lines().skip(1).take(31) {
+        table.push_str(&format!("{}/{line}\n", digits.display()));
+    }
+    table.push_str("broken.png\thandwritten 1\tone\n");
+    std::fs::write(dir.join("train.tsv"), &table).unwrap();
+    let train = dir.join("train.tsv");
+    let set_train = format!("data.train={}", train.display());
+    let out = dir.join("run");
+    let base = ["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", &set_train,
+        "--set", "train.batch_size=32", "--set", "train.max_steps=1"];
+
+    let output = run(&base);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("train.tsv:33") && message.contains("broken.png"), "{message}");
+
+    let mut skipping = base.to_vec();
+    skipping.extend(["--set", "data.skip_bad_samples=true"]);
+    let output = run(&skipping);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["skipped_samples"], 1);
+    assert_eq!(summary["samples"], 31);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn diverging_loss_stops_with_a_clear_message() {
+    let out = scratch("nan");
+    let output = run(&[
+        "train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "train.batch_size=16",
+        "--set", "train.lr=1e38", "--set", "train.warmup_steps=0", "--set", "train.grad_clip_norm=0",
+        "--set", "train.max_steps=20",
+    ]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("loss is") && message.contains("train.lr"), "{message}");
+    assert!(!out.join("summary.json").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
