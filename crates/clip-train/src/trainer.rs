@@ -1,7 +1,8 @@
 //! The training loop: contrastive CLIP training with AdamW (no weight decay on gains, biases,
 //! the class embedding and the logit scale, as open_clip), warm-up and cosine learning rate,
 //! global gradient-norm clipping, frozen parameter groups, checkpoints with exact resume,
-//! `metrics.jsonl`, a progress bar, and an evaluation and `summary.json` at the end.
+//! `metrics.jsonl` and TensorBoard event files, a progress bar, and an evaluation and
+//! `summary.json` at the end.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use clip_core::preprocess::{EvalTransformConfig, TrainTransformConfig, stack_ima
 use clip_core::{Clip, ClipConfig, ClipLoss, ClipTokenizer, weights};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use tensorboard_rs::summary_writer::SummaryWriter;
 
 use crate::checkpoint::{Checkpoints, TrainState};
 use crate::config::RunConfig;
@@ -160,6 +162,7 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
         .append(true)
         .open(output.join("metrics.jsonl"))
         .with_context(|| format!("opening {}", output.join("metrics.jsonl").display()))?;
+    let mut tensorboard = SummaryWriter::new(output.join("tensorboard"));
     let progress = ProgressBar::new(total_steps as u64).with_position(state.step as u64);
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, ETA {eta} {msg}")
@@ -224,6 +227,10 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
                 "skipped_samples": state.skipped,
             });
             writeln!(metrics, "{line}").context("writing metrics.jsonl")?;
+            tensorboard.add_scalar("train/loss", loss_value as f32, state.step);
+            tensorboard.add_scalar("train/lr", lr as f32, state.step);
+            tensorboard.add_scalar("train/logit_scale", scale as f32, state.step);
+            tensorboard.add_scalar("train/samples_per_second", rate as f32, state.step);
         }
         if t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0 && state.step < total_steps {
             last_checkpoint = Some(checkpoints.save(&model, &optimizer, &state)?);
@@ -252,6 +259,19 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
         }
         None => None,
     };
+    if let Some(report) = &eval {
+        for (tag, value) in [("eval/zero_shot_top1", report.zero_shot_top1), ("eval/zero_shot_top5", report.zero_shot_top5)] {
+            if let Some(value) = value {
+                tensorboard.add_scalar(tag, value as f32, state.step);
+            }
+        }
+        for (k, (i2t, t2i)) in [1, 5, 10].iter().zip(report.image_to_text_recall.iter().zip(&report.text_to_image_recall)) {
+            tensorboard.add_scalar(&format!("eval/image_to_text_r{k}"), *i2t as f32, state.step);
+            tensorboard.add_scalar(&format!("eval/text_to_image_r{k}"), *t2i as f32, state.step);
+        }
+    }
+    // Dropping the writer joins its thread, which writes everything out.
+    drop(tensorboard);
     let summary = Summary {
         steps: state.step,
         samples: state.samples,

@@ -190,3 +190,46 @@ fn diverging_loss_stops_with_a_clear_message() {
     assert!(!out.join("summary.json").exists());
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Reads `tag` from the run's event files with TensorBoard's own reader (the `tensorboard`
+/// Python package, which `.ci/run` installs). Outside CI, a machine without it skips the check.
+fn tensorboard_scalars(output: &Path, tag: &str) -> Option<Vec<(u64, f64)>> {
+    let script = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1]); acc.Reload()
+print(json.dumps([[e.step, e.value] for e in acc.Scalars(sys.argv[2])]))
+"#;
+    let result = Command::new("python3").args(["-c", script]).arg(output.join("tensorboard")).arg(tag).output();
+    match result {
+        Ok(out) if out.status.success() => Some(serde_json::from_slice(&out.stdout).unwrap()),
+        Ok(out) if std::env::var_os("CI").is_none() && stderr(&out).contains("No module named 'tensorboard'") => None,
+        Ok(out) => panic!("reading TensorBoard events failed: {}", stderr(&out)),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("python3 not available ({e}); TensorBoard check skipped");
+            None
+        }
+        Err(e) => panic!("python3: {e}"),
+    }
+}
+
+#[test]
+fn tensorboard_reads_the_logged_losses() {
+    let out = scratch("tensorboard");
+    let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "train.max_steps=5"];
+    args.extend(FAST);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let Some(scalars) = tensorboard_scalars(&out, "train/loss") else {
+        eprintln!("the tensorboard Python package is not installed: pip install tensorboard to run this check");
+        return;
+    };
+    let expected = losses(&out);
+    assert_eq!(scalars.len(), expected.len());
+    for (step, value) in scalars {
+        assert!((value - expected[&step]).abs() < 1e-6, "step {step}: {value} vs {}", expected[&step]);
+    }
+    let top1 = tensorboard_scalars(&out, "eval/zero_shot_top1").unwrap();
+    assert_eq!(top1.len(), 1);
+    let _ = std::fs::remove_dir_all(&out);
+}
