@@ -19,7 +19,7 @@ use std::path::Path;
 use burn::tensor::Device;
 
 pub use checkpoint::{Checkpoint, RawTensor, write_atomically};
-pub use mapping::{Entry, Layout, Transform};
+pub use mapping::{Entry, Layout, Transform, export, import};
 
 use crate::config::ClipConfig;
 use crate::error::{ClipError, Result};
