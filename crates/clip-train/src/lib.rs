@@ -3,11 +3,12 @@
 //! The ClipForge trainer behind the `clipforge` command: runs described by TOML files
 //! ([`config::RunConfig`]), image-caption data ([`data`]), contrastive training with AdamW,
 //! warm-up and cosine schedule, checkpoints with exact resume ([`trainer::train`]), and
-//! zero-shot and retrieval evaluation ([`eval`]).
+//! zero-shot and retrieval evaluation ([`eval`]), embedding export ([`embeddings_file`]).
 
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod embeddings_file;
 pub mod eval;
 pub mod lr;
 pub mod trainer;

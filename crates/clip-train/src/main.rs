@@ -8,6 +8,7 @@ use clip_core::preprocess::{EvalTransformConfig, stack_images};
 use clip_core::{ClipConfig, ClipTokenizer, ZeroShotClassifier, imagenet_templates, weights};
 use clip_train::config::RunConfig;
 use clip_train::data::{Batcher, PairTable, Transform};
+use clip_train::embeddings_file::{read_lines, write_embeddings};
 use clip_train::{eval, trainer};
 
 #[derive(Parser)]
@@ -69,6 +70,27 @@ enum Command {
         /// How many labels to print per image.
         #[arg(long, default_value_t = 5)]
         top: usize,
+    },
+    /// Write normalized embeddings of images or texts to a .safetensors or .npy file.
+    Embed {
+        /// Named architecture or JSON config (ignored for Hugging Face directories).
+        #[arg(long, default_value = "ViT-B-32")]
+        model: String,
+        /// open_clip / OpenAI checkpoint, Hugging Face directory, or a run's checkpoint folder.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Images to embed.
+        #[arg(long, num_args = 1.., conflicts_with = "texts")]
+        images: Vec<PathBuf>,
+        /// A text file with one text per line to embed.
+        #[arg(long)]
+        texts: Option<PathBuf>,
+        /// Items per forward pass.
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        /// Output file: `.safetensors` (key `embeddings`) or `.npy`, `[items, embed_dim]`.
+        #[arg(long)]
+        output: PathBuf,
     },
     /// Write a model in open_clip or Hugging Face layout.
     Export {
@@ -140,6 +162,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("  {:>6.2}%  {}", 100.0 * prediction.probability, labels[prediction.class]);
                 }
             }
+        }
+        Command::Embed { model, weights, images, texts, batch_size, output } => {
+            let device = burn::tensor::Device::default();
+            let (model, clip) = load_model(&model, &weights, &device)?;
+            let batch_size = batch_size.max(1);
+            let mut chunks = Vec::new();
+            if let Some(texts) = texts {
+                let texts = read_lines(&texts)?;
+                anyhow::ensure!(!texts.is_empty(), "--texts: the file has no text");
+                let tokenizer = ClipTokenizer::new().with_context_length(clip.text.context_length)?;
+                for chunk in texts.chunks(batch_size) {
+                    chunks.push(model.encode_text(tokenizer.tokenize_batch(chunk, &device)?, true));
+                }
+            } else {
+                anyhow::ensure!(!images.is_empty(), "give --images or --texts");
+                let transform = EvalTransformConfig::new().with_image_size(clip.vision.image_size).init();
+                for chunk in images.chunks(batch_size) {
+                    let pixels = chunk.iter().map(|p| transform.load(p)).collect::<Result<Vec<_>, _>>()?;
+                    chunks.push(model.encode_image(stack_images(&pixels, &device)?, true));
+                }
+            }
+            let embeddings = burn::tensor::Tensor::cat(chunks, 0);
+            let [rows, dim] = embeddings.dims();
+            let values: Vec<f32> = embeddings.into_data().iter::<f32>().collect();
+            write_embeddings(&output, values, [rows, dim])?;
+            println!("wrote {rows} embeddings of size {dim} to {}", output.display());
         }
         Command::Export { model, weights, format, output } => {
             let device = burn::tensor::Device::flex();

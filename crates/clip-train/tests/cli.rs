@@ -75,6 +75,25 @@ fn short_training_run_writes_summary_metrics_and_checkpoint() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(exported.join("model.safetensors").is_file() && exported.join("config.json").is_file());
 
+    // Embeddings of texts and images, L2-normalized, in both file formats.
+    let texts = out.join("texts.txt");
+    std::fs::write(&texts, "handwritten 7\nthe digit 3\n").unwrap();
+    let image = workspace().join("datasets/digits/images/0000.png");
+    for (what, arg, file) in [("--texts", texts.clone(), "texts.safetensors"), ("--images", image, "images.npy")] {
+        let target = out.join(file);
+        let output = run(&[
+            "embed", "--model", "configs/models/tiny-digits.json", "--weights", checkpoint.to_str().unwrap(),
+            what, arg.to_str().unwrap(), "--output", target.to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert!(target.is_file(), "{what}");
+    }
+    let tensors = clip_core::fixtures::read_tensors(&out.join("texts.safetensors")).unwrap();
+    let embeddings = &tensors["embeddings"];
+    assert_eq!(embeddings.shape, vec![2, 32]);
+    let norm: f32 = embeddings.values[..32].iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+
     // A second run into the same folder must not silently overwrite it.
     let output = run(&args);
     assert!(!output.status.success());
