@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
-use clip_core::Clip;
 use serde::{Deserialize, Serialize};
 
 /// Progress saved with a checkpoint.
@@ -40,7 +39,7 @@ impl Checkpoints {
     }
 
     /// Writes a checkpoint at `state.step`, then deletes all but the newest `keep`.
-    pub fn save(&self, model: &Clip, optimizer: &ModuleOptimizer, state: &TrainState) -> anyhow::Result<PathBuf> {
+    pub fn save<M: Module>(&self, model: &M, optimizer: &ModuleOptimizer, state: &TrainState) -> anyhow::Result<PathBuf> {
         let final_dir = self.dir.join(format!("step-{:08}", state.step));
         let tmp = self.dir.join(format!("step-{:08}.tmp", state.step));
         if tmp.exists() {
@@ -92,7 +91,7 @@ impl Checkpoints {
     }
 
     /// Restores model, optimizer and progress from checkpoint `dir`.
-    pub fn load(dir: &Path, model: Clip, optimizer: ModuleOptimizer) -> anyhow::Result<(Clip, ModuleOptimizer, TrainState)> {
+    pub fn load<M: Module>(dir: &Path, model: M, optimizer: ModuleOptimizer) -> anyhow::Result<(M, ModuleOptimizer, TrainState)> {
         let model_path = dir.join("model.bpk");
         let model = model
             .try_load_file(&model_path)

@@ -23,6 +23,30 @@ pub struct RunConfig {
     /// Evaluation at the end of training (and by `clipforge eval`).
     #[serde(default)]
     pub eval: EvalSection,
+    /// The teacher of the `distillation` objective.
+    #[serde(default)]
+    pub distill: Option<DistillSection>,
+}
+
+/// `[distill]`: the frozen teacher whose image embeddings the student learns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillSection {
+    /// Teacher architecture: a named model or a JSON config.
+    pub teacher_model: String,
+    /// Teacher weights (open_clip / Hugging Face layout, or a run's checkpoint folder).
+    pub teacher_weights: PathBuf,
+    /// Distance between embeddings: `l1` or `l2`.
+    #[serde(default = "default_distill_loss")]
+    pub loss: String,
+    /// Where the teacher's embeddings of the training images are cached
+    /// (default `<output>/teacher_embeddings.safetensors`).
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
+}
+
+fn default_distill_loss() -> String {
+    "l1".into()
 }
 
 /// `[run]`: output, backend, seed.
@@ -104,8 +128,15 @@ fn default_crop_scale() -> (f64, f64) {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSection {
-    /// Contrastive loss: `infonce` (CLIP) or `siglip`.
+    /// What is trained: `contrastive` (CLIP on image-caption pairs), `supervised` (image
+    /// classifier on `data.label_column`) or `distillation` (image tower towards `[distill]`).
+    pub objective: String,
+    /// Contrastive loss: `infonce` (open_clip's ClipLoss).
     pub loss: String,
+    /// Supervised: start the classifier head from the zero-shot classifier (`true`) or at random.
+    pub zero_shot_head: bool,
+    /// Supervised: label smoothing of the cross-entropy (0: none).
+    pub label_smoothing: f64,
     /// Samples per optimizer step.
     pub batch_size: usize,
     /// Passes over the training data.
@@ -141,7 +172,10 @@ pub struct TrainSection {
 impl Default for TrainSection {
     fn default() -> Self {
         Self {
+            objective: "contrastive".into(),
             loss: "infonce".into(),
+            zero_shot_head: true,
+            label_smoothing: 0.0,
             batch_size: 64,
             epochs: 1,
             lr: 5e-4,
@@ -240,13 +274,39 @@ impl RunConfig {
             ((0.0..1.0).contains(&t.beta2), format!("train.beta2 = {} must be in [0, 1)", t.beta2)),
             (t.eps > 0.0, format!("train.eps = {} must be positive", t.eps)),
             (t.grad_clip_norm >= 0.0, format!("train.grad_clip_norm = {} must not be negative", t.grad_clip_norm)),
-            (["infonce", "siglip"].contains(&t.loss.as_str()), format!("train.loss = {:?}: use \"infonce\" or \"siglip\"", t.loss)),
+            (t.loss == "infonce", format!("train.loss = {:?}: use \"infonce\"", t.loss)),
             (["cosine", "constant"].contains(&t.schedule.as_str()), format!("train.schedule = {:?}: use \"cosine\" or \"constant\"", t.schedule)),
             (t.keep_checkpoints > 0, "train.keep_checkpoints must be at least 1".into()),
             (self.eval.batch_size > 0, "eval.batch_size must be at least 1".into()),
         ];
         if let Some((_, message)) = checks.into_iter().find(|(ok, _)| !ok) {
             return Err(message);
+        }
+        match t.objective.as_str() {
+            "contrastive" => {}
+            "supervised" if self.data.label_column.is_none() => {
+                return Err("train.objective = \"supervised\" needs data.label_column".into());
+            }
+            "supervised" if !(0.0..1.0).contains(&t.label_smoothing) => {
+                return Err(format!("train.label_smoothing = {} must be in [0, 1)", t.label_smoothing));
+            }
+            "supervised" => {}
+            "distillation" => {
+                let distill = self.distill.as_ref().ok_or("train.objective = \"distillation\" needs a [distill] section")?;
+                if !["l1", "l2"].contains(&distill.loss.as_str()) {
+                    return Err(format!("distill.loss = {:?}: use \"l1\" or \"l2\"", distill.loss));
+                }
+                if !distill.teacher_weights.exists() {
+                    return Err(format!("distill.teacher_weights = {}: no such file", distill.teacher_weights.display()));
+                }
+                clip_core::ClipConfig::from_name_or_path(&distill.teacher_model)
+                    .map_err(|e| format!("distill.teacher_model: {e}"))?;
+            }
+            other => {
+                return Err(format!(
+                    "train.objective = {other:?}: use \"contrastive\", \"supervised\" or \"distillation\""
+                ));
+            }
         }
         if !["flex", "wgpu", "cuda"].contains(&self.run.device.as_str()) {
             return Err(format!("run.device = {:?}: use \"flex\", \"wgpu\" or \"cuda\"", self.run.device));

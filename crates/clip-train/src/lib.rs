@@ -11,4 +11,5 @@ pub mod data;
 pub mod embeddings_file;
 pub mod eval;
 pub mod lr;
+pub mod objectives;
 pub mod trainer;

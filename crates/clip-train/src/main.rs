@@ -1,13 +1,12 @@
 //! `clipforge`: train, evaluate and use CLIP models from the command line.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use clip_core::preprocess::{EvalTransformConfig, stack_images};
-use clip_core::{ClipConfig, ClipTokenizer, ZeroShotClassifier, imagenet_templates, weights};
+use clip_core::{ClipTokenizer, ZeroShotClassifier, imagenet_templates, weights};
 use clip_train::config::RunConfig;
-use clip_train::data::{Batcher, PairTable, Transform};
 use clip_train::embeddings_file::{read_lines, write_embeddings};
 use clip_train::{eval, trainer};
 
@@ -133,22 +132,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = RunConfig::load(&path, &overrides)?;
             let val = config.data.val.clone().context("data.val is not set: nothing to evaluate")?;
             let device = trainer::select_device(&config.run.device)?;
-            let (model, clip) = load_model(&config.model.name, &weights, &device)?;
+            let (model, clip) = trainer::load_model(&config.model.name, Some(&weights), &device)?;
             let tokenizer = ClipTokenizer::new().with_context_length(clip.text.context_length)?;
-            let batcher = Batcher::new(
-                PairTable::read(&val, &config.data)?,
-                tokenizer.clone(),
-                Transform::Eval(EvalTransformConfig::new().with_image_size(clip.vision.image_size).init()),
-                config.data.workers,
-                config.data.skip_bad_samples,
-                config.run.seed,
-            );
+            let batcher = trainer::eval_batcher(&config, &val, &tokenizer, clip.vision.image_size)?;
             let report = eval::evaluate(&model, &batcher, &tokenizer, &config.eval, &device)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::ZeroShot { model, weights, labels, images, top } => {
             let device = burn::tensor::Device::default();
-            let (model, clip) = load_model(&model, &weights, &device)?;
+            let (model, clip) = trainer::load_model(&model, Some(&weights), &device)?;
             let labels: Vec<&str> = labels.split(',').map(str::trim).filter(|l| !l.is_empty()).collect();
             anyhow::ensure!(!labels.is_empty(), "--labels: give at least one class name");
             let tokenizer = ClipTokenizer::new().with_context_length(clip.text.context_length)?;
@@ -165,7 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Embed { model, weights, images, texts, batch_size, output } => {
             let device = burn::tensor::Device::default();
-            let (model, clip) = load_model(&model, &weights, &device)?;
+            let (model, clip) = trainer::load_model(&model, Some(&weights), &device)?;
             let batch_size = batch_size.max(1);
             let mut chunks = Vec::new();
             if let Some(texts) = texts {
@@ -191,7 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Export { model, weights, format, output } => {
             let device = burn::tensor::Device::flex();
-            let (model, clip) = load_model(&model, &weights, &device)?;
+            let (model, clip) = trainer::load_model(&model, Some(&weights), &device)?;
             match format.as_str() {
                 "open_clip" => weights::save_open_clip(&model, &clip, &output)?,
                 "hf" => weights::save_hugging_face(&model, &clip, &output)?,
@@ -201,24 +193,4 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A model from a run's checkpoint folder (`model.bpk`), a Hugging Face directory, or an
-/// open_clip / OpenAI weights file.
-fn load_model(name: &str, weights: &Path, device: &burn::tensor::Device) -> anyhow::Result<(clip_core::Clip, ClipConfig)> {
-    use burn::module::Module;
-    let run_checkpoint = weights.join("model.bpk");
-    if run_checkpoint.is_file() {
-        let clip = ClipConfig::from_name_or_path(name)?;
-        let model = clip
-            .init(device)
-            .try_load_file(&run_checkpoint)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", run_checkpoint.display()))?;
-        Ok((model, clip))
-    } else if weights.is_dir() {
-        Ok(weights::load_hugging_face(weights, device)?)
-    } else {
-        let clip = ClipConfig::from_name_or_path(name)?;
-        Ok((weights::load_clip(weights, &clip, device)?, clip))
-    }
 }

@@ -1,5 +1,6 @@
-//! The training loop: contrastive CLIP training with AdamW (no weight decay on gains, biases,
-//! the class embedding and the logit scale, as open_clip), warm-up and cosine learning rate,
+//! The training loop, for any [`Objective`] (contrastive, supervised, distillation): AdamW
+//! (no weight decay on gains, biases, the class embedding and the logit scale, as open_clip),
+//! warm-up and cosine learning rate,
 //! global gradient-norm clipping, frozen parameter groups, checkpoints with exact resume,
 //! `metrics.jsonl` and TensorBoard event files, a progress bar, and an evaluation and
 //! `summary.json` at the end.
@@ -11,18 +12,24 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use clip_core::preprocess::{EvalTransformConfig, TrainTransformConfig, stack_images};
-use clip_core::{Clip, ClipConfig, ClipLoss, ClipTokenizer, weights};
+use clip_core::vision::VisionTransformer;
+use clip_core::{Clip, ClipConfig, ClipTokenizer, Objective, ZeroShotClassifier, imagenet_templates, weights};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tensorboard_rs::summary_writer::SummaryWriter;
 
 use crate::checkpoint::{Checkpoints, TrainState};
 use crate::config::RunConfig;
-use crate::data::{Batcher, PairTable, Schedule, Transform, prefetch};
-use crate::eval::{EvalReport, evaluate};
+use crate::data::{Batcher, PairBatch, PairTable, Schedule, Transform, prefetch};
+use crate::embeddings_file::write_embeddings;
+use crate::eval::evaluate;
 use crate::lr::learning_rate;
+use crate::objectives::{
+    ContrastiveBatch, ContrastiveObjective, DistillationBatch, DistillationLoss, DistillationObjective, ImageClassifier,
+    LabelledBatch, SupervisedObjective,
+};
 
 /// Parameters open_clip trains without weight decay: every one-dimensional parameter.
 const NO_WEIGHT_DECAY: &str = r"(\.bias|\.gamma|\.beta|class_embedding|logit_scale)$";
@@ -48,8 +55,9 @@ pub struct Summary {
     pub zero_shot_top5: Option<f64>,
     /// Top-1 accuracy of chance.
     pub chance_top1: Option<f64>,
-    /// Full evaluation report.
-    pub eval: Option<EvalReport>,
+    /// Full evaluation report of the objective (zero-shot and retrieval for contrastive
+    /// runs, top-1/top-5 for supervised ones, teacher cosine for distillation).
+    pub eval: Option<serde_json::Value>,
     /// The final checkpoint.
     pub checkpoint: PathBuf,
 }
@@ -69,232 +77,485 @@ pub fn select_device(name: &str) -> anyhow::Result<Device> {
     }
 }
 
-/// Builds the model a config describes on `device`: random weights, or a checkpoint to
-/// fine-tune (a Hugging Face directory brings its own `config.json`).
-pub fn build_model(config: &RunConfig, device: &Device) -> anyhow::Result<(Clip, ClipConfig)> {
-    match &config.model.weights {
-        Some(dir) if dir.is_dir() => Ok(weights::load_hugging_face(dir, device)?),
-        Some(file) => {
-            let clip = ClipConfig::from_name_or_path(&config.model.name)?;
-            Ok((weights::load_clip(file, &clip, device)?, clip))
-        }
-        None => {
-            let clip = ClipConfig::from_name_or_path(&config.model.name)?;
-            Ok((clip.init(device), clip))
-        }
+/// A CLIP from `weights`: a run's checkpoint folder (`model.bpk`, architecture `name`), a
+/// Hugging Face `CLIPModel` directory (which brings its own `config.json`), or an open_clip /
+/// OpenAI checkpoint file (architecture `name`); freshly initialized when `weights` is `None`.
+pub fn load_model(name: &str, weights: Option<&Path>, device: &Device) -> anyhow::Result<(Clip, ClipConfig)> {
+    let Some(weights) = weights else {
+        let config = ClipConfig::from_name_or_path(name)?;
+        return Ok((config.init(device), config));
+    };
+    let run_checkpoint = weights.join("model.bpk");
+    if run_checkpoint.is_file() {
+        let config = ClipConfig::from_name_or_path(name)?;
+        let model = config
+            .init(device)
+            .try_load_file(&run_checkpoint)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", run_checkpoint.display()))?;
+        Ok((model, config))
+    } else if weights.is_dir() {
+        Ok(weights::load_hugging_face(weights, device)?)
+    } else {
+        let config = ClipConfig::from_name_or_path(name)?;
+        Ok((weights::load_clip(weights, &config, device)?, config))
     }
 }
 
 /// Trains as `config` says, writing everything under `output`; with `resume`, continues
 /// from the newest checkpoint there.
 pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<Summary> {
-    let t = &config.train;
     let device = select_device(&config.run.device)?;
     device.seed(config.run.seed);
     let train_device = device.clone().autodiff();
-    let (mut model, clip_config) = build_model(config, &train_device)?;
-    if !t.freeze.is_empty() {
-        let prefixes: Vec<String> = t.freeze.iter().map(|p| p.replace('.', r"\.")).collect();
-        let group = ParamGroup::from_regex(format!(r"^({})(\.|$)", prefixes.join("|")))
-            .map_err(|e| anyhow::anyhow!("train.freeze: {e:?}"))?;
-        model = model.freeze_group(group);
-    }
-    let tokenizer = ClipTokenizer::new().with_context_length(clip_config.text.context_length)?;
-    let image_size = clip_config.vision.image_size;
-
-    let adamw = AdamWConfig::new()
-        .with_beta_1(t.beta1 as f32)
-        .with_beta_2(t.beta2 as f32)
-        .with_epsilon(t.eps as f32)
-        .with_weight_decay(t.weight_decay as f32);
-    let no_decay = ParamGroup::from_regex(NO_WEIGHT_DECAY).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let mut optimizer: ModuleOptimizer = adamw.init().with_group(no_decay, adamw.with_weight_decay(0.0).build(), None);
-
     std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
     std::fs::write(output.join("config.json"), serde_json::to_string_pretty(config)?)
         .with_context(|| format!("writing {}", output.join("config.json").display()))?;
-    let checkpoints = Checkpoints::new(output, t.keep_checkpoints);
-    let mut state = TrainState::default();
-    if resume {
-        match checkpoints.latest()? {
-            Some(dir) => {
-                (model, optimizer, state) = Checkpoints::load(&dir, model, optimizer)?;
-                eprintln!("resuming from {} (step {})", dir.display(), state.step);
-            }
-            None => eprintln!("--resume: no checkpoint under {}, starting fresh", output.display()),
-        }
-    } else if checkpoints.latest()?.is_some() {
-        bail!(
-            "{} already holds checkpoints: pass --resume to continue that run, or choose another --output",
-            output.display()
-        );
-    }
+    let (model, clip_config) = load_model(&config.model.name, config.model.weights.as_deref(), &train_device)?;
+    let model = freeze(model, &config.train.freeze)?;
+    let tokenizer = ClipTokenizer::new().with_context_length(clip_config.text.context_length)?;
+    let image_size = clip_config.vision.image_size;
+    let batcher = train_batcher(config, &tokenizer, image_size)?;
+    let run = Run { config, output, resume };
 
-    let train_table = PairTable::read(&config.data.train, &config.data)?;
-    let train_transform = TrainTransformConfig::new()
+    match config.train.objective.as_str() {
+        "contrastive" => {
+            let context = tokenizer.context_length();
+            let to_batch = |batch: PairBatch| -> anyhow::Result<ContrastiveBatch> {
+                let rows = batch.rows.len();
+                Ok(ContrastiveBatch {
+                    images: stack_images(&batch.images, &train_device)?,
+                    tokens: Tensor::from_data(TensorData::new(batch.tokens, [rows, context]), &train_device),
+                })
+            };
+            let fitted = run.fit(&ContrastiveObjective, model, &batcher, to_batch)?;
+            let eval = match &config.data.val {
+                Some(val) => {
+                    let batcher = eval_batcher(config, val, &tokenizer, image_size)?;
+                    let report = evaluate(&fitted.model.valid(), &batcher, &tokenizer, &config.eval, &device)?;
+                    Some(serde_json::to_value(report)?)
+                }
+                None => None,
+            };
+            run.finish(fitted.outcome, eval)
+        }
+        "supervised" => {
+            let classes = class_names(config, batcher.table())?;
+            let visual = if config.train.zero_shot_head {
+                let templates = templates(config);
+                let zero_shot = ZeroShotClassifier::build(&model.valid(), &tokenizer, &classes, &templates, &device)?;
+                ImageClassifier::from_zero_shot(model.visual, &zero_shot, &train_device)
+            } else {
+                ImageClassifier::new(model.visual, clip_config.embed_dim, classes.len(), &train_device)
+            };
+            let to_batch = |batch: PairBatch| -> anyhow::Result<LabelledBatch> {
+                let labels = class_indices(batcher.table(), &batch.rows, &classes)?;
+                Ok(LabelledBatch {
+                    images: stack_images(&batch.images, &train_device)?,
+                    labels: Tensor::from_data(TensorData::new(labels, [batch.rows.len()]), &train_device),
+                })
+            };
+            let smoothing = Some(config.train.label_smoothing as f32).filter(|s| *s > 0.0);
+            let objective = SupervisedObjective { label_smoothing: smoothing };
+            let fitted = run.fit(&objective, visual, &batcher, to_batch)?;
+            let eval = match &config.data.val {
+                Some(val) => {
+                    let batcher = eval_batcher(config, val, &tokenizer, image_size)?;
+                    let report = evaluate_classifier(&fitted.model.valid(), &batcher, &classes, config, &device)?;
+                    Some(report)
+                }
+                None => None,
+            };
+            run.finish(fitted.outcome, eval)
+        }
+        "distillation" => {
+            let distill = config.distill.as_ref().context("[distill] section missing")?;
+            let (teacher, teacher_config) = load_model(&distill.teacher_model, Some(&distill.teacher_weights), &device)?;
+            anyhow::ensure!(
+                teacher_config.embed_dim == clip_config.embed_dim,
+                "distill.teacher_model embeds in {} dimensions but model.name in {}",
+                teacher_config.embed_dim,
+                clip_config.embed_dim
+            );
+            let cache = distill.cache.clone().unwrap_or_else(|| output.join("teacher_embeddings.safetensors"));
+            let teacher_batcher = eval_batcher(config, &config.data.train, &tokenizer, teacher_config.vision.image_size)?;
+            let targets = teacher_embeddings(&teacher, &teacher_batcher, &cache, config.eval.batch_size, &device)?;
+            let dim = clip_config.embed_dim;
+            let to_batch = |batch: PairBatch| -> anyhow::Result<DistillationBatch> {
+                let values: Vec<f32> = batch.rows.iter().flat_map(|&r| targets[r * dim..(r + 1) * dim].iter().copied()).collect();
+                Ok(DistillationBatch {
+                    images: stack_images(&batch.images, &train_device)?,
+                    teacher: Tensor::from_data(TensorData::new(values, [batch.rows.len(), dim]), &train_device),
+                })
+            };
+            let loss = if distill.loss == "l2" { DistillationLoss::L2 } else { DistillationLoss::L1 };
+            let fitted = run.fit(&DistillationObjective { loss }, model.visual, &batcher, to_batch)?;
+            let eval = match &config.data.val {
+                Some(val) => {
+                    let student = fitted.model.valid();
+                    let batcher = eval_batcher(config, val, &tokenizer, image_size)?;
+                    let teacher_batcher = eval_batcher(config, val, &tokenizer, teacher_config.vision.image_size)?;
+                    Some(evaluate_distillation(&student, &teacher, &batcher, &teacher_batcher, config, &device)?)
+                }
+                None => None,
+            };
+            run.finish(fitted.outcome, eval)
+        }
+        other => bail!("train.objective = {other:?} is not known"),
+    }
+}
+
+/// Freezes the parameters under each path prefix of `prefixes`.
+fn freeze(model: Clip, prefixes: &[String]) -> anyhow::Result<Clip> {
+    if prefixes.is_empty() {
+        return Ok(model);
+    }
+    let escaped: Vec<String> = prefixes.iter().map(|p| p.replace('.', r"\.")).collect();
+    let group = ParamGroup::from_regex(format!(r"^({})(\.|$)", escaped.join("|")))
+        .map_err(|e| anyhow::anyhow!("train.freeze: {e:?}"))?;
+    Ok(model.freeze_group(group))
+}
+
+fn train_batcher(config: &RunConfig, tokenizer: &ClipTokenizer, image_size: usize) -> anyhow::Result<Batcher> {
+    let transform = TrainTransformConfig::new()
         .with_image_size(image_size)
         .with_scale(config.data.crop_scale)
         .init()?;
-    let batcher = Batcher::new(
-        train_table,
+    Ok(Batcher::new(
+        PairTable::read(&config.data.train, &config.data)?,
         tokenizer.clone(),
-        Transform::Train(train_transform),
+        Transform::Train(transform),
         config.data.workers,
         config.data.skip_bad_samples,
         config.run.seed,
-    );
-    let schedule = Schedule::new(batcher.table().pairs.len(), t.batch_size, config.run.seed);
-    if schedule.steps_per_epoch() == 0 {
-        bail!(
-            "train.batch_size = {} is larger than the {} rows of {}",
-            t.batch_size,
-            batcher.table().pairs.len(),
-            config.data.train.display()
-        );
-    }
-    let mut total_steps = schedule.steps_per_epoch() * t.epochs;
-    if t.max_steps > 0 {
-        total_steps = total_steps.min(t.max_steps);
-    }
+    ))
+}
 
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(output.join("metrics.jsonl"))
-        .with_context(|| format!("opening {}", output.join("metrics.jsonl").display()))?;
-    let mut tensorboard = SummaryWriter::new(output.join("tensorboard"));
-    let progress = ProgressBar::new(total_steps as u64).with_position(state.step as u64);
-    progress.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, ETA {eta} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+/// A batcher over `table` with the evaluation transform.
+pub fn eval_batcher(config: &RunConfig, table: &Path, tokenizer: &ClipTokenizer, image_size: usize) -> anyhow::Result<Batcher> {
+    Ok(Batcher::new(
+        PairTable::read(table, &config.data)?,
+        tokenizer.clone(),
+        Transform::Eval(EvalTransformConfig::new().with_image_size(image_size).init()),
+        config.data.workers,
+        config.data.skip_bad_samples,
+        config.run.seed,
+    ))
+}
 
-    let batches = prefetch(batcher.clone(), schedule.clone(), state.step..total_steps, 2);
-    let mut last_loss = f64::NAN;
-    let mut last_checkpoint = checkpoints.latest()?;
-    let started = Instant::now();
-    let time_before = state.train_seconds;
-    for (step, batch) in batches {
-        let batch = batch?;
-        state.skipped += batch.skipped.len();
-        for skipped in &batch.skipped {
-            progress.suspend(|| eprintln!("skipped: {skipped}"));
+/// `eval.classes`, or the sorted distinct labels of `table`.
+fn class_names(config: &RunConfig, table: &PairTable) -> anyhow::Result<Vec<String>> {
+    if !config.eval.classes.is_empty() {
+        return Ok(config.eval.classes.clone());
+    }
+    let mut labels: Vec<String> = table.pairs.iter().filter_map(|p| p.label.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    anyhow::ensure!(!labels.is_empty(), "{}: no labels", table.path.display());
+    Ok(labels)
+}
+
+fn templates(config: &RunConfig) -> Vec<String> {
+    if config.eval.templates.is_empty() {
+        imagenet_templates().into_iter().map(String::from).collect()
+    } else {
+        config.eval.templates.clone()
+    }
+}
+
+/// Class index of each row's label.
+fn class_indices(table: &PairTable, rows: &[usize], classes: &[String]) -> anyhow::Result<Vec<i64>> {
+    rows.iter()
+        .map(|&row| {
+            let pair = &table.pairs[row];
+            let label = pair.label.as_deref().unwrap_or_default();
+            classes.iter().position(|c| c == label).map(|i| i as i64).ok_or_else(|| {
+                anyhow::anyhow!("{}:{}: label {label:?} is not one of the classes", table.path.display(), pair.line)
+            })
+        })
+        .collect()
+}
+
+/// Normalized image embeddings of every row of `batcher`'s table, `[rows * dim]`.
+fn image_embeddings(visual: &VisionTransformer, batcher: &Batcher, batch_size: usize, device: &Device) -> anyhow::Result<Vec<f32>> {
+    let rows: Vec<usize> = (0..batcher.table().pairs.len()).collect();
+    let mut values = Vec::new();
+    for chunk in rows.chunks(batch_size.max(1)) {
+        let batch = batcher.batch(chunk, 0)?;
+        anyhow::ensure!(batch.rows.len() == chunk.len(), "{}", batch.skipped.first().map(|e| e.to_string()).unwrap_or_default());
+        let embeds = clip_core::l2_normalize(visual.forward(stack_images(&batch.images, device)?));
+        values.extend(embeds.into_data().iter::<f32>());
+    }
+    Ok(values)
+}
+
+/// The teacher's embeddings of the training images, from `cache` when it matches the table,
+/// computed and cached otherwise.
+fn teacher_embeddings(teacher: &Clip, batcher: &Batcher, cache: &Path, batch_size: usize, device: &Device) -> anyhow::Result<Vec<f32>> {
+    let rows = batcher.table().pairs.len();
+    if cache.is_file() {
+        let tensors = clip_core::weights::Checkpoint::read(cache)?.tensors;
+        if let Some(cached) = tensors.get("embeddings").filter(|t| t.shape.first() == Some(&rows)) {
+            eprintln!("teacher embeddings from {}", cache.display());
+            return Ok(cached.values.clone());
         }
-        let samples = batch.rows.len();
-        if samples == 0 {
+    }
+    eprintln!("computing teacher embeddings of {rows} images into {}", cache.display());
+    let values = image_embeddings(&teacher.visual, batcher, batch_size, device)?;
+    write_embeddings(cache, values.clone(), [rows, values.len() / rows.max(1)])?;
+    Ok(values)
+}
+
+/// Top-1 and top-5 accuracy of a classifier on the labelled table of `batcher`.
+fn evaluate_classifier(
+    model: &ImageClassifier,
+    batcher: &Batcher,
+    classes: &[String],
+    config: &RunConfig,
+    device: &Device,
+) -> anyhow::Result<serde_json::Value> {
+    let rows: Vec<usize> = (0..batcher.table().pairs.len()).collect();
+    let (mut top1, mut top5, mut samples) = (0usize, 0usize, 0usize);
+    for chunk in rows.chunks(config.eval.batch_size) {
+        let batch = batcher.batch(chunk, 0)?;
+        if batch.rows.is_empty() {
             continue;
         }
-        let images = stack_images(&batch.images, &train_device)?;
-        let tokens = Tensor::<2, Int>::from_data(
-            TensorData::new(batch.tokens, [samples, tokenizer.context_length()]),
-            &train_device,
-        );
-        let image = model.encode_image(images, true);
-        let text = model.encode_text(tokens, true);
-        let loss = ClipLoss::default().forward(image, text, model.logit_scale());
-        let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-        if !loss_value.is_finite() {
-            let kept = last_checkpoint
-                .as_ref()
-                .map(|p| format!("the last good checkpoint is {}", p.display()))
-                .unwrap_or_else(|| "no checkpoint was written yet".into());
-            bail!("loss is {loss_value} at step {}: stopping ({kept}); try a lower train.lr", step + 1);
+        let targets = class_indices(batcher.table(), &batch.rows, classes)?;
+        let logits = model.forward(stack_images(&batch.images, device)?);
+        let [n, k] = logits.dims();
+        let values: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        for (row, target) in values.chunks(k).zip(&targets) {
+            let better = row.iter().filter(|&&v| v > row[*target as usize]).count();
+            top1 += usize::from(better < 1);
+            top5 += usize::from(better < 5);
         }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        if t.grad_clip_norm > 0.0 {
-            clip_global_norm(&model, &mut grads, t.grad_clip_norm);
-        }
-        let lr = learning_rate(t.lr, step, t.warmup_steps, total_steps, t.schedule == "cosine");
-        model = optimizer.step(lr, model, grads).clamp_logit_scale();
-
-        state.step = step + 1;
-        state.samples += samples;
-        state.train_seconds = time_before + started.elapsed().as_secs_f64();
-        last_loss = loss_value;
-        let rate = (state.samples as f64 / state.train_seconds.max(1e-9)).round();
-        progress.set_position(state.step as u64);
-        progress.set_message(format!("loss {loss_value:.4}, {rate} samples/s"));
-        if state.step % t.log_every.max(1) == 0 || state.step == total_steps {
-            let scale = f64::from(model.logit_scale().into_scalar::<f32>());
-            let line = serde_json::json!({
-                "step": state.step,
-                "epoch": step / schedule.steps_per_epoch(),
-                "loss": loss_value,
-                "lr": lr,
-                "logit_scale": scale,
-                "samples_per_second": rate,
-                "skipped_samples": state.skipped,
-            });
-            writeln!(metrics, "{line}").context("writing metrics.jsonl")?;
-            tensorboard.add_scalar("train/loss", loss_value as f32, state.step);
-            tensorboard.add_scalar("train/lr", lr as f32, state.step);
-            tensorboard.add_scalar("train/logit_scale", scale as f32, state.step);
-            tensorboard.add_scalar("train/samples_per_second", rate as f32, state.step);
-        }
-        if t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0 && state.step < total_steps {
-            last_checkpoint = Some(checkpoints.save(&model, &optimizer, &state)?);
-        }
+        samples += n;
     }
-    if state.step < total_steps {
-        bail!("the data loader stopped at step {} of {total_steps}", state.step);
-    }
-    progress.finish();
-    let checkpoint = match last_checkpoint.filter(|p| p.ends_with(format!("step-{:08}", state.step))) {
-        Some(done) => done,
-        None => checkpoints.save(&model, &optimizer, &state)?,
-    };
+    anyhow::ensure!(samples > 0, "{}: no readable image to evaluate", batcher.table().path.display());
+    Ok(serde_json::json!({
+        "samples": samples,
+        "top1": top1 as f64 / samples as f64,
+        "top5": top5 as f64 / samples as f64,
+        "chance_top1": 1.0 / classes.len() as f64,
+    }))
+}
 
-    let eval = match &config.data.val {
-        Some(val) => {
-            let eval_batcher = Batcher::new(
-                PairTable::read(val, &config.data)?,
-                tokenizer.clone(),
-                Transform::Eval(EvalTransformConfig::new().with_image_size(image_size).init()),
-                config.data.workers,
-                config.data.skip_bad_samples,
-                config.run.seed,
+/// Mean cosine similarity between student and teacher embeddings of the validation images.
+fn evaluate_distillation(
+    student: &VisionTransformer,
+    teacher: &Clip,
+    batcher: &Batcher,
+    teacher_batcher: &Batcher,
+    config: &RunConfig,
+    device: &Device,
+) -> anyhow::Result<serde_json::Value> {
+    let ours = image_embeddings(student, batcher, config.eval.batch_size, device)?;
+    let theirs = image_embeddings(&teacher.visual, teacher_batcher, config.eval.batch_size, device)?;
+    let rows = batcher.table().pairs.len();
+    let cosine = ours.iter().zip(&theirs).map(|(a, b)| f64::from(a * b)).sum::<f64>() / rows as f64;
+    Ok(serde_json::json!({ "samples": rows, "teacher_cosine": cosine }))
+}
+
+/// The parts of a run every objective shares.
+struct Run<'a> {
+    config: &'a RunConfig,
+    output: &'a Path,
+    resume: bool,
+}
+
+/// A trained model and how the training went.
+struct Fitted<M> {
+    model: M,
+    outcome: Outcome,
+}
+
+struct Outcome {
+    state: TrainState,
+    last_loss: f64,
+    checkpoint: PathBuf,
+}
+
+impl Run<'_> {
+    /// The training loop, for any objective: batches from `batcher` turned into the
+    /// objective's batches by `to_batch`, AdamW steps, checkpoints, logs.
+    fn fit<O: Objective>(
+        &self,
+        objective: &O,
+        mut model: O::Model,
+        batcher: &Batcher,
+        to_batch: impl Fn(PairBatch) -> anyhow::Result<O::Batch>,
+    ) -> anyhow::Result<Fitted<O::Model>> {
+        let (config, output) = (self.config, self.output);
+        let t = &config.train;
+        let adamw = AdamWConfig::new()
+            .with_beta_1(t.beta1 as f32)
+            .with_beta_2(t.beta2 as f32)
+            .with_epsilon(t.eps as f32)
+            .with_weight_decay(t.weight_decay as f32);
+        let no_decay = ParamGroup::from_regex(NO_WEIGHT_DECAY).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let mut optimizer: ModuleOptimizer = adamw.init().with_group(no_decay, adamw.with_weight_decay(0.0).build(), None);
+
+        let checkpoints = Checkpoints::new(output, t.keep_checkpoints);
+        let mut state = TrainState::default();
+        if self.resume {
+            match checkpoints.latest()? {
+                Some(dir) => {
+                    (model, optimizer, state) = Checkpoints::load(&dir, model, optimizer)?;
+                    eprintln!("resuming from {} (step {})", dir.display(), state.step);
+                }
+                None => eprintln!("--resume: no checkpoint under {}, starting fresh", output.display()),
+            }
+        } else if checkpoints.latest()?.is_some() {
+            bail!(
+                "{} already holds checkpoints: pass --resume to continue that run, or choose another --output",
+                output.display()
             );
-            Some(evaluate(&model.valid(), &eval_batcher, &tokenizer, &config.eval, &device)?)
         }
-        None => None,
-    };
-    if let Some(report) = &eval {
-        for (tag, value) in [("eval/zero_shot_top1", report.zero_shot_top1), ("eval/zero_shot_top5", report.zero_shot_top5)] {
-            if let Some(value) = value {
-                tensorboard.add_scalar(tag, value as f32, state.step);
+
+        let schedule = Schedule::new(batcher.table().pairs.len(), t.batch_size, config.run.seed);
+        if schedule.steps_per_epoch() == 0 {
+            bail!(
+                "train.batch_size = {} is larger than the {} rows of {}",
+                t.batch_size,
+                batcher.table().pairs.len(),
+                config.data.train.display()
+            );
+        }
+        let mut total_steps = schedule.steps_per_epoch() * t.epochs;
+        if t.max_steps > 0 {
+            total_steps = total_steps.min(t.max_steps);
+        }
+
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(output.join("metrics.jsonl"))
+            .with_context(|| format!("opening {}", output.join("metrics.jsonl").display()))?;
+        let mut tensorboard = SummaryWriter::new(output.join("tensorboard"));
+        let progress = ProgressBar::new(total_steps as u64).with_position(state.step as u64);
+        progress.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, ETA {eta} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+
+        let batches = prefetch(batcher.clone(), schedule.clone(), state.step..total_steps, 2);
+        let mut last_loss = f64::NAN;
+        let mut last_checkpoint = checkpoints.latest()?;
+        let started = Instant::now();
+        let time_before = state.train_seconds;
+        for (step, batch) in batches {
+            let batch = batch?;
+            state.skipped += batch.skipped.len();
+            for skipped in &batch.skipped {
+                progress.suspend(|| eprintln!("skipped: {skipped}"));
+            }
+            let samples = batch.rows.len();
+            if samples == 0 {
+                continue;
+            }
+            let output_of_step = objective.forward(&model, to_batch(batch)?);
+            let loss_value = f64::from(output_of_step.loss.clone().into_scalar::<f32>());
+            if !loss_value.is_finite() {
+                let kept = last_checkpoint
+                    .as_ref()
+                    .map(|p| format!("the last good checkpoint is {}", p.display()))
+                    .unwrap_or_else(|| "no checkpoint was written yet".into());
+                bail!("loss is {loss_value} at step {}: stopping ({kept}); try a lower train.lr", step + 1);
+            }
+            let mut grads = GradientsParams::from_grads(output_of_step.loss.backward(), &model);
+            if t.grad_clip_norm > 0.0 {
+                clip_global_norm(&model, &mut grads, t.grad_clip_norm);
+            }
+            let lr = learning_rate(t.lr, step, t.warmup_steps, total_steps, t.schedule == "cosine");
+            model = objective.after_update(optimizer.step(lr, model, grads));
+
+            state.step = step + 1;
+            state.samples += samples;
+            state.train_seconds = time_before + started.elapsed().as_secs_f64();
+            last_loss = loss_value;
+            let rate = (state.samples as f64 / state.train_seconds.max(1e-9)).round();
+            progress.set_position(state.step as u64);
+            progress.set_message(format!("loss {loss_value:.4}, {rate} samples/s"));
+            if state.step % t.log_every.max(1) == 0 || state.step == total_steps {
+                let mut line = serde_json::json!({
+                    "step": state.step,
+                    "epoch": step / schedule.steps_per_epoch(),
+                    "loss": loss_value,
+                    "lr": lr,
+                    "samples_per_second": rate,
+                    "skipped_samples": state.skipped,
+                });
+                tensorboard.add_scalar("train/loss", loss_value as f32, state.step);
+                tensorboard.add_scalar("train/lr", lr as f32, state.step);
+                tensorboard.add_scalar("train/samples_per_second", rate as f32, state.step);
+                for (name, value) in &output_of_step.metrics {
+                    line[*name] = serde_json::json!(value);
+                    tensorboard.add_scalar(&format!("train/{name}"), *value as f32, state.step);
+                }
+                writeln!(metrics, "{line}").context("writing metrics.jsonl")?;
+            }
+            if t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0 && state.step < total_steps {
+                last_checkpoint = Some(checkpoints.save(&model, &optimizer, &state)?);
             }
         }
-        for (k, (i2t, t2i)) in [1, 5, 10].iter().zip(report.image_to_text_recall.iter().zip(&report.text_to_image_recall)) {
-            tensorboard.add_scalar(&format!("eval/image_to_text_r{k}"), *i2t as f32, state.step);
-            tensorboard.add_scalar(&format!("eval/text_to_image_r{k}"), *t2i as f32, state.step);
+        if state.step < total_steps {
+            bail!("the data loader stopped at step {} of {total_steps}", state.step);
         }
+        progress.finish();
+        // Dropping the writer joins its thread, which writes everything out.
+        drop(tensorboard);
+        let checkpoint = match last_checkpoint.filter(|p| p.ends_with(format!("step-{:08}", state.step))) {
+            Some(done) => done,
+            None => checkpoints.save(&model, &optimizer, &state)?,
+        };
+        Ok(Fitted {
+            model,
+            outcome: Outcome { state, last_loss, checkpoint },
+        })
     }
-    // Dropping the writer joins its thread, which writes everything out.
-    drop(tensorboard);
-    let summary = Summary {
-        steps: state.step,
-        samples: state.samples,
-        train_seconds: state.train_seconds,
-        samples_per_second: state.samples as f64 / state.train_seconds.max(1e-9),
-        final_loss: last_loss,
-        skipped_samples: state.skipped,
-        zero_shot_top1: eval.as_ref().and_then(|e| e.zero_shot_top1),
-        zero_shot_top5: eval.as_ref().and_then(|e| e.zero_shot_top5),
-        chance_top1: eval.as_ref().and_then(|e| e.chance_top1),
-        eval,
-        checkpoint,
-    };
-    clip_core::weights::write_atomically(
-        &output.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    Ok(summary)
+
+    /// Logs the evaluation and writes `summary.json`.
+    fn finish(&self, outcome: Outcome, eval: Option<serde_json::Value>) -> anyhow::Result<Summary> {
+        let Outcome { state, last_loss, checkpoint } = outcome;
+        if let Some(serde_json::Value::Object(report)) = &eval {
+            let mut tensorboard = SummaryWriter::new(self.output.join("tensorboard"));
+            for (name, value) in report {
+                let values: Vec<f64> = match value {
+                    serde_json::Value::Array(items) => items.iter().filter_map(|v| v.as_f64()).collect(),
+                    other => other.as_f64().into_iter().collect(),
+                };
+                for (i, v) in values.iter().enumerate() {
+                    let tag = if values.len() == 1 { format!("eval/{name}") } else { format!("eval/{name}_{i}") };
+                    tensorboard.add_scalar(&tag, *v as f32, state.step);
+                }
+            }
+        }
+        let field = |name: &str| eval.as_ref().and_then(|e| e.get(name)).and_then(|v| v.as_f64());
+        let summary = Summary {
+            steps: state.step,
+            samples: state.samples,
+            train_seconds: state.train_seconds,
+            samples_per_second: state.samples as f64 / state.train_seconds.max(1e-9),
+            final_loss: last_loss,
+            skipped_samples: state.skipped,
+            zero_shot_top1: field("zero_shot_top1"),
+            zero_shot_top5: field("zero_shot_top5"),
+            chance_top1: field("chance_top1"),
+            eval,
+            checkpoint,
+        };
+        clip_core::weights::write_atomically(
+            &self.output.join("summary.json"),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
+        Ok(summary)
+    }
 }
 
 /// Scales all gradients so that their global L2 norm is at most `max_norm`
 /// (`torch.nn.utils.clip_grad_norm_`).
-fn clip_global_norm(model: &Clip, grads: &mut GradientsParams, max_norm: f64) {
+fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) {
     struct SquaredNorm<'a> {
         grads: &'a GradientsParams,
         total: f64,

@@ -252,3 +252,68 @@ fn tensorboard_reads_the_logged_losses() {
     assert_eq!(top1.len(), 1);
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Trains a few contrastive steps and returns the final checkpoint, for runs that start from one.
+fn trained_checkpoint(name: &str) -> (PathBuf, PathBuf) {
+    let out = scratch(name);
+    let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "train.max_steps=3"];
+    args.extend(FAST);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let checkpoint = out.join("checkpoints/step-00000003");
+    (out, checkpoint)
+}
+
+#[test]
+fn supervised_objective_starts_at_zero_shot_and_reports_accuracy() {
+    let (out, checkpoint) = trained_checkpoint("supervised");
+    let run_dir = out.join("supervised");
+    let weights = format!("model.weights={}", checkpoint.display());
+    let mut args = vec![
+        "train", "configs/digits-finetune.toml", "--output", run_dir.to_str().unwrap(), "--set", &weights,
+        "--set", "train.max_steps=12", "--set", "train.lr=1e-3",
+    ];
+    args.extend(FAST);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    let top1 = summary["eval"]["top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1) && summary["eval"]["chance_top1"] == 0.1, "{summary}");
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    assert!(metrics.lines().all(|l| l.contains("\"accuracy\"")), "{metrics}");
+    let losses = losses(&run_dir);
+    assert!(losses[&12] < losses[&1], "cross-entropy went from {} to {}", losses[&1], losses[&12]);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn distillation_objective_caches_the_teacher_and_learns_its_embeddings() {
+    let (out, teacher) = trained_checkpoint("distill");
+    let run_dir = out.join("distill");
+    let weights = format!("distill.teacher_weights={}", teacher.display());
+    let mut args = vec![
+        "train", "configs/digits-distill.toml", "--output", run_dir.to_str().unwrap(), "--set", &weights,
+        "--set", "train.max_steps=15",
+    ];
+    args.extend(FAST);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(run_dir.join("teacher_embeddings.safetensors").is_file());
+    let losses = losses(&run_dir);
+    assert!(losses[&15] < losses[&1], "L1 distance went from {} to {}", losses[&1], losses[&15]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["eval"]["teacher_cosine"].as_f64().unwrap() > 0.0, "{summary}");
+
+    // The cache is reused by a second run.
+    let second = out.join("distill-again");
+    let cache = format!("distill.cache={}", run_dir.join("teacher_embeddings.safetensors").display());
+    let mut again = vec!["train", "configs/digits-distill.toml", "--output", second.to_str().unwrap(), "--set", &weights,
+        "--set", &cache, "--set", "train.max_steps=1"];
+    again.extend(FAST);
+    let output = run(&again);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("teacher embeddings from"), "{}", stderr(&output));
+    let _ = std::fs::remove_dir_all(&out);
+}
