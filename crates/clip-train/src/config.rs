@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::{DataError, PairTable};
+
 /// A complete training run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,11 +88,18 @@ pub struct ModelSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// Training table (`.csv`, `.tsv`); image paths are relative to its folder.
+    /// Training data: a `.csv`/`.tsv`/`.jsonl` table (image paths relative to its folder) or a
+    /// folder of class subfolders.
     pub train: PathBuf,
-    /// Validation table, used for the end-of-training evaluation.
+    /// Validation data, in the same forms, for the end-of-training evaluation.
     #[serde(default)]
     pub val: Option<PathBuf>,
+    /// Without `val`: hold out this seeded random fraction of `train` for validation (0: none).
+    #[serde(default)]
+    pub val_fraction: f64,
+    /// Caption of the images of a class folder, `{}` standing for the class name.
+    #[serde(default = "default_caption_template")]
+    pub caption_template: String,
     /// Column holding image paths.
     #[serde(default = "default_image_column")]
     pub image_column: String,
@@ -116,6 +125,9 @@ fn default_image_column() -> String {
 }
 fn default_caption_column() -> String {
     "title".into()
+}
+fn default_caption_template() -> String {
+    "a photo of a {}.".into()
 }
 fn default_workers() -> usize {
     2
@@ -228,6 +240,20 @@ pub struct ConfigError {
 }
 
 impl RunConfig {
+    /// The training table and the validation table (`data.val`, or the `data.val_fraction`
+    /// split off the training table), read from disk.
+    pub fn tables(&self) -> Result<(PairTable, Option<PairTable>), DataError> {
+        let train = PairTable::read(&self.data.train, &self.data)?;
+        if let Some(val) = &self.data.val {
+            return Ok((train, Some(PairTable::read(val, &self.data)?)));
+        }
+        if self.data.val_fraction > 0.0 && train.pairs.len() > 1 {
+            let (train, val) = train.split(self.data.val_fraction, self.run.seed);
+            return Ok((train, Some(val)));
+        }
+        Ok((train, None))
+    }
+
     /// Reads `path`, layers `CLIPFORGE_<SECTION>__<KEY>` environment variables and `overrides`
     /// (`section.key=value`) on top, and validates the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
@@ -315,11 +341,20 @@ impl RunConfig {
         if !(0.0 < lo && lo <= hi && hi <= 1.0) {
             return Err(format!("data.crop_scale = {:?} must satisfy 0 < min <= max <= 1", self.data.crop_scale));
         }
-        if !self.data.train.is_file() {
-            return Err(format!("data.train = {}: no such file", self.data.train.display()));
+        if !self.data.train.exists() {
+            return Err(format!("data.train = {}: no such file or folder", self.data.train.display()));
         }
-        if let Some(val) = self.data.val.as_ref().filter(|v| !v.is_file()) {
-            return Err(format!("data.val = {}: no such file", val.display()));
+        if let Some(val) = self.data.val.as_ref().filter(|v| !v.exists()) {
+            return Err(format!("data.val = {}: no such file or folder", val.display()));
+        }
+        if !(0.0..1.0).contains(&self.data.val_fraction) {
+            return Err(format!("data.val_fraction = {} must be in [0, 1)", self.data.val_fraction));
+        }
+        if self.data.val.is_some() && self.data.val_fraction > 0.0 {
+            return Err("data.val and data.val_fraction are exclusive: give one".into());
+        }
+        if !self.data.caption_template.contains("{}") {
+            return Err("data.caption_template needs a {} for the class name".into());
         }
         if let Some(weights) = self.model.weights.as_ref().filter(|w| !w.exists()) {
             return Err(format!("model.weights = {}: no such file", weights.display()));

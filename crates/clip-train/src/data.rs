@@ -21,7 +21,7 @@ pub struct Pair {
     pub caption: String,
     /// The class name, when the table has a label column.
     pub label: Option<String>,
-    /// 1-based line number in the table (the header is line 1).
+    /// 1-based line number in the table (a CSV header is line 1); 0 for image folders.
     pub line: usize,
 }
 
@@ -36,7 +36,7 @@ pub struct PairTable {
 
 /// A problem with a data file, naming it (and the line where there is one).
 #[derive(Debug, thiserror::Error)]
-#[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+#[error("{path}{}: {message}", line.filter(|l| *l > 0).map(|l| format!(":{l}")).unwrap_or_default())]
 pub struct DataError {
     /// The table or image file.
     pub path: PathBuf,
@@ -46,56 +46,156 @@ pub struct DataError {
     pub message: String,
 }
 
+/// Image file extensions recognized in image folders.
+const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff", "pnm", "ppm", "pgm"];
+
 impl PairTable {
-    /// Reads a `.tsv` (tab-separated) or `.csv` (comma-separated) table with a header row
-    /// naming the configured columns.
+    /// Reads a table: a `.tsv` (tab-separated) or `.csv` (comma-separated) file with a header
+    /// row naming the configured columns, a `.jsonl` file of objects with those keys, or a
+    /// folder with one subfolder of images per class (captions `caption_template` filled with
+    /// the class name, labels the class names).
     pub fn read(path: &Path, data: &DataSection) -> Result<Self, DataError> {
-        let error = |line: Option<usize>, message: String| DataError {
-            path: path.to_path_buf(),
-            line,
-            message,
+        let pairs = if path.is_dir() {
+            read_image_folder(path, &data.caption_template)?
+        } else if path.extension().is_some_and(|e| e == "jsonl") {
+            read_jsonl(path, data)?
+        } else {
+            read_delimited(path, data)?
         };
-        let delimiter = if path.extension().is_some_and(|e| e == "tsv") { b'\t' } else { b',' };
-        let mut reader = csv::ReaderBuilder::new()
-            .delimiter(delimiter)
-            .from_path(path)
-            .map_err(|e| error(None, e.to_string()))?;
-        let headers = reader.headers().map_err(|e| error(Some(1), e.to_string()))?.clone();
-        let column = |name: &str| {
-            headers.iter().position(|h| h == name).ok_or_else(|| {
-                let found: Vec<&str> = headers.iter().collect();
-                error(Some(1), format!("no column {name:?} (columns: {})", found.join(", ")))
-            })
-        };
-        let image_column = column(&data.image_column)?;
-        let caption_column = column(&data.caption_column)?;
-        let label_column = data.label_column.as_deref().map(column).transpose()?;
-        let folder = path.parent().unwrap_or(Path::new("."));
-        let mut pairs = Vec::new();
-        for (index, record) in reader.records().enumerate() {
-            let line = index + 2;
-            let record = record.map_err(|e| error(Some(line), e.to_string()))?;
-            let field = |column: usize, name: &str| {
-                record
-                    .get(column)
-                    .map(str::to_string)
-                    .ok_or_else(|| error(Some(line), format!("missing {name:?} field")))
-            };
-            pairs.push(Pair {
-                image: folder.join(field(image_column, &data.image_column)?),
-                caption: field(caption_column, &data.caption_column)?,
-                label: label_column.map(|c| field(c, "label")).transpose()?,
-                line,
-            });
-        }
         if pairs.is_empty() {
-            return Err(error(None, "the table has no rows".into()));
+            return Err(DataError {
+                path: path.to_path_buf(),
+                line: None,
+                message: "no samples".into(),
+            });
         }
         Ok(Self {
             path: path.to_path_buf(),
             pairs,
         })
     }
+
+    /// Splits off a seeded random `fraction` of the rows as a validation table.
+    pub fn split(self, fraction: f64, seed: u64) -> (Self, Self) {
+        let mut order: Vec<usize> = (0..self.pairs.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        let held_out = ((self.pairs.len() as f64 * fraction).round() as usize).clamp(1, self.pairs.len() - 1);
+        let pick = |rows: &[usize]| {
+            let mut rows = rows.to_vec();
+            rows.sort();
+            Self {
+                path: self.path.clone(),
+                pairs: rows.iter().map(|&r| self.pairs[r].clone()).collect(),
+            }
+        };
+        (pick(&order[held_out..]), pick(&order[..held_out]))
+    }
+}
+
+fn read_delimited(path: &Path, data: &DataSection) -> Result<Vec<Pair>, DataError> {
+    let error = |line: Option<usize>, message: String| DataError {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    let delimiter = if path.extension().is_some_and(|e| e == "tsv") { b'\t' } else { b',' };
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .from_path(path)
+        .map_err(|e| error(None, e.to_string()))?;
+    let headers = reader.headers().map_err(|e| error(Some(1), e.to_string()))?.clone();
+    let column = |name: &str| {
+        headers.iter().position(|h| h == name).ok_or_else(|| {
+            let found: Vec<&str> = headers.iter().collect();
+            error(Some(1), format!("no column {name:?} (columns: {})", found.join(", ")))
+        })
+    };
+    let image_column = column(&data.image_column)?;
+    let caption_column = column(&data.caption_column)?;
+    let label_column = data.label_column.as_deref().map(column).transpose()?;
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let mut pairs = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let line = index + 2;
+        let record = record.map_err(|e| error(Some(line), e.to_string()))?;
+        let field = |column: usize, name: &str| {
+            record
+                .get(column)
+                .map(str::to_string)
+                .ok_or_else(|| error(Some(line), format!("missing {name:?} field")))
+        };
+        pairs.push(Pair {
+            image: folder.join(field(image_column, &data.image_column)?),
+            caption: field(caption_column, &data.caption_column)?,
+            label: label_column.map(|c| field(c, "label")).transpose()?,
+            line,
+        });
+    }
+    Ok(pairs)
+}
+
+fn read_jsonl(path: &Path, data: &DataSection) -> Result<Vec<Pair>, DataError> {
+    let error = |line: Option<usize>, message: String| DataError {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(None, e.to_string()))?;
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let mut pairs = Vec::new();
+    for (index, json) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let line = index + 1;
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|e| error(Some(line), e.to_string()))?;
+        let field = |key: &str| {
+            value
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| error(Some(line), format!("no string {key:?}")))
+        };
+        pairs.push(Pair {
+            image: folder.join(field(&data.image_column)?),
+            caption: field(&data.caption_column)?,
+            label: data.label_column.as_deref().map(field).transpose()?,
+            line,
+        });
+    }
+    Ok(pairs)
+}
+
+fn read_image_folder(root: &Path, caption_template: &str) -> Result<Vec<Pair>, DataError> {
+    let error = |path: &Path, message: String| DataError {
+        path: path.to_path_buf(),
+        line: None,
+        message,
+    };
+    let sorted_entries = |dir: &Path| -> Result<Vec<PathBuf>, DataError> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| error(dir, e.to_string()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        Ok(entries)
+    };
+    let mut pairs = Vec::new();
+    for class_dir in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
+        let class = class_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for image in sorted_entries(&class_dir)? {
+            let is_image = image
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+            if is_image {
+                pairs.push(Pair {
+                    image,
+                    caption: caption_template.replace("{}", &class),
+                    label: Some(class.clone()),
+                    line: 0,
+                });
+            }
+        }
+    }
+    Ok(pairs)
 }
 
 /// Images and token ids of one batch, ready to become tensors.
@@ -285,5 +385,45 @@ mod tests {
         assert_eq!(epoch.len(), 9, "an epoch visits distinct rows");
         assert_eq!(schedule.indices(4), Schedule::new(10, 3, 7).indices(4));
         assert_ne!(schedule.indices(0), schedule.indices(3), "epochs are shuffled differently");
+    }
+
+    fn section() -> DataSection {
+        serde_json::from_str(r#"{"train": "x.tsv"}"#).unwrap()
+    }
+
+    #[test]
+    fn jsonl_and_image_folders_become_tables() {
+        let dir = std::env::temp_dir().join(format!("clip-train-tables-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("folder/cat")).unwrap();
+        std::fs::create_dir_all(dir.join("folder/dog")).unwrap();
+        for name in ["folder/cat/a.png", "folder/cat/b.JPG", "folder/dog/c.png", "folder/dog/notes.txt"] {
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
+        let folder = PairTable::read(&dir.join("folder"), &section()).unwrap();
+        let captions: Vec<&str> = folder.pairs.iter().map(|p| p.caption.as_str()).collect();
+        assert_eq!(captions, ["a photo of a cat.", "a photo of a cat.", "a photo of a dog."]);
+        assert_eq!(folder.pairs[2].label.as_deref(), Some("dog"));
+
+        std::fs::write(dir.join("t.jsonl"), "{\"filepath\": \"a.png\", \"title\": \"a cat\"}\n\n{\"filepath\": \"b.png\"}\n").unwrap();
+        let err = PairTable::read(&dir.join("t.jsonl"), &section()).unwrap_err().to_string();
+        assert!(err.contains("t.jsonl:3") && err.contains("title"), "{err}");
+        std::fs::write(dir.join("t.jsonl"), "{\"filepath\": \"a.png\", \"title\": \"a cat\"}\n").unwrap();
+        let table = PairTable::read(&dir.join("t.jsonl"), &section()).unwrap();
+        assert_eq!((table.pairs[0].caption.as_str(), table.pairs[0].image.clone()), ("a cat", dir.join("a.png")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn split_is_seeded_disjoint_and_complete() {
+        let pairs = (0..10)
+            .map(|i| Pair { image: PathBuf::from(format!("{i}.png")), caption: String::new(), label: None, line: i + 2 })
+            .collect();
+        let table = PairTable { path: PathBuf::from("t.tsv"), pairs };
+        let (train, val) = table.clone().split(0.3, 5);
+        assert_eq!((train.pairs.len(), val.pairs.len()), (7, 3));
+        let mut lines: Vec<usize> = train.pairs.iter().chain(&val.pairs).map(|p| p.line).collect();
+        lines.sort();
+        assert_eq!(lines, (2..12).collect::<Vec<_>>());
+        assert_eq!(table.split(0.3, 5).1.pairs[0].line, val.pairs[0].line);
     }
 }

@@ -130,11 +130,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval { config: path, weights, overrides } => {
             let config = RunConfig::load(&path, &overrides)?;
-            let val = config.data.val.clone().context("data.val is not set: nothing to evaluate")?;
+            let val = config.tables()?.1.context("neither data.val nor data.val_fraction is set: nothing to evaluate")?;
             let device = trainer::select_device(&config.run.device)?;
             let (model, clip) = trainer::load_model(&config.model.name, Some(&weights), &device)?;
             let tokenizer = ClipTokenizer::new().with_context_length(clip.text.context_length)?;
-            let batcher = trainer::eval_batcher(&config, &val, &tokenizer, clip.vision.image_size)?;
+            let batcher = trainer::eval_batcher(&config, val, &tokenizer, clip.vision.image_size);
             let report = eval::evaluate(&model, &batcher, &tokenizer, &config.eval, &device)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }

@@ -114,7 +114,8 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
     let model = freeze(model, &config.train.freeze)?;
     let tokenizer = ClipTokenizer::new().with_context_length(clip_config.text.context_length)?;
     let image_size = clip_config.vision.image_size;
-    let batcher = train_batcher(config, &tokenizer, image_size)?;
+    let (train_table, val_table) = config.tables()?;
+    let batcher = train_batcher(config, train_table.clone(), &tokenizer, image_size)?;
     let run = Run { config, output, resume };
 
     match config.train.objective.as_str() {
@@ -128,9 +129,9 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
                 })
             };
             let fitted = run.fit(&ContrastiveObjective, model, &batcher, to_batch)?;
-            let eval = match &config.data.val {
+            let eval = match val_table {
                 Some(val) => {
-                    let batcher = eval_batcher(config, val, &tokenizer, image_size)?;
+                    let batcher = eval_batcher(config, val, &tokenizer, image_size);
                     let report = evaluate(&fitted.model.valid(), &batcher, &tokenizer, &config.eval, &device)?;
                     Some(serde_json::to_value(report)?)
                 }
@@ -157,9 +158,9 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
             let smoothing = Some(config.train.label_smoothing as f32).filter(|s| *s > 0.0);
             let objective = SupervisedObjective { label_smoothing: smoothing };
             let fitted = run.fit(&objective, visual, &batcher, to_batch)?;
-            let eval = match &config.data.val {
+            let eval = match val_table {
                 Some(val) => {
-                    let batcher = eval_batcher(config, val, &tokenizer, image_size)?;
+                    let batcher = eval_batcher(config, val, &tokenizer, image_size);
                     let report = evaluate_classifier(&fitted.model.valid(), &batcher, &classes, config, &device)?;
                     Some(report)
                 }
@@ -177,7 +178,7 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
                 clip_config.embed_dim
             );
             let cache = distill.cache.clone().unwrap_or_else(|| output.join("teacher_embeddings.safetensors"));
-            let teacher_batcher = eval_batcher(config, &config.data.train, &tokenizer, teacher_config.vision.image_size)?;
+            let teacher_batcher = eval_batcher(config, train_table, &tokenizer, teacher_config.vision.image_size);
             let targets = teacher_embeddings(&teacher, &teacher_batcher, &cache, config.eval.batch_size, &device)?;
             let dim = clip_config.embed_dim;
             let to_batch = |batch: PairBatch| -> anyhow::Result<DistillationBatch> {
@@ -189,11 +190,11 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
             };
             let loss = if distill.loss == "l2" { DistillationLoss::L2 } else { DistillationLoss::L1 };
             let fitted = run.fit(&DistillationObjective { loss }, model.visual, &batcher, to_batch)?;
-            let eval = match &config.data.val {
+            let eval = match val_table {
                 Some(val) => {
                     let student = fitted.model.valid();
-                    let batcher = eval_batcher(config, val, &tokenizer, image_size)?;
-                    let teacher_batcher = eval_batcher(config, val, &tokenizer, teacher_config.vision.image_size)?;
+                    let batcher = eval_batcher(config, val.clone(), &tokenizer, image_size);
+                    let teacher_batcher = eval_batcher(config, val, &tokenizer, teacher_config.vision.image_size);
                     Some(evaluate_distillation(&student, &teacher, &batcher, &teacher_batcher, config, &device)?)
                 }
                 None => None,
@@ -215,13 +216,13 @@ fn freeze(model: Clip, prefixes: &[String]) -> anyhow::Result<Clip> {
     Ok(model.freeze_group(group))
 }
 
-fn train_batcher(config: &RunConfig, tokenizer: &ClipTokenizer, image_size: usize) -> anyhow::Result<Batcher> {
+fn train_batcher(config: &RunConfig, table: PairTable, tokenizer: &ClipTokenizer, image_size: usize) -> anyhow::Result<Batcher> {
     let transform = TrainTransformConfig::new()
         .with_image_size(image_size)
         .with_scale(config.data.crop_scale)
         .init()?;
     Ok(Batcher::new(
-        PairTable::read(&config.data.train, &config.data)?,
+        table,
         tokenizer.clone(),
         Transform::Train(transform),
         config.data.workers,
@@ -231,15 +232,15 @@ fn train_batcher(config: &RunConfig, tokenizer: &ClipTokenizer, image_size: usiz
 }
 
 /// A batcher over `table` with the evaluation transform.
-pub fn eval_batcher(config: &RunConfig, table: &Path, tokenizer: &ClipTokenizer, image_size: usize) -> anyhow::Result<Batcher> {
-    Ok(Batcher::new(
-        PairTable::read(table, &config.data)?,
+pub fn eval_batcher(config: &RunConfig, table: PairTable, tokenizer: &ClipTokenizer, image_size: usize) -> Batcher {
+    Batcher::new(
+        table,
         tokenizer.clone(),
         Transform::Eval(EvalTransformConfig::new().with_image_size(image_size).init()),
         config.data.workers,
         config.data.skip_bad_samples,
         config.run.seed,
-    ))
+    )
 }
 
 /// `eval.classes`, or the sorted distinct labels of `table`.

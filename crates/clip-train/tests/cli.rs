@@ -317,3 +317,32 @@ fn distillation_objective_caches_the_teacher_and_learns_its_embeddings() {
     assert!(stderr(&output).contains("teacher embeddings from"), "{}", stderr(&output));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn image_folder_with_a_random_validation_split() {
+    let dir = scratch("folder");
+    let digits = workspace().join("datasets/digits");
+    let table = std::fs::read_to_string(digits.join("train.tsv")).unwrap();
+    for line in table.lines().skip(1).take(60) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let class_dir = dir.join("images").join(fields[2]);
+        std::fs::create_dir_all(&class_dir).unwrap();
+        std::fs::copy(digits.join(fields[0]), class_dir.join(Path::new(fields[0]).file_name().unwrap())).unwrap();
+    }
+    let out = dir.join("run");
+    let config = dir.join("folder.toml");
+    let quickstart = std::fs::read_to_string(workspace().join("configs/quickstart.toml")).unwrap();
+    let without_val: Vec<&str> = quickstart.lines().filter(|l| !l.starts_with("val =")).collect();
+    std::fs::write(&config, without_val.join("\n")).unwrap();
+    let train = format!("data.train={}", dir.join("images").display());
+    let output = run(&[
+        "train", config.to_str().unwrap(), "--output", out.to_str().unwrap(), "--set", &train,
+        "--set", "data.val_fraction=0.25", "--set", "train.batch_size=15", "--set", "train.max_steps=3",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["eval"]["samples"], 15, "a quarter of 60 images held out");
+    assert_eq!(summary["samples"], 45);
+    let _ = std::fs::remove_dir_all(&dir);
+}
