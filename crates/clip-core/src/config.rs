@@ -26,6 +26,10 @@ pub struct ClipConfig {
     /// Initial value of the learnable log logit scale.
     #[config(default = "DEFAULT_LOG_LOGIT_SCALE")]
     pub init_logit_scale: f64,
+    /// Initial value of a learnable logit bias (SigLIP; open_clip's `init_logit_bias`, -10
+    /// in its SigLIP configs); none for CLIP.
+    #[config(default = "None")]
+    pub init_logit_bias: Option<f64>,
 }
 
 /// Named architectures shipped with the crate, as open_clip JSON model configs.
@@ -122,7 +126,7 @@ impl ClipConfig {
     pub fn to_open_clip_json(&self) -> serde_json::Value {
         let v = &self.vision;
         let t = &self.text;
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "embed_dim": self.embed_dim,
             "quick_gelu": v.activation == Activation::QuickGelu,
             "vision_cfg": {
@@ -141,7 +145,11 @@ impl ClipConfig {
                 "layers": t.layers,
                 "mlp_ratio": t.mlp_width as f64 / t.width as f64,
             },
-        })
+        });
+        if let Some(bias) = self.init_logit_bias {
+            json["init_logit_bias"] = bias.into();
+        }
+        json
     }
 
     /// This configuration as a Hugging Face `CLIPConfig` (`config.json`).
@@ -210,6 +218,8 @@ struct OpenClipModelConfig {
     text_cfg: OpenClipTextConfig,
     #[serde(default)]
     init_logit_scale: Option<f64>,
+    #[serde(default)]
+    init_logit_bias: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -278,7 +288,8 @@ impl OpenClipModelConfig {
         )
         .with_activation(activation);
         let config = ClipConfig::new(self.embed_dim, vision, text)
-            .with_init_logit_scale(self.init_logit_scale.unwrap_or(DEFAULT_LOG_LOGIT_SCALE));
+            .with_init_logit_scale(self.init_logit_scale.unwrap_or(DEFAULT_LOG_LOGIT_SCALE))
+            .with_init_logit_bias(self.init_logit_bias);
         config.validate(origin)?;
         Ok(config)
     }

@@ -15,6 +15,9 @@ impl ClipConfig {
             visual: self.vision.init(device),
             text: self.text.init(device),
             logit_scale: Param::from_tensor(Tensor::from_floats([self.init_logit_scale as f32], device)),
+            logit_bias: self
+                .init_logit_bias
+                .map(|bias| Param::from_tensor(Tensor::from_floats([bias as f32], device))),
         }
     }
 }
@@ -28,6 +31,8 @@ pub struct Clip {
     pub text: crate::text::TextTransformer,
     /// Log of the logit scale, `[1]`.
     pub logit_scale: Param<Tensor<1>>,
+    /// Learnable logit bias `[1]` of SigLIP models; `None` for CLIP.
+    pub logit_bias: Option<Param<Tensor<1>>>,
 }
 
 /// Image-text similarity logits.

@@ -141,3 +141,35 @@ fn hugging_face_export_carries_its_config() {
     assert_eq!(read_back.text, config.text);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn logit_bias_round_trips_through_the_open_clip_layout() {
+    let device = Device::flex();
+    let fixture = fixtures::model_fixtures(&fixtures::root())
+        .unwrap()
+        .into_iter()
+        .find(|f| f.format == "open_clip")
+        .expect("an open_clip fixture");
+    let mut config = config_of(&fixture);
+    config.init_logit_bias = Some(-10.0);
+    let model = config.init(&device);
+    let dir = std::env::temp_dir().join(format!("clip-core-bias-{}", std::process::id()));
+    let path = dir.join("siglip.safetensors");
+    weights::save_open_clip(&model, &config, &path).unwrap();
+    let saved = fixtures::read_tensors(&path).unwrap();
+    assert_eq!(saved["logit_bias"].values, vec![-10.0]);
+    let back = weights::load_clip(&path, &config, &device).unwrap();
+    let layout = CheckpointFormat::OpenClip.layout(&config);
+    assert_eq!(weights::export(&back, &layout).unwrap(), weights::export(&model, &layout).unwrap());
+    // The exported JSON config carries the bias, so the model is rebuilt with one.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("open_clip_config.json")).unwrap()).unwrap();
+    let rebuilt = ClipConfig::from_open_clip_value(json["model_cfg"].clone(), "exported").unwrap();
+    assert_eq!(rebuilt.init_logit_bias, Some(-10.0));
+    // A checkpoint without the bias does not load into a model that has one.
+    let err = weights::load_clip(&fixture.file("model"), &config, &device).unwrap_err();
+    assert!(err.to_string().contains("logit_bias"), "{err}");
+    // Hugging Face's CLIPModel has no place for it.
+    assert!(weights::save_hugging_face(&model, &config, &dir.join("hf")).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -143,7 +143,8 @@ pub struct TrainSection {
     /// What is trained: `contrastive` (CLIP on image-caption pairs), `supervised` (image
     /// classifier on `data.label_column`) or `distillation` (image tower towards `[distill]`).
     pub objective: String,
-    /// Contrastive loss: `infonce` (open_clip's ClipLoss).
+    /// Contrastive loss: `infonce` (open_clip's ClipLoss) or `siglip` (needs a model config
+    /// with `init_logit_bias`).
     pub loss: String,
     /// Supervised: start the classifier head from the zero-shot classifier (`true`) or at random.
     pub zero_shot_head: bool,
@@ -300,7 +301,7 @@ impl RunConfig {
             ((0.0..1.0).contains(&t.beta2), format!("train.beta2 = {} must be in [0, 1)", t.beta2)),
             (t.eps > 0.0, format!("train.eps = {} must be positive", t.eps)),
             (t.grad_clip_norm >= 0.0, format!("train.grad_clip_norm = {} must not be negative", t.grad_clip_norm)),
-            (t.loss == "infonce", format!("train.loss = {:?}: use \"infonce\"", t.loss)),
+            (["infonce", "siglip"].contains(&t.loss.as_str()), format!("train.loss = {:?}: use \"infonce\" or \"siglip\"", t.loss)),
             (["cosine", "constant"].contains(&t.schedule.as_str()), format!("train.schedule = {:?}: use \"cosine\" or \"constant\"", t.schedule)),
             (t.keep_checkpoints > 0, "train.keep_checkpoints must be at least 1".into()),
             (self.eval.batch_size > 0, "eval.batch_size must be at least 1".into()),

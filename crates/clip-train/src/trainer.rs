@@ -27,7 +27,7 @@ use crate::embeddings_file::write_embeddings;
 use crate::eval::evaluate;
 use crate::lr::learning_rate;
 use crate::objectives::{
-    ContrastiveBatch, ContrastiveObjective, DistillationBatch, DistillationLoss, DistillationObjective, ImageClassifier,
+    ContrastiveBatch, ContrastiveLoss, ContrastiveObjective, DistillationBatch, DistillationLoss, DistillationObjective, ImageClassifier,
     LabelledBatch, SupervisedObjective,
 };
 
@@ -128,7 +128,15 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
                     tokens: Tensor::from_data(TensorData::new(batch.tokens, [rows, context]), &train_device),
                 })
             };
-            let fitted = run.fit(&ContrastiveObjective, model, &batcher, to_batch)?;
+            let loss = if config.train.loss == "siglip" { ContrastiveLoss::SigLip } else { ContrastiveLoss::InfoNce };
+            if loss == ContrastiveLoss::SigLip && model.logit_bias.is_none() {
+                bail!(
+                    "train.loss = \"siglip\" needs a model with a logit bias: set \"init_logit_bias\" in the \
+                     model config {} (open_clip's SigLIP configs use -10, with init_logit_scale ln 10)",
+                    config.model.name
+                );
+            }
+            let fitted = run.fit(&ContrastiveObjective { loss }, model, &batcher, to_batch)?;
             let eval = match val_table {
                 Some(val) => {
                     let batcher = eval_batcher(config, val, &tokenizer, image_size);

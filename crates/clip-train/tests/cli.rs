@@ -346,3 +346,25 @@ fn image_folder_with_a_random_validation_split() {
     assert_eq!(summary["samples"], 45);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn siglip_loss_trains_a_model_with_a_logit_bias() {
+    let out = scratch("siglip");
+    let mut args = vec![
+        "train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "train.loss=siglip",
+        "--set", "model.name=configs/models/tiny-digits-siglip.json", "--set", "train.max_steps=10",
+    ];
+    args.extend(FAST);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let losses = losses(&out);
+    assert!(losses[&10] < losses[&1], "sigmoid loss went from {} to {}", losses[&1], losses[&10]);
+
+    // A model without a bias is refused with the reason.
+    let again = scratch("siglip-no-bias");
+    let output = run(&["train", "configs/quickstart.toml", "--output", again.to_str().unwrap(), "--set", "train.loss=siglip"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("init_logit_bias"), "{}", stderr(&output));
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&again);
+}

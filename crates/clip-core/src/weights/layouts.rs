@@ -39,6 +39,9 @@ pub fn open_clip(config: &ClipConfig) -> Layout {
     layer_norm(&mut e, "ln_final", "text.ln_final");
     e.push(Entry::new("text_projection", "text.text_projection", Identity));
     e.push(Entry::new("logit_scale", "logit_scale", Scalar));
+    if config.init_logit_bias.is_some() {
+        e.push(Entry::new("logit_bias", "logit_bias", Scalar));
+    }
     Layout {
         entries: e,
         // OpenAI's released state dicts carry these three scalars besides the weights.

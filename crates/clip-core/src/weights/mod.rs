@@ -102,6 +102,12 @@ pub fn save_open_clip(model: &Clip, config: &ClipConfig, path: &Path) -> Result<
 /// Writes the model as a Hugging Face `CLIPModel` directory: `model.safetensors` and
 /// `config.json` (loadable by `transformers.CLIPModel.from_pretrained(dir)`).
 pub fn save_hugging_face(model: &Clip, config: &ClipConfig, dir: &Path) -> Result<()> {
+    if config.init_logit_bias.is_some() {
+        return Err(ClipError::config(
+            dir.display().to_string(),
+            "a model with a logit bias (SigLIP) has no Hugging Face CLIPModel layout; export it as open_clip",
+        ));
+    }
     let tensors = mapping::export(model, &CheckpointFormat::HuggingFace.layout(config))?;
     Checkpoint::write_safetensors(&tensors, &dir.join("model.safetensors"))?;
     let json = serde_json::to_string_pretty(&config.to_hf_json()).unwrap_or_default();

@@ -1,7 +1,8 @@
-//! CLIP's image-text contrastive objective (open_clip's `ClipLoss`).
+//! The image-text contrastive objective: CLIP's InfoNCE (open_clip's `ClipLoss`) or SigLIP's
+//! pairwise sigmoid loss.
 
 use burn::tensor::{Int, Tensor};
-use clip_core::{Clip, ClipLoss, Objective, StepOutput};
+use clip_core::{Clip, ClipLoss, Objective, SigLipLoss, StepOutput};
 
 /// Images and the token ids of their captions.
 #[derive(Debug, Clone)]
@@ -12,10 +13,27 @@ pub struct ContrastiveBatch {
     pub tokens: Tensor<2, Int>,
 }
 
-/// Symmetric InfoNCE over normalized image and text embeddings, scaled by the model's
+/// Which contrastive loss.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ContrastiveLoss {
+    /// Symmetric InfoNCE (CLIP).
+    #[default]
+    InfoNce,
+    /// Pairwise sigmoid loss with the model's learnable logit bias (SigLIP).
+    SigLip,
+}
+
+/// A contrastive loss over normalized image and text embeddings, scaled by the model's
 /// learnable logit scale (clamped to `[0, ln 100]` after every update).
+///
+/// # Panics
+/// `forward` panics when the SigLIP loss is used with a model without a logit bias; the
+/// trainer checks this before training.
 #[derive(Debug, Clone, Default)]
-pub struct ContrastiveObjective;
+pub struct ContrastiveObjective {
+    /// The loss.
+    pub loss: ContrastiveLoss,
+}
 
 impl Objective for ContrastiveObjective {
     type Model = Clip;
@@ -26,8 +44,13 @@ impl Objective for ContrastiveObjective {
         let text = model.encode_text(batch.tokens, true);
         let scale = model.logit_scale();
         let logit_scale = f64::from(scale.clone().into_scalar::<f32>());
+        let loss = match (self.loss, &model.logit_bias) {
+            (ContrastiveLoss::SigLip, Some(bias)) => SigLipLoss::default().forward(image, text, scale, bias.val()),
+            (ContrastiveLoss::SigLip, None) => panic!("the SigLIP loss needs a model with a logit bias"),
+            (ContrastiveLoss::InfoNce, _) => ClipLoss::default().forward(image, text, scale),
+        };
         StepOutput {
-            loss: ClipLoss::default().forward(image, text, scale),
+            loss,
             metrics: vec![("logit_scale", logit_scale)],
         }
     }

@@ -5,6 +5,6 @@ mod contrastive;
 mod distillation;
 mod supervised;
 
-pub use contrastive::{ContrastiveBatch, ContrastiveObjective};
+pub use contrastive::{ContrastiveBatch, ContrastiveLoss, ContrastiveObjective};
 pub use distillation::{DistillationBatch, DistillationLoss, DistillationObjective};
 pub use supervised::{ImageClassifier, LabelledBatch, SupervisedObjective};
