@@ -33,6 +33,11 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// The run's `summary.json`.
+fn summary_of(output: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(output.join("summary.json")).unwrap()).unwrap()
+}
+
 /// Loss of each step, as the last line written for it in `metrics.jsonl`.
 fn losses(output: &Path) -> std::collections::BTreeMap<u64, f64> {
     let text = std::fs::read_to_string(output.join("metrics.jsonl")).unwrap();
@@ -49,8 +54,7 @@ fn short_training_run_writes_summary_metrics_and_checkpoint() {
     args.extend(FAST);
     let output = run(&args);
     assert!(output.status.success(), "{}", stderr(&output));
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary = summary_of(&out);
     assert_eq!(summary["steps"], 6);
     assert_eq!(summary["samples"], 96);
     assert_eq!(summary["chance_top1"], 0.1);
@@ -188,8 +192,7 @@ fn corrupt_images_stop_the_run_or_are_skipped_and_counted() {
     skipping.extend(["--set", "data.skip_bad_samples=true"]);
     let output = run(&skipping);
     assert!(output.status.success(), "{}", stderr(&output));
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary = summary_of(&out);
     assert_eq!(summary["skipped_samples"], 1);
     assert_eq!(summary["samples"], 31);
     let _ = std::fs::remove_dir_all(&dir);
@@ -276,8 +279,7 @@ fn supervised_objective_starts_at_zero_shot_and_reports_accuracy() {
     args.extend(FAST);
     let output = run(&args);
     assert!(output.status.success(), "{}", stderr(&output));
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    let summary = summary_of(&run_dir);
     let top1 = summary["eval"]["top1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&top1) && summary["eval"]["chance_top1"] == 0.1, "{summary}");
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
@@ -302,8 +304,7 @@ fn distillation_objective_caches_the_teacher_and_learns_its_embeddings() {
     assert!(run_dir.join("teacher_embeddings.safetensors").is_file());
     let losses = losses(&run_dir);
     assert!(losses[&15] < losses[&1], "L1 distance went from {} to {}", losses[&1], losses[&15]);
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    let summary = summary_of(&run_dir);
     assert!(summary["eval"]["teacher_cosine"].as_f64().unwrap() > 0.0, "{summary}");
 
     // The cache is reused by a second run.
@@ -340,8 +341,7 @@ fn image_folder_with_a_random_validation_split() {
         "--set", "data.val_fraction=0.25", "--set", "train.batch_size=15", "--set", "train.max_steps=3",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary = summary_of(&out);
     assert_eq!(summary["eval"]["samples"], 15, "a quarter of 60 images held out");
     assert_eq!(summary["samples"], 45);
     let _ = std::fs::remove_dir_all(&dir);
@@ -367,4 +367,60 @@ fn siglip_loss_trains_a_model_with_a_logit_bias() {
     assert!(stderr(&output).contains("init_logit_bias"), "{}", stderr(&output));
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&again);
+}
+
+#[test]
+fn frozen_tower_is_left_untouched_by_fine_tuning() {
+    let (out, start) = trained_checkpoint("freeze");
+    let config = out.join("lit.toml");
+    let quickstart = std::fs::read_to_string(workspace().join("configs/quickstart.toml")).unwrap();
+    let weights = format!("name = \"configs/models/tiny-digits.json\"\nweights = \"{}\"", start.display());
+    let lit = quickstart
+        .replace("name = \"configs/models/tiny-digits.json\"", &weights)
+        .replace("[train]", "[train]\nfreeze = [\"visual\"]");
+    std::fs::write(&config, lit).unwrap();
+    let tuned = out.join("lit");
+    let mut args = vec!["train", config.to_str().unwrap(), "--output", tuned.to_str().unwrap(), "--set", "train.max_steps=3"];
+    args.extend(FAST);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let device = burn::tensor::Device::flex();
+    let model_config = workspace().join("configs/models/tiny-digits.json");
+    let load = |dir: &Path| {
+        let (model, config) = clip_train::trainer::load_model(model_config.to_str().unwrap(), Some(dir), &device).unwrap();
+        clip_core::weights::export(&model, &clip_core::weights::CheckpointFormat::OpenClip.layout(&config)).unwrap()
+    };
+    let (before, after) = (load(&start), load(&tuned.join("checkpoints/step-00000003")));
+    for (key, tensor) in &before {
+        if key.starts_with("visual.") {
+            assert_eq!(&after[key], tensor, "{key} changed although frozen");
+        }
+    }
+    assert_ne!(after["ln_final.weight"], before["ln_final.weight"], "the text tower should train");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn zero_shot_command_ranks_the_labels() {
+    let (out, checkpoint) = trained_checkpoint("zero-shot");
+    let image = workspace().join("datasets/digits/images/0000.png");
+    let output = run(&[
+        "zero-shot", "--model", "configs/models/tiny-digits.json", "--weights", checkpoint.to_str().unwrap(),
+        "--labels", "zero, one, two", "--top", "3", image.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let percents: Vec<f64> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().trim_end_matches('%').parse().unwrap())
+        .collect();
+    assert_eq!(percents.len(), 3, "{stdout}");
+    assert!(percents.windows(2).all(|w| w[0] >= w[1]), "ranked best first: {stdout}");
+    assert!((percents.iter().sum::<f64>() - 100.0).abs() < 0.1, "probabilities over all labels: {stdout}");
+    let output = run(&["zero-shot", "--weights", checkpoint.to_str().unwrap(), "--labels", " , ", image.to_str().unwrap(),
+        "--model", "configs/models/tiny-digits.json"]);
+    assert!(!output.status.success() && stderr(&output).contains("--labels"), "{}", stderr(&output));
+    let _ = std::fs::remove_dir_all(&out);
 }
