@@ -150,8 +150,11 @@ pub struct TrainSection {
     pub zero_shot_head: bool,
     /// Supervised: label smoothing of the cross-entropy (0: none).
     pub label_smoothing: f64,
-    /// Samples per optimizer step.
+    /// Samples per batch.
     pub batch_size: usize,
+    /// Batches whose gradients are averaged into one optimizer step. Each batch is its own
+    /// contrastive problem (negatives come from the batch), unlike open_clip's `accum_freq`.
+    pub accumulate_batches: usize,
     /// Passes over the training data.
     pub epochs: usize,
     /// Peak learning rate.
@@ -190,6 +193,7 @@ impl Default for TrainSection {
             zero_shot_head: true,
             label_smoothing: 0.0,
             batch_size: 64,
+            accumulate_batches: 1,
             epochs: 1,
             lr: 5e-4,
             weight_decay: 0.2,
@@ -292,8 +296,9 @@ impl RunConfig {
     /// Checks values serde cannot: ranges, choices and the existence of input files.
     pub fn validate(&self) -> Result<(), String> {
         let t = &self.train;
-        let checks: [(bool, String); 12] = [
+        let checks: [(bool, String); 13] = [
             (t.batch_size > 0, "train.batch_size must be at least 1".into()),
+            (t.accumulate_batches > 0, "train.accumulate_batches must be at least 1".into()),
             (t.epochs > 0, "train.epochs must be at least 1".into()),
             (t.lr.is_finite() && t.lr > 0.0, format!("train.lr = {} must be positive", t.lr)),
             (t.weight_decay >= 0.0, format!("train.weight_decay = {} must not be negative", t.weight_decay)),

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use clip_core::preprocess::{EvalTransformConfig, TrainTransformConfig, stack_images};
 use clip_core::vision::VisionTransformer;
@@ -430,7 +430,18 @@ impl Run<'_> {
                 config.data.train.display()
             );
         }
-        let mut total_steps = schedule.steps_per_epoch() * t.epochs;
+        // An optimizer step consumes `accumulate` consecutive batches of the schedule.
+        let accumulate = t.accumulate_batches.max(1);
+        let steps_per_epoch = schedule.steps_per_epoch() / accumulate;
+        if steps_per_epoch == 0 {
+            bail!(
+                "train.accumulate_batches = {accumulate} batches of {} exceed the {} rows of {}",
+                t.batch_size,
+                batcher.table().pairs.len(),
+                config.data.train.display()
+            );
+        }
+        let mut total_steps = steps_per_epoch * t.epochs;
         if t.max_steps > 0 {
             total_steps = total_steps.min(t.max_steps);
         }
@@ -448,31 +459,49 @@ impl Run<'_> {
                 .progress_chars("=> "),
         );
 
-        let batches = prefetch(batcher.clone(), schedule.clone(), state.step..total_steps, 2);
+        let batches = prefetch(batcher.clone(), schedule.clone(), state.step * accumulate..total_steps * accumulate, 2);
         let mut last_loss = f64::NAN;
         let mut last_checkpoint = checkpoints.latest()?;
         let started = Instant::now();
         let time_before = state.train_seconds;
-        for (step, batch) in batches {
-            let batch = batch?;
-            state.skipped += batch.skipped.len();
-            for skipped in &batch.skipped {
-                progress.suspend(|| eprintln!("skipped: {skipped}"));
+        for step in state.step..total_steps {
+            let mut accumulator = GradientsAccumulator::<O::Model>::new();
+            let (mut samples, mut batches_used, mut loss_sum, mut step_metrics) = (0, 0, 0.0, Vec::new());
+            for _ in 0..accumulate {
+                let Ok((_, batch)) = batches.recv() else { break };
+                let batch = batch?;
+                state.skipped += batch.skipped.len();
+                for skipped in &batch.skipped {
+                    progress.suspend(|| eprintln!("skipped: {skipped}"));
+                }
+                if batch.rows.is_empty() {
+                    continue;
+                }
+                samples += batch.rows.len();
+                batches_used += 1;
+                let output_of_batch = objective.forward(&model, to_batch(batch)?);
+                let loss_value = f64::from(output_of_batch.loss.clone().into_scalar::<f32>());
+                if !loss_value.is_finite() {
+                    let kept = last_checkpoint
+                        .as_ref()
+                        .map(|p| format!("the last good checkpoint is {}", p.display()))
+                        .unwrap_or_else(|| "no checkpoint was written yet".into());
+                    bail!("loss is {loss_value} at step {}: stopping ({kept}); try a lower train.lr", step + 1);
+                }
+                loss_sum += loss_value;
+                step_metrics = output_of_batch.metrics;
+                accumulator.accumulate(&model, GradientsParams::from_grads(output_of_batch.loss.backward(), &model));
             }
-            let samples = batch.rows.len();
-            if samples == 0 {
+            if batches_used == 0 {
+                // Every image of this step was unreadable and skipped.
+                state.step = step + 1;
                 continue;
             }
-            let output_of_step = objective.forward(&model, to_batch(batch)?);
-            let loss_value = f64::from(output_of_step.loss.clone().into_scalar::<f32>());
-            if !loss_value.is_finite() {
-                let kept = last_checkpoint
-                    .as_ref()
-                    .map(|p| format!("the last good checkpoint is {}", p.display()))
-                    .unwrap_or_else(|| "no checkpoint was written yet".into());
-                bail!("loss is {loss_value} at step {}: stopping ({kept}); try a lower train.lr", step + 1);
+            let mut grads = accumulator.grads();
+            if batches_used > 1 {
+                scale_gradients(&model, &mut grads, 1.0 / batches_used as f32);
             }
-            let mut grads = GradientsParams::from_grads(output_of_step.loss.backward(), &model);
+            let loss_value = loss_sum / batches_used as f64;
             if t.grad_clip_norm > 0.0 {
                 clip_global_norm(&model, &mut grads, t.grad_clip_norm);
             }
@@ -489,7 +518,7 @@ impl Run<'_> {
             if state.step % t.log_every.max(1) == 0 || state.step == total_steps {
                 let mut line = serde_json::json!({
                     "step": state.step,
-                    "epoch": step / schedule.steps_per_epoch(),
+                    "epoch": step / steps_per_epoch,
                     "loss": loss_value,
                     "lr": lr,
                     "samples_per_second": rate,
@@ -498,7 +527,7 @@ impl Run<'_> {
                 tensorboard.add_scalar("train/loss", loss_value as f32, state.step);
                 tensorboard.add_scalar("train/lr", lr as f32, state.step);
                 tensorboard.add_scalar("train/samples_per_second", rate as f32, state.step);
-                for (name, value) in &output_of_step.metrics {
+                for (name, value) in &step_metrics {
                     line[*name] = serde_json::json!(value);
                     tensorboard.add_scalar(&format!("train/{name}"), *value as f32, state.step);
                 }
@@ -509,7 +538,7 @@ impl Run<'_> {
             }
         }
         if state.step < total_steps {
-            bail!("the data loader stopped at step {} of {total_steps}", state.step);
+            bail!("the data ran out at step {} of {total_steps}", state.step);
         }
         progress.finish();
         // Dropping the writer joins its thread, which writes everything out.
@@ -576,6 +605,16 @@ fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm:
             }
         }
     }
+    let mut norm = SquaredNorm { grads, total: 0.0 };
+    model.visit(&mut norm);
+    let norm = norm.total.sqrt();
+    if norm > max_norm {
+        scale_gradients(model, grads, (max_norm / (norm + 1e-6)) as f32);
+    }
+}
+
+/// Multiplies every gradient of `model`'s parameters by `factor`.
+fn scale_gradients<M: Module>(model: &M, grads: &mut GradientsParams, factor: f32) {
     struct Scale<'a> {
         grads: &'a mut GradientsParams,
         factor: f32,
@@ -587,11 +626,5 @@ fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm:
             }
         }
     }
-    let mut norm = SquaredNorm { grads, total: 0.0 };
-    model.visit(&mut norm);
-    let norm = norm.total.sqrt();
-    if norm > max_norm {
-        let factor = (max_norm / (norm + 1e-6)) as f32;
-        model.visit(&mut Scale { grads, factor });
-    }
+    model.visit(&mut Scale { grads, factor });
 }

@@ -424,3 +424,32 @@ fn zero_shot_command_ranks_the_labels() {
     assert!(!output.status.success() && stderr(&output).contains("--labels"), "{}", stderr(&output));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn accumulated_batches_reproduce_the_large_batch_gradient() {
+    let (out, start) = trained_checkpoint("accumulate");
+    // Without random crops (area 1 of an 8x8 digit is the whole digit) the two runs see the
+    // same pixels; the supervised loss is a mean, so two accumulated halves equal one batch.
+    let config = out.join("finetune.toml");
+    let finetune = std::fs::read_to_string(workspace().join("configs/digits-finetune.toml")).unwrap();
+    std::fs::write(&config, finetune.replace("[data]", "[data]\ncrop_scale = [1.0, 1.0]")).unwrap();
+    let weights = format!("model.weights={}", start.display());
+    let losses_of = |name: &str, batch: &str, accumulate: &str| {
+        let dir = out.join(name);
+        let output = run(&[
+            "train", config.to_str().unwrap(), "--output", dir.to_str().unwrap(), "--set", &weights,
+            "--set", "train.max_steps=4", "--set", "train.log_every=1", "--set", "train.lr=1e-3",
+            "--set", &format!("train.batch_size={batch}"), "--set", &format!("train.accumulate_batches={accumulate}"),
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        losses(&dir)
+    };
+    let large = losses_of("large", "16", "1");
+    let accumulated = losses_of("accumulated", "8", "2");
+    assert_eq!(large.len(), 4);
+    for (step, loss) in &large {
+        let other = accumulated[step];
+        assert!((loss - other).abs() <= 1e-5 * loss.abs().max(1.0), "step {step}: {loss} vs {other}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
