@@ -61,6 +61,9 @@ pub struct RunSection {
     pub device: String,
     /// Seed of model initialization, shuffling and augmentation.
     pub seed: u64,
+    /// Float type of parameters and activations: `f32`, `bf16` or `f16` (where the backend
+    /// supports it).
+    pub precision: String,
 }
 
 impl Default for RunSection {
@@ -69,6 +72,7 @@ impl Default for RunSection {
             output: PathBuf::from("runs/default"),
             device: "flex".into(),
             seed: 0,
+            precision: "f32".into(),
         }
     }
 }
@@ -339,6 +343,9 @@ impl RunConfig {
                     "train.objective = {other:?}: use \"contrastive\", \"supervised\" or \"distillation\""
                 ));
             }
+        }
+        if !["f32", "bf16", "f16"].contains(&self.run.precision.as_str()) {
+            return Err(format!("run.precision = {:?}: use \"f32\", \"bf16\" or \"f16\"", self.run.precision));
         }
         if !["flex", "wgpu", "cuda"].contains(&self.run.device.as_str()) {
             return Err(format!("run.device = {:?}: use \"flex\", \"wgpu\" or \"cuda\"", self.run.device));

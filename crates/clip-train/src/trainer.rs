@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use clip_core::preprocess::{EvalTransformConfig, TrainTransformConfig, stack_images};
 use clip_core::vision::VisionTransformer;
 use clip_core::{Clip, ClipConfig, ClipTokenizer, Objective, ZeroShotClassifier, imagenet_templates, weights};
@@ -77,6 +77,22 @@ pub fn select_device(name: &str) -> anyhow::Result<Device> {
     }
 }
 
+/// Makes `precision` (`f32`, `bf16`, `f16`) the float type of every tensor created on `device`.
+pub fn set_precision(device: &mut Device, precision: &str) -> anyhow::Result<()> {
+    let dtype = match precision {
+        "f32" => return Ok(()),
+        "bf16" => FloatDType::BF16,
+        "f16" => FloatDType::F16,
+        other => bail!("run.precision = {other:?}: use \"f32\", \"bf16\" or \"f16\""),
+    };
+    if !device.supports_dtype(dtype) {
+        bail!("run.precision = {precision:?} is not supported by the {device:?} backend");
+    }
+    device
+        .configure(dtype)
+        .map_err(|e| anyhow::anyhow!("run.precision = {precision:?}: {e:?}"))
+}
+
 /// A CLIP from `weights`: a run's checkpoint folder (`model.bpk`, architecture `name`), a
 /// Hugging Face `CLIPModel` directory (which brings its own `config.json`), or an open_clip /
 /// OpenAI checkpoint file (architecture `name`); freshly initialized when `weights` is `None`.
@@ -104,7 +120,8 @@ pub fn load_model(name: &str, weights: Option<&Path>, device: &Device) -> anyhow
 /// Trains as `config` says, writing everything under `output`; with `resume`, continues
 /// from the newest checkpoint there.
 pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<Summary> {
-    let device = select_device(&config.run.device)?;
+    let mut device = select_device(&config.run.device)?;
+    set_precision(&mut device, &config.run.precision)?;
     device.seed(config.run.seed);
     let train_device = device.clone().autodiff();
     std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;

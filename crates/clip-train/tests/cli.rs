@@ -453,3 +453,22 @@ fn accumulated_batches_reproduce_the_large_batch_gradient() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn half_precision_runs_and_unknown_precisions_are_refused() {
+    let out = scratch("bf16");
+    let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "run.precision=bf16",
+        "--set", "train.max_steps=3"];
+    args.extend(FAST);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary = summary_of(&out);
+    assert_eq!(summary["steps"], 3);
+    let loss = summary["final_loss"].as_f64().unwrap();
+    // bf16 keeps 8 significant bits: the loss is a multiple of a power of two near it.
+    let ulp = 2f64.powi(loss.log2().floor() as i32 - 7);
+    assert_eq!((loss / ulp).fract(), 0.0, "{loss} is not a bf16 value");
+    let output = run(&["check", "configs/quickstart.toml", "--set", "run.precision=fp8"]);
+    assert!(!output.status.success() && stderr(&output).contains("run.precision"), "{}", stderr(&output));
+    let _ = std::fs::remove_dir_all(&out);
+}
