@@ -347,8 +347,16 @@ impl RunConfig {
         if !["f32", "bf16", "f16"].contains(&self.run.precision.as_str()) {
             return Err(format!("run.precision = {:?}: use \"f32\", \"bf16\" or \"f16\"", self.run.precision));
         }
-        if !["flex", "wgpu", "cuda"].contains(&self.run.device.as_str()) {
-            return Err(format!("run.device = {:?}: use \"flex\", \"wgpu\" or \"cuda\"", self.run.device));
+        let built = [("flex", true), ("wgpu", cfg!(feature = "wgpu")), ("cuda", cfg!(feature = "cuda"))];
+        match built.iter().find(|(name, _)| *name == self.run.device) {
+            None => return Err(format!("run.device = {:?}: use \"flex\", \"wgpu\" or \"cuda\"", self.run.device)),
+            Some((name, false)) => {
+                return Err(format!(
+                    "run.device = \"{name}\": this clipforge was built without the {name} backend; \
+                     rebuild with `cargo build --release -p clip-train --features {name}`"
+                ));
+            }
+            Some(_) => {}
         }
         let (lo, hi) = self.data.crop_scale;
         if !(0.0 < lo && lo <= hi && hi <= 1.0) {

@@ -159,6 +159,10 @@ fn bad_configs_name_the_file_and_the_key() {
         assert!(!output.status.success(), "{name}: accepted");
         assert!(message.contains(&format!("{name}.toml")) && message.contains(key), "{name}: {message}");
     }
+    if !cfg!(feature = "wgpu") {
+        let output = run(&["check", "configs/quickstart.toml", "--set", "run.device=wgpu"]);
+        assert!(stderr(&output).contains("--features wgpu"), "{}", stderr(&output));
+    }
     let output = run(&["check", "configs/quickstart.toml", "--set", "train.epochs=0"]);
     assert!(stderr(&output).contains("train.epochs"), "{}", stderr(&output));
     let output = run(&["check", "configs/quickstart.toml"]);
