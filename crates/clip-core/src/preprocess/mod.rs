@@ -25,12 +25,12 @@ pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {
     /// The file could not be opened or read.
-    #[error("image {path}: {source}")]
+    #[error("image {path}: {error}")]
     Io {
         /// The image file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (shown in the message, so not also a `source`).
+        error: std::io::Error,
     },
     /// The bytes are not an image the `image` crate can decode.
     #[error("image {path}: cannot decode: {message}")]
@@ -63,9 +63,9 @@ pub enum PreprocessError {
 /// Loads any image format the `image` crate knows (PNG, JPEG, GIF, BMP, WebP, TIFF, PNM) as
 /// 8-bit RGB: grey levels are replicated, an alpha channel is dropped (as PIL's `convert("RGB")`).
 pub fn load_image(path: &Path) -> Result<RgbImage, PreprocessError> {
-    let bytes = std::fs::read(path).map_err(|source| PreprocessError::Io {
+    let bytes = std::fs::read(path).map_err(|error| PreprocessError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     decode_image(&bytes, path)
 }
