@@ -7,7 +7,7 @@ use clip_core::{Clip, ClipTokenizer, ZeroShotClassifier, imagenet_templates};
 use serde::Serialize;
 
 use crate::config::EvalSection;
-use crate::data::Batcher;
+use crate::data::{Batcher, PairTable};
 
 /// Evaluation results.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -64,39 +64,18 @@ pub fn evaluate(
         ..EvalReport::default()
     };
 
-    let labels: Vec<&str> = kept
-        .iter()
-        .filter_map(|&row| batcher.table().pairs[row].label.as_deref())
-        .collect();
-    if labels.len() == kept.len() {
-        let classes: Vec<String> = if eval.classes.is_empty() {
-            let mut found: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
-            found.sort();
-            found.dedup();
-            found
-        } else {
-            eval.classes.clone()
-        };
-        let templates: Vec<String> = if eval.templates.is_empty() {
-            imagenet_templates().into_iter().map(String::from).collect()
-        } else {
-            eval.templates.clone()
-        };
-        let targets = labels
-            .iter()
-            .map(|label| {
-                classes.iter().position(|c| c == label).ok_or_else(|| {
-                    anyhow::anyhow!("label {label:?} of {} is not in eval.classes", batcher.table().path.display())
-                })
-            })
-            .collect::<anyhow::Result<Vec<usize>>>()?;
+    let table = batcher.table();
+    if kept.iter().all(|&row| table.pairs[row].label.is_some()) {
+        let classes = class_names(eval, table)?;
+        let targets = class_indices(table, &kept, &classes)?;
+        let templates = templates(eval);
         let classifier = ZeroShotClassifier::build(model, tokenizer, &classes, &templates, device)?;
         let top = classifier.top_k(image_embeds, 5);
         let hits = |k: usize| {
             let correct = top
                 .iter()
                 .zip(&targets)
-                .filter(|(predictions, target)| predictions.iter().take(k).any(|p| p.class == **target))
+                .filter(|(predictions, target)| predictions.iter().take(k).any(|p| p.class as i64 == **target))
                 .count();
             correct as f64 / targets.len() as f64
         };
@@ -105,6 +84,40 @@ pub fn evaluate(
         report.chance_top1 = Some(1.0 / classes.len() as f64);
     }
     Ok(report)
+}
+
+/// `eval.classes`, or the sorted distinct labels of `table`.
+pub fn class_names(eval: &EvalSection, table: &PairTable) -> anyhow::Result<Vec<String>> {
+    if !eval.classes.is_empty() {
+        return Ok(eval.classes.clone());
+    }
+    let mut labels: Vec<String> = table.pairs.iter().filter_map(|p| p.label.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    anyhow::ensure!(!labels.is_empty(), "{}: no labels", table.path.display());
+    Ok(labels)
+}
+
+/// `eval.templates`, or OpenAI's 80 ImageNet templates.
+pub fn templates(eval: &EvalSection) -> Vec<String> {
+    if eval.templates.is_empty() {
+        imagenet_templates().into_iter().map(String::from).collect()
+    } else {
+        eval.templates.clone()
+    }
+}
+
+/// Class index of each row's label.
+pub fn class_indices(table: &PairTable, rows: &[usize], classes: &[String]) -> anyhow::Result<Vec<i64>> {
+    rows.iter()
+        .map(|&row| {
+            let pair = &table.pairs[row];
+            let label = pair.label.as_deref().unwrap_or_default();
+            classes.iter().position(|c| c == label).map(|i| i as i64).ok_or_else(|| {
+                anyhow::anyhow!("{}:{}: label {label:?} is not one of the classes", table.path.display(), pair.line)
+            })
+        })
+        .collect()
 }
 
 /// For each row of a square similarity matrix, how many entries beat the diagonal one.

@@ -15,7 +15,7 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOpti
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use clip_core::preprocess::{EvalTransformConfig, TrainTransformConfig, stack_images};
 use clip_core::vision::VisionTransformer;
-use clip_core::{Clip, ClipConfig, ClipTokenizer, Objective, ZeroShotClassifier, imagenet_templates, weights};
+use clip_core::{Clip, ClipConfig, ClipTokenizer, Objective, ZeroShotClassifier, weights};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tensorboard_rs::summary_writer::SummaryWriter;
@@ -24,7 +24,7 @@ use crate::checkpoint::{Checkpoints, TrainState};
 use crate::config::RunConfig;
 use crate::data::{Batcher, PairBatch, PairTable, Schedule, Transform, prefetch};
 use crate::embeddings_file::write_embeddings;
-use crate::eval::evaluate;
+use crate::eval::{class_indices, class_names, evaluate, templates};
 use crate::lr::learning_rate;
 use crate::objectives::{
     ContrastiveBatch, ContrastiveLoss, ContrastiveObjective, DistillationBatch, DistillationLoss, DistillationObjective, ImageClassifier,
@@ -165,9 +165,9 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
             run.finish(fitted.outcome, eval)
         }
         "supervised" => {
-            let classes = class_names(config, batcher.table())?;
+            let classes = class_names(&config.eval, batcher.table())?;
             let visual = if config.train.zero_shot_head {
-                let templates = templates(config);
+                let templates = templates(&config.eval);
                 let zero_shot = ZeroShotClassifier::build(&model.valid(), &tokenizer, &classes, &templates, &device)?;
                 ImageClassifier::from_zero_shot(model.visual, &zero_shot, &train_device)
             } else {
@@ -268,39 +268,6 @@ pub fn eval_batcher(config: &RunConfig, table: PairTable, tokenizer: &ClipTokeni
     )
 }
 
-/// `eval.classes`, or the sorted distinct labels of `table`.
-fn class_names(config: &RunConfig, table: &PairTable) -> anyhow::Result<Vec<String>> {
-    if !config.eval.classes.is_empty() {
-        return Ok(config.eval.classes.clone());
-    }
-    let mut labels: Vec<String> = table.pairs.iter().filter_map(|p| p.label.clone()).collect();
-    labels.sort();
-    labels.dedup();
-    anyhow::ensure!(!labels.is_empty(), "{}: no labels", table.path.display());
-    Ok(labels)
-}
-
-fn templates(config: &RunConfig) -> Vec<String> {
-    if config.eval.templates.is_empty() {
-        imagenet_templates().into_iter().map(String::from).collect()
-    } else {
-        config.eval.templates.clone()
-    }
-}
-
-/// Class index of each row's label.
-fn class_indices(table: &PairTable, rows: &[usize], classes: &[String]) -> anyhow::Result<Vec<i64>> {
-    rows.iter()
-        .map(|&row| {
-            let pair = &table.pairs[row];
-            let label = pair.label.as_deref().unwrap_or_default();
-            classes.iter().position(|c| c == label).map(|i| i as i64).ok_or_else(|| {
-                anyhow::anyhow!("{}:{}: label {label:?} is not one of the classes", table.path.display(), pair.line)
-            })
-        })
-        .collect()
-}
-
 /// Normalized image embeddings of every row of `batcher`'s table, `[rows * dim]`.
 fn image_embeddings(visual: &VisionTransformer, batcher: &Batcher, batch_size: usize, device: &Device) -> anyhow::Result<Vec<f32>> {
     let rows: Vec<usize> = (0..batcher.table().pairs.len()).collect();
@@ -399,6 +366,9 @@ struct Outcome {
     state: TrainState,
     last_loss: f64,
     checkpoint: PathBuf,
+    /// The run's one event writer: tensorboard-rs names files by second and process, so a
+    /// second writer opened within the same second would truncate the first one's file.
+    tensorboard: SummaryWriter,
 }
 
 impl Run<'_> {
@@ -558,23 +528,20 @@ impl Run<'_> {
             bail!("the data ran out at step {} of {total_steps}", state.step);
         }
         progress.finish();
-        // Dropping the writer joins its thread, which writes everything out.
-        drop(tensorboard);
         let checkpoint = match last_checkpoint.filter(|p| p.ends_with(format!("step-{:08}", state.step))) {
             Some(done) => done,
             None => checkpoints.save(&model, &optimizer, &state)?,
         };
         Ok(Fitted {
             model,
-            outcome: Outcome { state, last_loss, checkpoint },
+            outcome: Outcome { state, last_loss, checkpoint, tensorboard },
         })
     }
 
     /// Logs the evaluation and writes `summary.json`.
     fn finish(&self, outcome: Outcome, eval: Option<serde_json::Value>) -> anyhow::Result<Summary> {
-        let Outcome { state, last_loss, checkpoint } = outcome;
+        let Outcome { state, last_loss, checkpoint, mut tensorboard } = outcome;
         if let Some(serde_json::Value::Object(report)) = &eval {
-            let mut tensorboard = SummaryWriter::new(self.output.join("tensorboard"));
             for (name, value) in report {
                 let values: Vec<f64> = match value {
                     serde_json::Value::Array(items) => items.iter().filter_map(|v| v.as_f64()).collect(),
@@ -586,6 +553,8 @@ impl Run<'_> {
                 }
             }
         }
+        // Dropping the writer joins its thread, which writes everything out.
+        drop(tensorboard);
         let field = |name: &str| eval.as_ref().and_then(|e| e.get(name)).and_then(|v| v.as_f64());
         let summary = Summary {
             steps: state.step,

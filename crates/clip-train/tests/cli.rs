@@ -257,6 +257,10 @@ fn tensorboard_reads_the_logged_losses() {
     }
     let top1 = tensorboard_scalars(&out, "eval/zero_shot_top1").unwrap();
     assert_eq!(top1.len(), 1);
+    // Training and evaluation scalars share one event file (a second writer in the same
+    // second would truncate the first one's).
+    let files = std::fs::read_dir(out.join("tensorboard")).unwrap().count();
+    assert_eq!(files, 1, "event files in {}", out.join("tensorboard").display());
     let _ = std::fs::remove_dir_all(&out);
 }
 
