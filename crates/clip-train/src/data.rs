@@ -327,12 +327,14 @@ pub struct Schedule {
     rows: usize,
     batch_size: usize,
     seed: u64,
+    /// The permutation of the epoch last asked for, shuffled once per epoch.
+    order: Option<(usize, Vec<usize>)>,
 }
 
 impl Schedule {
     /// A schedule over `rows` rows.
     pub fn new(rows: usize, batch_size: usize, seed: u64) -> Self {
-        Self { rows, batch_size, seed }
+        Self { rows, batch_size, seed, order: None }
     }
 
     /// Optimizer steps in one epoch.
@@ -341,11 +343,15 @@ impl Schedule {
     }
 
     /// Row indices of the batch at global `step`.
-    pub fn indices(&self, step: usize) -> Vec<usize> {
+    pub fn indices(&mut self, step: usize) -> Vec<usize> {
         let per_epoch = self.steps_per_epoch().max(1);
         let epoch = step / per_epoch;
-        let mut order: Vec<usize> = (0..self.rows).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(self.seed.wrapping_add(epoch as u64)));
+        if self.order.as_ref().is_none_or(|(cached, _)| *cached != epoch) {
+            let mut order: Vec<usize> = (0..self.rows).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(self.seed.wrapping_add(epoch as u64)));
+            self.order = Some((epoch, order));
+        }
+        let (_, order) = self.order.as_ref().expect("the epoch's order was just set");
         let start = (step % per_epoch) * self.batch_size;
         order[start..start + self.batch_size].to_vec()
     }
@@ -354,7 +360,7 @@ impl Schedule {
 /// Loads the batches of `steps` on a background thread, `prefetch` ahead of the consumer.
 pub fn prefetch(
     batcher: Batcher,
-    schedule: Schedule,
+    mut schedule: Schedule,
     steps: std::ops::Range<usize>,
     prefetch: usize,
 ) -> Receiver<(usize, Result<PairBatch, DataError>)> {
@@ -377,13 +383,13 @@ mod tests {
 
     #[test]
     fn schedule_is_a_seeded_permutation_per_epoch() {
-        let schedule = Schedule::new(10, 3, 7);
+        let mut schedule = Schedule::new(10, 3, 7);
         assert_eq!(schedule.steps_per_epoch(), 3);
         let mut epoch: Vec<usize> = (0..3).flat_map(|s| schedule.indices(s)).collect();
         epoch.sort();
         epoch.dedup();
         assert_eq!(epoch.len(), 9, "an epoch visits distinct rows");
-        assert_eq!(schedule.indices(4), Schedule::new(10, 3, 7).indices(4));
+        assert_eq!(schedule.indices(4), Schedule::new(10, 3, 7).indices(4), "the cache does not change the order");
         assert_ne!(schedule.indices(0), schedule.indices(3), "epochs are shuffled differently");
     }
 
