@@ -28,6 +28,66 @@ pub struct RunConfig {
     /// The teacher of the `distillation` objective.
     #[serde(default)]
     pub distill: Option<DistillSection>,
+    /// Labels, masks and method settings of the `groupvit` and `lseg` objectives.
+    #[serde(default)]
+    pub segmentation: Option<SegmentationSection>,
+}
+
+/// `[segmentation]`: the label set and masks of segmentation data, and the settings of the
+/// `groupvit` and `lseg` objectives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegmentationSection {
+    /// Label names, one per line; mask value `k` is line `k + 1`.
+    pub labels: PathBuf,
+    /// Column of the data tables holding mask paths (PNG of label indices).
+    pub mask_column: String,
+    /// Mask value of unlabelled pixels, left out of the loss and the metrics.
+    pub ignore_index: i64,
+    /// ADE20K's convention: mask value 0 is unlabelled and `k` means label `k - 1`.
+    pub reduce_zero_label: bool,
+    /// Training augmentation: range of the random rescale before the square crop.
+    pub scale: (f64, f64),
+    /// Training augmentation: random horizontal flips.
+    pub flip: bool,
+    /// Prompt templates turning label names into text, `{}` standing for the name.
+    pub templates: Vec<String>,
+    /// LSeg: channels of the DPT decoder.
+    pub decoder_features: usize,
+    /// LSeg: the four ViT layers (0-based) the decoder reads (empty: evenly spaced).
+    pub hooks: Vec<usize>,
+    /// LSeg: how the class token enters the decoder: `ignore`, `add` or `project`.
+    pub readout: String,
+    /// LSeg: the spatial regularization blocks after the per-pixel logits.
+    pub spatial_regularization: bool,
+    /// GroupViT: noun prompts per caption for the multi-label contrastive loss (0: off).
+    pub prompts_per_image: usize,
+    /// GroupViT: weight of the multi-label contrastive loss.
+    pub multi_label_weight: f64,
+    /// GroupViT: nouns are words of this list (one per line) found in captions; without it,
+    /// the label names, and without those a stopword heuristic.
+    pub nouns: Option<PathBuf>,
+}
+
+impl Default for SegmentationSection {
+    fn default() -> Self {
+        Self {
+            labels: PathBuf::new(),
+            mask_column: "mask".into(),
+            ignore_index: 255,
+            reduce_zero_label: false,
+            scale: (0.5, 2.0),
+            flip: true,
+            templates: vec!["a photo of a {}.".into()],
+            decoder_features: 256,
+            hooks: Vec::new(),
+            readout: "project".into(),
+            spatial_regularization: false,
+            prompts_per_image: 3,
+            multi_label_weight: 1.0,
+            nouns: None,
+        }
+    }
 }
 
 /// `[distill]`: the frozen teacher whose image embeddings the student learns.
@@ -297,6 +357,41 @@ impl RunConfig {
         Ok(config)
     }
 
+    /// Checks the `[segmentation]` section the `groupvit` and `lseg` objectives need.
+    fn validate_segmentation(&self) -> Result<(), String> {
+        let objective = &self.train.objective;
+        let seg = self
+            .segmentation
+            .as_ref()
+            .ok_or_else(|| format!("train.objective = {objective:?} needs a [segmentation] section"))?;
+        if !seg.labels.is_file() {
+            return Err(format!("segmentation.labels = {}: no such file", seg.labels.display()));
+        }
+        let (lo, hi) = seg.scale;
+        if !(0.0 < lo && lo <= hi) {
+            return Err(format!("segmentation.scale = {:?} must satisfy 0 < min <= max", seg.scale));
+        }
+        if seg.templates.is_empty() || seg.templates.iter().any(|t| !t.contains("{}")) {
+            return Err("segmentation.templates: give at least one template, each with a {} for the label".into());
+        }
+        if !["ignore", "add", "project"].contains(&seg.readout.as_str()) {
+            return Err(format!("segmentation.readout = {:?}: use \"ignore\", \"add\" or \"project\"", seg.readout));
+        }
+        if !seg.hooks.is_empty() && seg.hooks.len() != 4 {
+            return Err(format!("segmentation.hooks = {:?}: give four layer indices (or none)", seg.hooks));
+        }
+        if seg.decoder_features == 0 {
+            return Err("segmentation.decoder_features must be at least 1".into());
+        }
+        if !(seg.multi_label_weight.is_finite() && seg.multi_label_weight >= 0.0) {
+            return Err(format!("segmentation.multi_label_weight = {} must not be negative", seg.multi_label_weight));
+        }
+        if let Some(nouns) = seg.nouns.as_ref().filter(|n| !n.is_file()) {
+            return Err(format!("segmentation.nouns = {}: no such file", nouns.display()));
+        }
+        Ok(())
+    }
+
     /// Checks values serde cannot: ranges, choices and the existence of input files.
     pub fn validate(&self) -> Result<(), String> {
         let t = &self.train;
@@ -338,9 +433,10 @@ impl RunConfig {
                 clip_core::ClipConfig::from_name_or_path(&distill.teacher_model)
                     .map_err(|e| format!("distill.teacher_model: {e}"))?;
             }
+            "groupvit" | "lseg" => self.validate_segmentation()?,
             other => {
                 return Err(format!(
-                    "train.objective = {other:?}: use \"contrastive\", \"supervised\" or \"distillation\""
+                    "train.objective = {other:?}: use \"contrastive\", \"supervised\", \"distillation\", \"groupvit\" or \"lseg\""
                 ));
             }
         }

@@ -259,22 +259,7 @@ impl Batcher {
     /// Loads the rows at `indices`. A sample's augmentation depends only on the seed and its
     /// `(step, slot)`, so a resumed run sees exactly the batches an uninterrupted one would.
     pub fn batch(&self, indices: &[usize], step: usize) -> Result<PairBatch, DataError> {
-        let chunk = indices.len().div_ceil(self.workers).max(1);
-        let loaded: Vec<Result<ImageTensorData, DataError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = indices
-                .chunks(chunk)
-                .enumerate()
-                .map(|(part, rows)| {
-                    scope.spawn(move || {
-                        rows.iter()
-                            .enumerate()
-                            .map(|(i, &row)| self.load(row, step, part * chunk + i))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles.into_iter().flat_map(|h| h.join().expect("image worker panicked")).collect()
-        });
+        let loaded = load_on_workers(indices, self.workers, |row, slot| self.load(row, step, slot));
         let mut batch = PairBatch {
             rows: Vec::with_capacity(indices.len()),
             images: Vec::with_capacity(indices.len()),
@@ -320,6 +305,76 @@ impl Batcher {
     }
 }
 
+impl BatchSource for Batcher {
+    type Batch = PairBatch;
+
+    fn rows(&self) -> usize {
+        self.table.pairs.len()
+    }
+
+    fn batch(&self, indices: &[usize], step: usize) -> Result<PairBatch, DataError> {
+        Batcher::batch(self, indices, step)
+    }
+}
+
+impl LoadedBatch for PairBatch {
+    fn rows(&self) -> &[usize] {
+        &self.rows
+    }
+
+    fn skipped(&self) -> &[DataError] {
+        &self.skipped
+    }
+}
+
+/// What the training loop draws batches from: a number of rows, loaded by index for a step.
+/// Image-caption tables ([`Batcher`]) and segmentation tables implement it.
+pub trait BatchSource: Clone + Send + 'static {
+    /// A loaded batch.
+    type Batch: LoadedBatch + Send + 'static;
+
+    /// Rows in the table.
+    fn rows(&self) -> usize;
+
+    /// Loads the rows at `indices` for training step `step` (which seeds the augmentation).
+    fn batch(&self, indices: &[usize], step: usize) -> Result<Self::Batch, DataError>;
+}
+
+/// A loaded batch: which rows it holds and which were skipped as unreadable.
+pub trait LoadedBatch {
+    /// Table rows of the samples kept, in batch order.
+    fn rows(&self) -> &[usize];
+
+    /// Rows skipped because they could not be read.
+    fn skipped(&self) -> &[DataError];
+}
+
+/// Runs `load(row, slot)` for each of `indices` on up to `workers` threads; results come back
+/// in the order of `indices`, `slot` being the position in it.
+pub fn load_on_workers<T: Send>(
+    indices: &[usize],
+    workers: usize,
+    load: impl Fn(usize, usize) -> Result<T, DataError> + Sync,
+) -> Vec<Result<T, DataError>> {
+    let chunk = indices.len().div_ceil(workers.max(1)).max(1);
+    let load = &load;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = indices
+            .chunks(chunk)
+            .enumerate()
+            .map(|(part, rows)| {
+                scope.spawn(move || {
+                    rows.iter()
+                        .enumerate()
+                        .map(|(i, &row)| load(row, part * chunk + i))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("data worker panicked")).collect()
+    })
+}
+
 /// The order in which training visits the table: a seeded permutation per epoch, cut into
 /// full batches (the last partial batch of an epoch is dropped, as open_clip does).
 #[derive(Debug, Clone)]
@@ -358,16 +413,16 @@ impl Schedule {
 }
 
 /// Loads the batches of `steps` on a background thread, `prefetch` ahead of the consumer.
-pub fn prefetch(
-    batcher: Batcher,
+pub fn prefetch<S: BatchSource>(
+    source: S,
     mut schedule: Schedule,
     steps: std::ops::Range<usize>,
     prefetch: usize,
-) -> Receiver<(usize, Result<PairBatch, DataError>)> {
+) -> Receiver<(usize, Result<S::Batch, DataError>)> {
     let (sender, receiver) = sync_channel(prefetch.max(1));
     std::thread::spawn(move || {
         for step in steps {
-            let batch = batcher.batch(&schedule.indices(step), step);
+            let batch = source.batch(&schedule.indices(step), step);
             let failed = batch.is_err();
             if sender.send((step, batch)).is_err() || failed {
                 break;

@@ -22,7 +22,7 @@ use tensorboard_rs::summary_writer::SummaryWriter;
 
 use crate::checkpoint::{Checkpoints, TrainState};
 use crate::config::RunConfig;
-use crate::data::{Batcher, PairBatch, PairTable, Schedule, Transform, prefetch};
+use crate::data::{BatchSource, Batcher, LoadedBatch, PairBatch, PairTable, Schedule, Transform, prefetch};
 use crate::embeddings_file::write_embeddings;
 use crate::eval::{class_indices, class_names, evaluate, templates};
 use crate::lr::learning_rate;
@@ -374,12 +374,12 @@ struct Outcome {
 impl Run<'_> {
     /// The training loop, for any objective: batches from `batcher` turned into the
     /// objective's batches by `to_batch`, AdamW steps, checkpoints, logs.
-    fn fit<O: Objective>(
+    fn fit<O: Objective, S: BatchSource>(
         &self,
         objective: &O,
         mut model: O::Model,
-        batcher: &Batcher,
-        to_batch: impl Fn(PairBatch) -> anyhow::Result<O::Batch>,
+        source: &S,
+        to_batch: impl Fn(S::Batch) -> anyhow::Result<O::Batch>,
     ) -> anyhow::Result<Fitted<O::Model>> {
         let (config, output) = (self.config, self.output);
         let t = &config.train;
@@ -408,12 +408,12 @@ impl Run<'_> {
             );
         }
 
-        let schedule = Schedule::new(batcher.table().pairs.len(), t.batch_size, config.run.seed);
+        let schedule = Schedule::new(source.rows(), t.batch_size, config.run.seed);
         if schedule.steps_per_epoch() == 0 {
             bail!(
                 "train.batch_size = {} is larger than the {} rows of {}",
                 t.batch_size,
-                batcher.table().pairs.len(),
+                source.rows(),
                 config.data.train.display()
             );
         }
@@ -424,7 +424,7 @@ impl Run<'_> {
             bail!(
                 "train.accumulate_batches = {accumulate} batches of {} exceed the {} rows of {}",
                 t.batch_size,
-                batcher.table().pairs.len(),
+                source.rows(),
                 config.data.train.display()
             );
         }
@@ -446,7 +446,7 @@ impl Run<'_> {
                 .progress_chars("=> "),
         );
 
-        let batches = prefetch(batcher.clone(), schedule.clone(), state.step * accumulate..total_steps * accumulate, 2);
+        let batches = prefetch(source.clone(), schedule.clone(), state.step * accumulate..total_steps * accumulate, 2);
         let mut last_loss = f64::NAN;
         let mut last_checkpoint = checkpoints.latest()?;
         let started = Instant::now();
@@ -457,14 +457,14 @@ impl Run<'_> {
             for _ in 0..accumulate {
                 let Ok((_, batch)) = batches.recv() else { break };
                 let batch = batch?;
-                state.skipped += batch.skipped.len();
-                for skipped in &batch.skipped {
+                state.skipped += batch.skipped().len();
+                for skipped in batch.skipped() {
                     progress.suspend(|| eprintln!("skipped: {skipped}"));
                 }
-                if batch.rows.is_empty() {
+                if batch.rows().is_empty() {
                     continue;
                 }
-                samples += batch.rows.len();
+                samples += batch.rows().len();
                 batches_used += 1;
                 let output_of_batch = objective.forward(&model, to_batch(batch)?);
                 let loss_value = f64::from(output_of_batch.loss.clone().into_scalar::<f32>());
