@@ -25,4 +25,4 @@ pub use loss::{ClipLoss, SigLipLoss};
 pub use model::{Clip, ClipLogits, l2_normalize};
 pub use objective::{Objective, StepOutput};
 pub use tokenizer::ClipTokenizer;
-pub use zero_shot::{ZeroShotClassifier, imagenet_templates};
+pub use zero_shot::{ZeroShotClassifier, class_text_embeddings, imagenet_templates};

@@ -2,7 +2,7 @@
 //! over normalized image embeddings.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 
 use crate::error::{ClipError, Result};
 use crate::model::{Clip, l2_normalize};
@@ -47,28 +47,10 @@ impl ZeroShotClassifier {
         templates: &[T],
         device: &Device,
     ) -> Result<Self> {
-        if class_names.is_empty() || templates.is_empty() {
-            return Err(ClipError::Shape(
-                "zero-shot classifier needs at least one class name and one template".into(),
-            ));
-        }
-        let mut class_embeddings = Vec::with_capacity(class_names.len());
-        for name in class_names {
-            let prompts: Vec<String> = templates
-                .iter()
-                .map(|t| t.as_ref().replace("{}", name.as_ref()))
-                .collect();
-            let mut embeddings = Vec::new();
-            for chunk in prompts.chunks(TEXT_BATCH) {
-                let tokens = tokenizer.tokenize_batch(chunk, device)?;
-                embeddings.push(model.encode_text(tokens, true));
-            }
-            let mean = Tensor::cat(embeddings, 0).mean_dim(0);
-            class_embeddings.push(l2_normalize(mean));
-        }
+        let weights = class_text_embeddings(|tokens| model.encode_text(tokens, true), tokenizer, class_names, templates, device)?;
         Ok(Self {
             class_names: class_names.iter().map(|c| c.as_ref().to_string()).collect(),
-            weights: Tensor::cat(class_embeddings, 0),
+            weights,
             logit_scale: model.logit_scale().into_scalar::<f32>(),
         })
     }
@@ -128,4 +110,30 @@ mod tests {
         assert_eq!(top[1][1].class, 1);
         assert!(top[0][0].probability > 0.99);
     }
+}
+
+/// One normalized text embedding per class name, `[classes, embed_dim]`: the mean of the
+/// normalized embeddings of the name put into each template (`{}` standing for the name),
+/// normalized again (CLIP's prompt ensembling). `encode_text` maps token ids `[n, context]`
+/// to normalized embeddings `[n, embed_dim]`, so any text tower can be used.
+pub fn class_text_embeddings<S: AsRef<str>, T: AsRef<str>>(
+    encode_text: impl Fn(Tensor<2, Int>) -> Tensor<2>,
+    tokenizer: &ClipTokenizer,
+    class_names: &[S],
+    templates: &[T],
+    device: &Device,
+) -> Result<Tensor<2>> {
+    if class_names.is_empty() || templates.is_empty() {
+        return Err(ClipError::Shape("prompt ensembling needs at least one class name and one template".into()));
+    }
+    let mut class_embeddings = Vec::with_capacity(class_names.len());
+    for name in class_names {
+        let prompts: Vec<String> = templates.iter().map(|t| t.as_ref().replace("{}", name.as_ref())).collect();
+        let mut embeddings = Vec::new();
+        for chunk in prompts.chunks(TEXT_BATCH) {
+            embeddings.push(encode_text(tokenizer.tokenize_batch(chunk, device)?));
+        }
+        class_embeddings.push(l2_normalize(Tensor::cat(embeddings, 0).mean_dim(0)));
+    }
+    Ok(Tensor::cat(class_embeddings, 0))
 }
