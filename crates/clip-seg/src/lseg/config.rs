@@ -132,14 +132,20 @@ impl LsegConfig {
     pub fn init_with_clip(&self, clip: Clip, device: &Device) -> clip_core::Result<Lseg> {
         self.validate()?;
         let width = clip.visual.conv1.weight.dims()[0];
+        let depth = clip.visual.transformer.resblocks.len();
         let embed_dim = clip.text.text_projection.dims()[1];
-        if width != self.clip.vision.width || embed_dim != self.clip.embed_dim {
+        let expected = (
+            self.clip.vision.width,
+            self.clip.vision.layers,
+            self.clip.embed_dim,
+        );
+        if (width, depth, embed_dim) != expected {
             return Err(ClipError::config(
                 ORIGIN,
                 format!(
-                    "the CLIP model has image width {width} and embed_dim {embed_dim}, the config \
-                     says {} and {}",
-                    self.clip.vision.width, self.clip.embed_dim
+                    "the CLIP model has image width {width}, {depth} image blocks and embed_dim \
+                     {embed_dim}; the config says {}, {} and {}",
+                    expected.0, expected.1, expected.2
                 ),
             ));
         }
@@ -253,5 +259,12 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("image width 64"), "{err}");
+        let mut shallow = tiny_config().clip;
+        shallow.vision.layers = 2;
+        let err = tiny_config()
+            .init_with_clip(shallow.init(&device), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("2 image blocks"), "{err}");
     }
 }
