@@ -476,7 +476,15 @@ impl RunConfig {
         if let Some(weights) = self.model.weights.as_ref().filter(|w| !w.exists()) {
             return Err(format!("model.weights = {}: no such file", weights.display()));
         }
-        clip_core::ClipConfig::from_name_or_path(&self.model.name).map_err(|e| format!("model.name: {e}"))?;
+        if self.train.objective == "groupvit" {
+            let hf_folder = self.model.weights.as_ref().filter(|w| w.is_dir() && !w.join("model.bpk").is_file());
+            if hf_folder.is_none() {
+                clip_seg::groupvit::GroupVitConfig::from_file(Path::new(&self.model.name))
+                    .map_err(|e| format!("model.name: {e}"))?;
+            }
+        } else {
+            clip_core::ClipConfig::from_name_or_path(&self.model.name).map_err(|e| format!("model.name: {e}"))?;
+        }
         if self.eval.templates.iter().any(|t| !t.contains("{}")) {
             return Err("eval.templates: every template needs a {} for the class name".into());
         }

@@ -201,6 +201,8 @@ fn read_image_folder(root: &Path, caption_template: &str) -> Result<Vec<Pair>, D
 /// Images and token ids of one batch, ready to become tensors.
 #[derive(Debug)]
 pub struct PairBatch {
+    /// The training step the batch was loaded for (0 outside training).
+    pub step: usize,
     /// Table rows of the samples kept, in batch order.
     pub rows: Vec<usize>,
     /// Transformed images.
@@ -261,6 +263,7 @@ impl Batcher {
     pub fn batch(&self, indices: &[usize], step: usize) -> Result<PairBatch, DataError> {
         let loaded = load_on_workers(indices, self.workers, |row, slot| self.load(row, step, slot));
         let mut batch = PairBatch {
+            step,
             rows: Vec::with_capacity(indices.len()),
             images: Vec::with_capacity(indices.len()),
             tokens: Vec::with_capacity(indices.len() * self.tokenizer.context_length()),
@@ -296,10 +299,7 @@ impl Batcher {
         let image = load_image(&pair.image).map_err(|e| error(e.to_string()))?;
         match &self.transform {
             Transform::Eval(t) => t.apply(&image),
-            Transform::Train(t) => {
-                let mut rng = StdRng::seed_from_u64(self.seed ^ ((step as u64) << 20) ^ slot as u64);
-                t.apply(&image, &mut rng)
-            }
+            Transform::Train(t) => t.apply(&image, &mut sample_rng(self.seed, step, slot)),
         }
         .map_err(|e| error(e.to_string()))
     }
@@ -325,6 +325,12 @@ impl LoadedBatch for PairBatch {
     fn skipped(&self) -> &[DataError] {
         &self.skipped
     }
+}
+
+/// The random generator of the sample in `slot` of the batch of `step`: augmentation depends
+/// only on these, so a resumed run sees exactly the batches an uninterrupted one would.
+pub fn sample_rng(seed: u64, step: usize, slot: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ ((step as u64) << 20) ^ slot as u64)
 }
 
 /// What the training loop draws batches from: a number of rows, loaded by index for a step.

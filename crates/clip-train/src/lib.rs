@@ -12,4 +12,6 @@ pub mod embeddings_file;
 pub mod eval;
 pub mod lr;
 pub mod objectives;
+pub mod segment;
+pub mod segmentation;
 pub mod trainer;

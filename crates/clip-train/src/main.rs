@@ -8,7 +8,7 @@ use clip_core::preprocess::{EvalTransformConfig, stack_images};
 use clip_core::{ClipTokenizer, ZeroShotClassifier, imagenet_templates, weights};
 use clip_train::config::RunConfig;
 use clip_train::embeddings_file::{read_lines, write_embeddings};
-use clip_train::{eval, trainer};
+use clip_train::{eval, segment, trainer};
 
 #[derive(Parser)]
 #[command(name = "clipforge", version, about = "Train, fine-tune and use CLIP models")]
@@ -90,6 +90,31 @@ enum Command {
         /// Output file: `.safetensors` (key `embeddings`) or `.npy`, `[items, embed_dim]`.
         #[arg(long)]
         output: PathBuf,
+    },
+    /// Segment images into any label set with a GroupViT or LSeg model; writes a color-coded
+    /// label map (`<image>.labels.png`), an overlay (`<image>.overlay.png`) and `legend.json`.
+    Segment {
+        /// A run config (TOML) with `train.objective` `groupvit` or `lseg` (its `model.weights`
+        /// or random weights), or a run's output folder (its newest checkpoint).
+        model: PathBuf,
+        /// A run checkpoint folder (`<output>/checkpoints/step-N`) to load instead.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Comma-separated label names (default: the config's `segmentation.labels` file).
+        #[arg(long)]
+        labels: Option<String>,
+        /// Images to segment.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Output folder.
+        #[arg(long, default_value = "segmented")]
+        output: PathBuf,
+        /// Opacity of the label colors in the overlay.
+        #[arg(long, default_value_t = 0.5)]
+        alpha: f32,
+        /// Override a config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Write a model in open_clip or Hugging Face layout.
     Export {
@@ -180,6 +205,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let values: Vec<f32> = embeddings.into_data().iter::<f32>().collect();
             write_embeddings(&output, values, [rows, dim])?;
             println!("wrote {rows} embeddings of size {dim} to {}", output.display());
+        }
+        Command::Segment { model, checkpoint, labels, images, output, alpha, overrides } => {
+            segment::run(&model, checkpoint, labels.as_deref(), &images, &output, alpha, &overrides)?;
         }
         Command::Export { model, weights, format, output } => {
             let device = burn::tensor::Device::flex();

@@ -127,13 +127,16 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
     std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
     std::fs::write(output.join("config.json"), serde_json::to_string_pretty(config)?)
         .with_context(|| format!("writing {}", output.join("config.json").display()))?;
+    let run = Run { config, output, resume };
+    if matches!(config.train.objective.as_str(), "groupvit" | "lseg") {
+        return crate::segmentation::train_segmentation(&run, &device, &train_device);
+    }
     let (model, clip_config) = load_model(&config.model.name, config.model.weights.as_deref(), &train_device)?;
     let model = freeze(model, &config.train.freeze)?;
     let tokenizer = ClipTokenizer::new().with_context_length(clip_config.text.context_length)?;
     let image_size = clip_config.vision.image_size;
     let (train_table, val_table) = config.tables()?;
     let batcher = train_batcher(config, train_table.clone(), &tokenizer, image_size)?;
-    let run = Run { config, output, resume };
 
     match config.train.objective.as_str() {
         "contrastive" => {
@@ -231,7 +234,7 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
 }
 
 /// Freezes the parameters under each path prefix of `prefixes`.
-fn freeze(model: Clip, prefixes: &[String]) -> anyhow::Result<Clip> {
+pub(crate) fn freeze<M: Module>(model: M, prefixes: &[String]) -> anyhow::Result<M> {
     if prefixes.is_empty() {
         return Ok(model);
     }
@@ -241,7 +244,7 @@ fn freeze(model: Clip, prefixes: &[String]) -> anyhow::Result<Clip> {
     Ok(model.freeze_group(group))
 }
 
-fn train_batcher(config: &RunConfig, table: PairTable, tokenizer: &ClipTokenizer, image_size: usize) -> anyhow::Result<Batcher> {
+pub(crate) fn train_batcher(config: &RunConfig, table: PairTable, tokenizer: &ClipTokenizer, image_size: usize) -> anyhow::Result<Batcher> {
     let transform = TrainTransformConfig::new()
         .with_image_size(image_size)
         .with_scale(config.data.crop_scale)
@@ -350,19 +353,19 @@ fn evaluate_distillation(
 }
 
 /// The parts of a run every objective shares.
-struct Run<'a> {
-    config: &'a RunConfig,
-    output: &'a Path,
-    resume: bool,
+pub(crate) struct Run<'a> {
+    pub(crate) config: &'a RunConfig,
+    pub(crate) output: &'a Path,
+    pub(crate) resume: bool,
 }
 
 /// A trained model and how the training went.
-struct Fitted<M> {
-    model: M,
-    outcome: Outcome,
+pub(crate) struct Fitted<M> {
+    pub(crate) model: M,
+    pub(crate) outcome: Outcome,
 }
 
-struct Outcome {
+pub(crate) struct Outcome {
     state: TrainState,
     last_loss: f64,
     checkpoint: PathBuf,
@@ -374,7 +377,7 @@ struct Outcome {
 impl Run<'_> {
     /// The training loop, for any objective: batches from `batcher` turned into the
     /// objective's batches by `to_batch`, AdamW steps, checkpoints, logs.
-    fn fit<O: Objective, S: BatchSource>(
+    pub(crate) fn fit<O: Objective, S: BatchSource>(
         &self,
         objective: &O,
         mut model: O::Model,
@@ -539,7 +542,7 @@ impl Run<'_> {
     }
 
     /// Logs the evaluation and writes `summary.json`.
-    fn finish(&self, outcome: Outcome, eval: Option<serde_json::Value>) -> anyhow::Result<Summary> {
+    pub(crate) fn finish(&self, outcome: Outcome, eval: Option<serde_json::Value>) -> anyhow::Result<Summary> {
         let Outcome { state, last_loss, checkpoint, mut tensorboard } = outcome;
         if let Some(serde_json::Value::Object(report)) = &eval {
             for (name, value) in report {

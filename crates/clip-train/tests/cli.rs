@@ -480,3 +480,108 @@ fn half_precision_runs_and_unknown_precisions_are_refused() {
     assert!(!output.status.success() && stderr(&output).contains("run.precision"), "{}", stderr(&output));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The reference photographs (`$CLIP_FIXTURES/preprocess/*.png`).
+fn photographs() -> Vec<PathBuf> {
+    let root = std::env::var_os("CLIP_FIXTURES").map(PathBuf::from).unwrap_or_else(|| workspace().join("../shared/fixtures"));
+    let mut found: Vec<PathBuf> = std::fs::read_dir(root.join("preprocess"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    found.sort();
+    assert!(!found.is_empty(), "no photographs in the fixtures");
+    found
+}
+
+/// Mean loss of the first and the last `n` steps.
+fn loss_drop(output: &Path, n: usize) -> (f64, f64) {
+    let values: Vec<f64> = losses(output).into_values().collect();
+    assert!(values.len() >= 2 * n, "only {} steps logged", values.len());
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    (mean(&values[..n]), mean(&values[values.len() - n..]))
+}
+
+/// Runs `clipforge segment` on the photographs and checks both PNGs of each.
+fn segment_photographs(model: &Path, out: &Path, extra: &[&str]) {
+    let photos = photographs();
+    let mut args = vec!["segment".to_string(), model.to_str().unwrap().into(), "--output".into(), out.to_str().unwrap().into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(photos.iter().map(|p| p.to_str().unwrap().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    for photo in &photos {
+        let stem = photo.file_stem().unwrap().to_str().unwrap();
+        let original = image::image_dimensions(photo).unwrap();
+        for kind in ["labels", "overlay"] {
+            let file = out.join(format!("{stem}.{kind}.png"));
+            assert_eq!(image::image_dimensions(&file).unwrap(), original, "{}", file.display());
+        }
+    }
+    assert!(out.join("legend.json").is_file());
+}
+
+#[test]
+fn lseg_learns_the_shapes_and_segments_photographs() {
+    let out = scratch("lseg");
+    let output = run(&[
+        "train", "configs/lseg.toml", "--output", out.to_str().unwrap(), "--set", "train.batch_size=8",
+        "--set", "train.max_steps=24", "--set", "train.log_every=1", "--set", "train.warmup_steps=2",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let (first, last) = loss_drop(&out, 4);
+    assert!(last < first, "loss went from {first} to {last}");
+    let eval = &summary_of(&out)["eval"];
+    for key in ["mean_iou", "pixel_accuracy"] {
+        let value = eval[key].as_f64().unwrap_or_else(|| panic!("no {key} in {eval}"));
+        assert!((0.0..=1.0).contains(&value), "{key} = {value}");
+    }
+    // The trained run segments photographs with labels it never saw.
+    segment_photographs(&out, &out.join("segmented"), &["--labels", "person,cat,sky,rocket,cup"]);
+}
+
+#[test]
+fn groupvit_learns_from_captions_and_segments_photographs() {
+    let out = scratch("groupvit");
+    let output = run(&[
+        "train", "configs/groupvit.toml", "--output", out.to_str().unwrap(), "--set", "train.batch_size=16",
+        "--set", "train.max_steps=24", "--set", "train.log_every=1", "--set", "train.warmup_steps=2",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let (first, last) = loss_drop(&out, 4);
+    assert!(last < first, "loss went from {first} to {last}");
+    let eval = &summary_of(&out)["eval"];
+    assert!((0.0..=1.0).contains(&eval["mean_iou"].as_f64().unwrap()), "{eval}");
+    // A config alone (random weights) runs the same path; labels from segmentation.labels.
+    segment_photographs(Path::new("configs/groupvit.toml"), &out.join("random"), &[]);
+}
+
+#[test]
+fn bad_masks_name_the_file() {
+    let dir = scratch("bad-masks");
+    let shapes = workspace().join("datasets/shapes");
+    let table = std::fs::read_to_string(shapes.join("train.tsv")).unwrap();
+    let mut lines = table.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.take(8).collect();
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    std::fs::create_dir_all(dir.join("masks")).unwrap();
+    for row in &rows {
+        for path in row.split('\t').take(2) {
+            std::fs::copy(shapes.join(path), dir.join(path)).unwrap();
+        }
+    }
+    let first_mask = rows[0].split('\t').nth(1).unwrap();
+    image::GrayImage::new(5, 5).save(dir.join(first_mask)).unwrap();
+    std::fs::write(dir.join("train.tsv"), format!("{header}\n{}\n", rows.join("\n"))).unwrap();
+    let train = format!("data.train={}", dir.join("train.tsv").display());
+    let val = format!("data.val={}", dir.join("train.tsv").display());
+    let output = run(&[
+        "train", "configs/lseg.toml", "--output", dir.join("run").to_str().unwrap(), "--set", &train,
+        "--set", &val, "--set", "train.batch_size=8", "--set", "train.max_steps=1",
+    ]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains(first_mask) && message.contains("5"), "{message}");
+}
