@@ -147,3 +147,19 @@ fn missing_and_misshaped_keys_are_named() {
         other => panic!("expected an unexpected-keys error, got {other:?}"),
     }
 }
+
+#[test]
+fn other_image_sizes_use_a_resized_positional_embedding() {
+    let device = Device::flex();
+    let fixture = &groupvit_fixtures()[0];
+    let config = config_of(fixture);
+    let model = load_groupvit(&fixture.file("model"), &config, &device).unwrap();
+    let side = config.image_size() + 2 * config.vision.patch_size;
+    let images = Tensor::<4>::ones([2, 3, side, side], &device);
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(vec![49406i64, 320, 49407, 0], [1, 4]), &device);
+    let text = model.encode_text(tokens, true);
+    assert_eq!(model.encode_image(images.clone(), true).dims(), [2, config.projection_dim]);
+    let segmentation = model.segment(images, text);
+    assert_eq!(segmentation.dims(), [2, 1, side, side]);
+    assert!(segmentation.into_data().iter::<f32>().all(f32::is_finite));
+}

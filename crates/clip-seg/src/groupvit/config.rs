@@ -280,3 +280,40 @@ impl GroupVitConfig {
         GroupVit::new(self, device)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(name: &str) -> GroupVitConfig {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/models").join(name);
+        GroupVitConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn shipped_configs_parse_and_round_trip_through_hf_json() {
+        for name in ["groupvit-tiny-shapes.json", "groupvit-gcc-yfcc.json"] {
+            let config = shipped(name);
+            assert_eq!(GroupVitConfig::from_hf_json(&config.to_hf_json(), name).unwrap(), config);
+        }
+    }
+
+    #[test]
+    fn an_empty_config_takes_the_published_gcc_yfcc_sizes() {
+        let defaults = GroupVitConfig::from_hf_json(&json!({}), "defaults").unwrap();
+        assert_eq!(defaults, shipped("groupvit-gcc-yfcc.json"));
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let bad = json!({"vision_config": {"depths": [1, 1], "num_group_tokens": [4, 0, 0]}});
+        let message = GroupVitConfig::from_hf_json(&bad, "bad.json").unwrap_err().to_string();
+        assert!(message.contains("bad.json") && message.contains("num_group_tokens"), "{message}");
+        let bad = json!({"text_config": {"hidden_act": "relu"}});
+        let message = GroupVitConfig::from_hf_json(&bad, "bad.json").unwrap_err().to_string();
+        assert!(message.contains("text_config.hidden_act"), "{message}");
+        let bad = json!({"vision_config": {"hidden_size": "wide"}});
+        let message = GroupVitConfig::from_hf_json(&bad, "bad.json").unwrap_err().to_string();
+        assert!(message.contains("vision_config.hidden_size"), "{message}");
+    }
+}

@@ -147,7 +147,53 @@ pub fn multi_label_contrastive_loss(image: Tensor<2>, prompts: Tensor<2>, logit_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Device;
+    use crate::groupvit::{GroupVitConfig, GroupVitTextConfig, GroupVitVisionConfig};
+    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    use burn::tensor::{Device, Distribution};
+    use clip_core::transformer::Activation;
+
+    /// A GroupViT small enough to train a few steps in a unit test.
+    fn tiny_config() -> GroupVitConfig {
+        GroupVitConfig::new(
+            GroupVitTextConfig::new(32, 64, 1, 2).with_vocab_size(64).with_max_position_embeddings(8),
+            GroupVitVisionConfig::new(16, 4, 32, 64, vec![1, 1], vec![4, 0], vec![2, 2], 2)
+                .with_hidden_act(Activation::Gelu),
+            16,
+            32,
+        )
+    }
+
+    #[test]
+    fn adamw_steps_lower_the_loss_on_a_fixed_batch() {
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        let config = tiny_config();
+        config.validate("tiny").unwrap();
+        let mut model = config.init(&device);
+        let images = Tensor::<4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        // Ids below 63, end-of-text 63 (the largest id) at the end of each row.
+        let tokens = |rows: usize| {
+            let ids: Vec<i64> = (0..rows * 8)
+                .map(|i| if i % 8 == 7 { 63 } else { ((i * 37 + i / 8 * 11) % 63) as i64 })
+                .collect();
+            Tensor::<2, Int>::from_data(TensorData::new(ids, [rows, 8]), &device)
+        };
+        let batch = GroupVitBatch::new(images, tokens(4), tokens(8).flip([0])).unwrap();
+        assert_eq!(batch.prompts_per_image(), 2);
+        let objective = GroupVitObjective::default();
+        let mut optimizer = AdamWConfig::new().init();
+        let mut losses = Vec::new();
+        for _ in 0..6 {
+            let output = objective.forward(&model, batch.clone());
+            let names: Vec<&str> = output.metrics.iter().map(|(name, _)| *name).collect();
+            assert_eq!(names, ["logit_scale", "contrastive_loss", "multi_label_loss"]);
+            losses.push(output.loss.clone().into_scalar::<f32>());
+            let grads = GradientsParams::from_grads(output.loss.backward(), &model);
+            model = objective.after_update(optimizer.step(3e-3, model, grads));
+        }
+        assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+        assert!(losses[5] < losses[0] * 0.9, "loss did not fall: {losses:?}");
+    }
 
     #[test]
     fn multi_label_loss_matches_a_hand_computed_value() {

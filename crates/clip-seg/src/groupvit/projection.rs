@@ -55,8 +55,8 @@ impl ProjectionHead {
                     h,
                     bn.gamma.val(),
                     bn.beta.val(),
-                    bn.running_mean.value().to_device(&device),
-                    bn.running_var.value().to_device(&device),
+                    bn.running_mean.value_sync().to_device(&device),
+                    bn.running_var.value_sync().to_device(&device),
                     bn.epsilon,
                 )
             }
@@ -104,8 +104,8 @@ mod tests {
         for (g, w) in out.iter().zip(expected) {
             assert!((g - w).abs() < 1e-5, "{out:?}");
         }
-        let mean = head.batch_norm.running_mean.value().into_data().iter::<f32>().collect::<Vec<_>>();
-        let var = head.batch_norm.running_var.value().into_data().iter::<f32>().collect::<Vec<_>>();
+        let mean = head.batch_norm.running_mean.value_sync().into_data().iter::<f32>().collect::<Vec<_>>();
+        let var = head.batch_norm.running_var.value_sync().into_data().iter::<f32>().collect::<Vec<_>>();
         // running = 0.9 * (0, 1) init + 0.1 * batch (mean (2, 5), unbiased var (2, 0)).
         for (g, w) in mean.iter().zip([0.2, 0.5]).chain(var.iter().zip([1.1, 0.9])) {
             assert!((g - w).abs() < 1e-6, "mean {mean:?} var {var:?}");

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use burn::module::Module;
 use burn::tensor::Device;
 use clip_core::weights::{Checkpoint, Entry, Layout, Transform, export, import, write_atomically};
 use clip_core::{ClipError, Result};
@@ -147,7 +148,8 @@ pub fn load_hugging_face(path: &Path, device: &Device) -> Result<(GroupVit, Grou
 /// `model.safetensors` and `config.json`, loadable by `GroupViTModel.from_pretrained(dir)`.
 pub fn save_hugging_face(model: &GroupVit, config: &GroupVitConfig, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ClipError::io(dir, e))?;
-    let tensors = export(model, &hugging_face_layout(config))?;
+    // `valid` folds the last BatchNorm running-statistics update into the exported values.
+    let tensors = export(&model.valid(), &hugging_face_layout(config))?;
     Checkpoint::write_safetensors(&tensors, &dir.join("model.safetensors"))?;
     let json = serde_json::to_string_pretty(&config.to_hf_json()).unwrap_or_default();
     write_atomically(&dir.join("config.json"), json.as_bytes())
