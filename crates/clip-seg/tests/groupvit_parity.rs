@@ -5,16 +5,27 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use clip_core::ClipError;
 use clip_core::fixtures::{self, ModelFixture, abs_diff};
 use clip_core::weights::{Checkpoint, RawTensor, export, import};
-use clip_core::ClipError;
-use clip_seg::groupvit::{GroupVit, GroupVitConfig, hugging_face_layout, load_groupvit, load_hugging_face, save_hugging_face};
+use clip_seg::groupvit::{
+    GroupVit, GroupVitConfig, hugging_face_layout, load_groupvit, load_hugging_face,
+    save_hugging_face,
+};
 
 fn groupvit_fixtures() -> Vec<ModelFixture> {
     let root = fixtures::root();
-    let all = fixtures::model_fixtures(&root).unwrap_or_else(|e| panic!("fixtures under {}: {e}", root.display()));
-    let found: Vec<ModelFixture> = all.into_iter().filter(|f| f.format == "hf_groupvit").collect();
-    assert!(!found.is_empty(), "no fixture of format hf_groupvit under {}/models", root.display());
+    let all = fixtures::model_fixtures(&root)
+        .unwrap_or_else(|e| panic!("fixtures under {}: {e}", root.display()));
+    let found: Vec<ModelFixture> = all
+        .into_iter()
+        .filter(|f| f.format == "hf_groupvit")
+        .collect();
+    assert!(
+        !found.is_empty(),
+        "no fixture of format hf_groupvit under {}/models",
+        root.display()
+    );
     found
 }
 
@@ -24,10 +35,17 @@ fn config_of(fixture: &ModelFixture) -> GroupVitConfig {
 }
 
 fn tensor<const D: usize>(raw: &RawTensor, device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(raw.values.clone(), raw.shape.clone()), device)
+    Tensor::from_data(
+        TensorData::new(raw.values.clone(), raw.shape.clone()),
+        device,
+    )
 }
 
-fn get<'a>(tensors: &'a BTreeMap<String, RawTensor>, key: &str, fixture: &ModelFixture) -> &'a RawTensor {
+fn get<'a>(
+    tensors: &'a BTreeMap<String, RawTensor>,
+    key: &str,
+    fixture: &ModelFixture,
+) -> &'a RawTensor {
     tensors
         .get(key)
         .unwrap_or_else(|| panic!("{}: no tensor '{key}'", fixture.dir.display()))
@@ -52,9 +70,12 @@ fn groupvit_matches_transformers_on_every_fixture() {
     for fixture in groupvit_fixtures() {
         let name = fixture.dir.display().to_string();
         let config = config_of(&fixture);
-        let model = load_groupvit(&fixture.file("model"), &config, &device).unwrap_or_else(|e| panic!("{e}"));
+        let model = load_groupvit(&fixture.file("model"), &config, &device)
+            .unwrap_or_else(|e| panic!("{e}"));
         let inputs = fixture.tensors("inputs").unwrap_or_else(|e| panic!("{e}"));
-        let expected = fixture.tensors("expected").unwrap_or_else(|e| panic!("{e}"));
+        let expected = fixture
+            .tensors("expected")
+            .unwrap_or_else(|e| panic!("{e}"));
         let pixels: Tensor<4> = tensor(get(&inputs, "pixel_values", &fixture), &device);
         let ids = get(&inputs, "input_ids", &fixture);
         let ids: Vec<i64> = ids.values.iter().map(|&v| v as i64).collect::<Vec<_>>();
@@ -75,8 +96,13 @@ fn groupvit_matches_transformers_on_every_fixture() {
             assert_eq!(got.0, want.shape, "{name}: {key} shape");
             let (max, mean) = abs_diff(&got.1, &want.values);
             let scaled = max_scaled_error(&got.1, &want.values);
-            println!("{name} {key}: max abs diff {max:.3e}, mean {mean:.3e}, max scaled {scaled:.3e}");
-            assert!(scaled <= tolerance, "{name}: {key} differs by {scaled:e} (tolerance {tolerance:e})");
+            println!(
+                "{name} {key}: max abs diff {max:.3e}, mean {mean:.3e}, max scaled {scaled:.3e}"
+            );
+            assert!(
+                scaled <= tolerance,
+                "{name}: {key} differs by {scaled:e} (tolerance {tolerance:e})"
+            );
         }
     }
 }
@@ -95,10 +121,14 @@ fn save_then_load_is_bit_identical() {
         let model = load_groupvit(&fixture.file("model"), &config, &device).unwrap();
         let dir = scratch_dir("groupvit-roundtrip");
         save_hugging_face(&model, &config, &dir).unwrap();
-        let (back, back_config): (GroupVit, GroupVitConfig) = load_hugging_face(&dir, &device).unwrap();
+        let (back, back_config): (GroupVit, GroupVitConfig) =
+            load_hugging_face(&dir, &device).unwrap();
         assert_eq!(back_config, config);
         let layout = hugging_face_layout(&config);
-        assert_eq!(export(&back, &layout).unwrap(), export(&model, &layout).unwrap());
+        assert_eq!(
+            export(&back, &layout).unwrap(),
+            export(&model, &layout).unwrap()
+        );
         // The export holds every fixture tensor but the BatchNorm step counters, bit for bit.
         let original = Checkpoint::read(&fixture.file("model")).unwrap();
         let saved = Checkpoint::read(&dir.join("model.safetensors")).unwrap();
@@ -133,7 +163,9 @@ fn missing_and_misshaped_keys_are_named() {
     };
     checkpoint.tensors.insert(key.to_string(), wrong);
     match import(config.init(&device), &checkpoint, &layout) {
-        Err(ClipError::ShapeMismatch { key: bad, found, .. }) => {
+        Err(ClipError::ShapeMismatch {
+            key: bad, found, ..
+        }) => {
             assert_eq!(bad, key);
             assert_eq!(found, vec![original.shape[0], original.shape[1] - 1]);
         }
@@ -141,9 +173,17 @@ fn missing_and_misshaped_keys_are_named() {
     }
 
     checkpoint.tensors.insert(key.to_string(), original);
-    checkpoint.tensors.insert("extra.weight".into(), RawTensor { shape: vec![1], values: vec![0.0] });
+    checkpoint.tensors.insert(
+        "extra.weight".into(),
+        RawTensor {
+            shape: vec![1],
+            values: vec![0.0],
+        },
+    );
     match import(config.init(&device), &checkpoint, &layout) {
-        Err(ClipError::UnexpectedKeys { keys, .. }) => assert_eq!(keys, vec!["extra.weight".to_string()]),
+        Err(ClipError::UnexpectedKeys { keys, .. }) => {
+            assert_eq!(keys, vec!["extra.weight".to_string()])
+        }
         other => panic!("expected an unexpected-keys error, got {other:?}"),
     }
 }
@@ -156,9 +196,15 @@ fn other_image_sizes_use_a_resized_positional_embedding() {
     let model = load_groupvit(&fixture.file("model"), &config, &device).unwrap();
     let side = config.image_size() + 2 * config.vision.patch_size;
     let images = Tensor::<4>::ones([2, 3, side, side], &device);
-    let tokens = Tensor::<2, Int>::from_data(TensorData::new(vec![49406i64, 320, 49407, 0], [1, 4]), &device);
+    let tokens = Tensor::<2, Int>::from_data(
+        TensorData::new(vec![49406i64, 320, 49407, 0], [1, 4]),
+        &device,
+    );
     let text = model.encode_text(tokens, true);
-    assert_eq!(model.encode_image(images.clone(), true).dims(), [2, config.projection_dim]);
+    assert_eq!(
+        model.encode_image(images.clone(), true).dims(),
+        [2, config.projection_dim]
+    );
     let segmentation = model.segment(images, text);
     assert_eq!(segmentation.dims(), [2, 1, side, side]);
     assert!(segmentation.into_data().iter::<f32>().all(f32::is_finite));

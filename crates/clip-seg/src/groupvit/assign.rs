@@ -83,7 +83,12 @@ impl AssignAttention {
     /// Groups `[batch, groups, width]` gather image tokens `[batch, tokens, width]`. Returns the
     /// new group features `[batch, groups, width]` and the soft assignment (softmax over groups)
     /// `[batch, groups, tokens]`, from which segmentation maps are read.
-    pub fn forward(&self, groups: Tensor<3>, tokens: Tensor<3>, mode: AssignMode) -> (Tensor<3>, Tensor<3>) {
+    pub fn forward(
+        &self,
+        groups: Tensor<3>,
+        tokens: Tensor<3>,
+        mode: AssignMode,
+    ) -> (Tensor<3>, Tensor<3>) {
         let width = groups.dims()[2];
         let q = self.q_proj.forward(groups);
         let k = self.k_proj.forward(tokens.clone());
@@ -92,7 +97,9 @@ impl AssignAttention {
         let soft = softmax(raw.clone(), 1);
         let sampled = match mode {
             AssignMode::Hard => soft.clone(),
-            AssignMode::GumbelStraightThrough => softmax(raw + gumbel_noise(soft.dims(), &soft.device()), 1),
+            AssignMode::GumbelStraightThrough => {
+                softmax(raw + gumbel_noise(soft.dims(), &soft.device()), 1)
+            }
         };
         let hard = straight_through_one_hot(sampled);
         let attn = hard.clone() / (hard.sum_dim(2) + self.assign_eps);
@@ -102,7 +109,8 @@ impl AssignAttention {
 
 /// Standard Gumbel noise `-ln(-ln u)`, `u ~ U(0, 1)`.
 fn gumbel_noise(shape: [usize; 3], device: &Device) -> Tensor<3> {
-    let u = Tensor::<3>::random(shape, Distribution::Uniform(0.0, 1.0), device).clamp(1e-10, 1.0 - 1e-7);
+    let u = Tensor::<3>::random(shape, Distribution::Uniform(0.0, 1.0), device)
+        .clamp(1e-10, 1.0 - 1e-7);
     -(-u.log()).log()
 }
 
@@ -113,7 +121,9 @@ pub fn straight_through_one_hot(y: Tensor<3>) -> Tensor<3> {
     let groups_axis = Tensor::<1, burn::tensor::Int>::arange(0..groups as i64, &y.device())
         .reshape([1, groups, 1])
         .expand([batch, groups, tokens]);
-    let one_hot = groups_axis.equal(index.expand([batch, groups, tokens])).float();
+    let one_hot = groups_axis
+        .equal(index.expand([batch, groups, tokens]))
+        .float();
     one_hot - y.clone().detach() + y
 }
 
@@ -142,7 +152,12 @@ pub struct TokenAssign {
 
 impl TokenAssign {
     /// A block turning `group_tokens` tokens into `output_groups` groups.
-    pub fn new(config: &GroupVitVisionConfig, group_tokens: usize, output_groups: usize, device: &Device) -> Self {
+    pub fn new(
+        config: &GroupVitVisionConfig,
+        group_tokens: usize,
+        output_groups: usize,
+        device: &Device,
+    ) -> Self {
         let width = config.hidden_size;
         let [tokens_ratio, channels_ratio] = config.assign_mlp_ratio;
         let tokens_dim = (tokens_ratio * width as f64) as usize;
@@ -181,10 +196,17 @@ impl TokenAssign {
     /// Image tokens `[batch, tokens, width]` and group tokens `[batch, group_tokens, width]` in;
     /// the groups `[batch, output_groups, width]` and the soft assignment
     /// `[batch, output_groups, tokens]` out.
-    pub fn forward(&self, image_tokens: Tensor<3>, group_tokens: Tensor<3>, mode: AssignMode) -> (Tensor<3>, Tensor<3>) {
+    pub fn forward(
+        &self,
+        image_tokens: Tensor<3>,
+        group_tokens: Tensor<3>,
+        mode: AssignMode,
+    ) -> (Tensor<3>, Tensor<3>) {
         let groups = self.norm_tokens.forward(group_tokens);
         let tokens = self.norm_x.forward(image_tokens);
-        let groups = self.norm_post_tokens.forward(mix_tokens(&self.mlp_inter, groups));
+        let groups = self
+            .norm_post_tokens
+            .forward(mix_tokens(&self.mlp_inter, groups));
         let groups = self.pre_assign_attn.forward(groups, tokens.clone());
         let (assigned, soft) = self.assign.forward(groups.clone(), tokens, mode);
         let x = assigned + groups;
@@ -202,7 +224,10 @@ mod tests {
         let device = Device::flex();
         // [1, 3 groups, 2 tokens]: token 0 goes to group 2, token 1 to group 0.
         let y = Tensor::<3>::from_floats([[[0.1, 0.7], [0.3, 0.2], [0.6, 0.1]]], &device);
-        let hard = straight_through_one_hot(y).into_data().iter::<f32>().collect::<Vec<_>>();
+        let hard = straight_through_one_hot(y)
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<_>>();
         let expected = [0.0, 1.0, 0.0, 0.0, 1.0, 0.0];
         for (got, want) in hard.iter().zip(expected) {
             assert!((got - want).abs() < 1e-6, "{hard:?}");
@@ -216,11 +241,23 @@ mod tests {
         let y = softmax(raw.clone(), 1);
         // d/d raw of sum(w * one_hot_st(y)) equals d/d raw of sum(w * y).
         let weights = Tensor::<3>::from_floats([[[1.0, 2.0], [3.0, 4.0]]], &device);
-        let grads = (straight_through_one_hot(y) * weights.clone()).sum().backward();
-        let got = raw.grad(&grads).unwrap().into_data().iter::<f32>().collect::<Vec<_>>();
+        let grads = (straight_through_one_hot(y) * weights.clone())
+            .sum()
+            .backward();
+        let got = raw
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<_>>();
         let raw2 = Tensor::<3>::from_floats([[[1.0, -1.0], [0.5, 2.0]]], &device).require_grad();
         let grads2 = (softmax(raw2.clone(), 1) * weights).sum().backward();
-        let want = raw2.grad(&grads2).unwrap().into_data().iter::<f32>().collect::<Vec<_>>();
+        let want = raw2
+            .grad(&grads2)
+            .unwrap()
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<_>>();
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
         }

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use burn::config::Config;
 use burn::tensor::Device;
-use clip_core::transformer::Activation;
 use clip_core::ClipError;
+use clip_core::transformer::Activation;
 use serde_json::{Value, json};
 
 use super::model::GroupVit;
@@ -89,17 +89,33 @@ pub struct GroupVitConfig {
 }
 
 /// Reads `object[key]`, or `default` when absent or null; errors name `section.key`.
-fn field<T: serde::de::DeserializeOwned>(object: &Value, section: &str, key: &str, default: T, origin: &str) -> clip_core::Result<T> {
+fn field<T: serde::de::DeserializeOwned>(
+    object: &Value,
+    section: &str,
+    key: &str,
+    default: T,
+    origin: &str,
+) -> clip_core::Result<T> {
     match object.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
-            ClipError::config(origin, format!("{section}{key} = {value}: {e}"))
-        }),
+        Some(value) => serde_json::from_value(value.clone())
+            .map_err(|e| ClipError::config(origin, format!("{section}{key} = {value}: {e}"))),
     }
 }
 
-fn activation(object: &Value, section: &str, default: Activation, origin: &str) -> clip_core::Result<Activation> {
-    let name: String = field(object, section, "hidden_act", default.hf_name().to_string(), origin)?;
+fn activation(
+    object: &Value,
+    section: &str,
+    default: Activation,
+    origin: &str,
+) -> clip_core::Result<Activation> {
+    let name: String = field(
+        object,
+        section,
+        "hidden_act",
+        default.hf_name().to_string(),
+        origin,
+    )?;
     Activation::from_hf_name(&name, origin, &format!("{section}hidden_act"))
 }
 
@@ -111,8 +127,14 @@ impl GroupVitConfig {
             return Err(ClipError::config(origin, "not a JSON object"));
         }
         let empty = json!({});
-        let t = value.get("text_config").filter(|v| !v.is_null()).unwrap_or(&empty);
-        let v = value.get("vision_config").filter(|v| !v.is_null()).unwrap_or(&empty);
+        let t = value
+            .get("text_config")
+            .filter(|v| !v.is_null())
+            .unwrap_or(&empty);
+        let v = value
+            .get("vision_config")
+            .filter(|v| !v.is_null())
+            .unwrap_or(&empty);
         let (ts, vs) = ("text_config.", "vision_config.");
         let text = GroupVitTextConfig {
             vocab_size: field(t, ts, "vocab_size", 49408, origin)?,
@@ -127,14 +149,18 @@ impl GroupVitConfig {
         let ratio: Value = field(v, vs, "assign_mlp_ratio", json!([0.5, 4.0]), origin)?;
         let assign_mlp_ratio = match &ratio {
             Value::Number(n) => n.as_f64().map(|r| [r, r]),
-            Value::Array(items) if items.len() == 2 => match (items[0].as_f64(), items[1].as_f64()) {
+            Value::Array(items) if items.len() == 2 => match (items[0].as_f64(), items[1].as_f64())
+            {
                 (Some(a), Some(b)) => Some([a, b]),
                 _ => None,
             },
             _ => None,
         }
         .ok_or_else(|| {
-            ClipError::config(origin, format!("{vs}assign_mlp_ratio = {ratio}: expected a number or two numbers"))
+            ClipError::config(
+                origin,
+                format!("{vs}assign_mlp_ratio = {ratio}: expected a number or two numbers"),
+            )
         })?;
         let vision = GroupVitVisionConfig {
             image_size: field(v, vs, "image_size", 224, origin)?,
@@ -155,7 +181,13 @@ impl GroupVitConfig {
             text,
             vision,
             projection_dim: field(value, "", "projection_dim", 256, origin)?,
-            projection_intermediate_dim: field(value, "", "projection_intermediate_dim", 4096, origin)?,
+            projection_intermediate_dim: field(
+                value,
+                "",
+                "projection_intermediate_dim",
+                4096,
+                origin,
+            )?,
             logit_scale_init_value: field(value, "", "logit_scale_init_value", 2.6592, origin)?,
         };
         config.validate(origin)?;
@@ -166,7 +198,8 @@ impl GroupVitConfig {
     pub fn from_file(path: &Path) -> clip_core::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ClipError::io(path, e))?;
         let origin = path.display().to_string();
-        let value: Value = serde_json::from_str(&text).map_err(|e| ClipError::config(&origin, e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| ClipError::config(&origin, e.to_string()))?;
         Self::from_hf_json(&value, &origin)
     }
 
@@ -218,13 +251,19 @@ impl GroupVitConfig {
     pub fn validate(&self, origin: &str) -> clip_core::Result<()> {
         let err = |message: String| Err(ClipError::config(origin, message));
         let (t, v) = (&self.text, &self.vision);
-        if t.hidden_size == 0 || t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
+        if t.hidden_size == 0
+            || t.num_attention_heads == 0
+            || t.hidden_size % t.num_attention_heads != 0
+        {
             return err(format!(
                 "text_config.hidden_size = {} must be a positive multiple of num_attention_heads = {}",
                 t.hidden_size, t.num_attention_heads
             ));
         }
-        if v.hidden_size == 0 || v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.hidden_size == 0
+            || v.num_attention_heads == 0
+            || v.hidden_size % v.num_attention_heads != 0
+        {
             return err(format!(
                 "vision_config.hidden_size = {} must be a positive multiple of num_attention_heads = {}",
                 v.hidden_size, v.num_attention_heads
@@ -237,7 +276,8 @@ impl GroupVitConfig {
             ));
         }
         let stages = v.depths.len();
-        if stages == 0 || v.num_group_tokens.len() != stages || v.num_output_groups.len() != stages {
+        if stages == 0 || v.num_group_tokens.len() != stages || v.num_output_groups.len() != stages
+        {
             return err(format!(
                 "vision_config: depths {:?}, num_group_tokens {:?} and num_output_groups {:?} must be \
                  non-empty and equally long",
@@ -246,7 +286,8 @@ impl GroupVitConfig {
         }
         for i in 1..stages {
             // The group projector mixes the previous stage's group tokens into this stage's.
-            if v.num_group_tokens[i] > 0 && v.num_group_tokens[i - 1] != v.num_output_groups[i - 1] {
+            if v.num_group_tokens[i] > 0 && v.num_group_tokens[i - 1] != v.num_output_groups[i - 1]
+            {
                 return err(format!(
                     "vision_config: stage {i} projects the previous stage's {} group tokens but \
                      num_output_groups[{}] = {}",
@@ -256,11 +297,17 @@ impl GroupVitConfig {
                 ));
             }
         }
-        if v.num_group_tokens.iter().zip(&v.num_output_groups).any(|(&g, &o)| g > 0 && o == 0) {
+        if v.num_group_tokens
+            .iter()
+            .zip(&v.num_output_groups)
+            .any(|(&g, &o)| g > 0 && o == 0)
+        {
             return err("vision_config.num_output_groups: a stage with group tokens needs at least one output group".into());
         }
         if !v.num_group_tokens.iter().any(|&g| g > 0) {
-            return err("vision_config.num_group_tokens: at least one stage needs group tokens".into());
+            return err(
+                "vision_config.num_group_tokens: at least one stage needs group tokens".into(),
+            );
         }
         Ok(())
     }
@@ -286,7 +333,9 @@ mod tests {
     use super::*;
 
     fn shipped(name: &str) -> GroupVitConfig {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/models").join(name);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs/models")
+            .join(name);
         GroupVitConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -294,7 +343,10 @@ mod tests {
     fn shipped_configs_parse_and_round_trip_through_hf_json() {
         for name in ["groupvit-tiny-shapes.json", "groupvit-gcc-yfcc.json"] {
             let config = shipped(name);
-            assert_eq!(GroupVitConfig::from_hf_json(&config.to_hf_json(), name).unwrap(), config);
+            assert_eq!(
+                GroupVitConfig::from_hf_json(&config.to_hf_json(), name).unwrap(),
+                config
+            );
         }
     }
 
@@ -307,13 +359,22 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let bad = json!({"vision_config": {"depths": [1, 1], "num_group_tokens": [4, 0, 0]}});
-        let message = GroupVitConfig::from_hf_json(&bad, "bad.json").unwrap_err().to_string();
-        assert!(message.contains("bad.json") && message.contains("num_group_tokens"), "{message}");
+        let message = GroupVitConfig::from_hf_json(&bad, "bad.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("bad.json") && message.contains("num_group_tokens"),
+            "{message}"
+        );
         let bad = json!({"text_config": {"hidden_act": "relu"}});
-        let message = GroupVitConfig::from_hf_json(&bad, "bad.json").unwrap_err().to_string();
+        let message = GroupVitConfig::from_hf_json(&bad, "bad.json")
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("text_config.hidden_act"), "{message}");
         let bad = json!({"vision_config": {"hidden_size": "wide"}});
-        let message = GroupVitConfig::from_hf_json(&bad, "bad.json").unwrap_err().to_string();
+        let message = GroupVitConfig::from_hf_json(&bad, "bad.json")
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("vision_config.hidden_size"), "{message}");
     }
 }

@@ -21,7 +21,9 @@ mod text;
 mod vision;
 mod weights;
 
-pub use assign::{AssignAttention, AssignMode, CrossAttentionLayer, TokenAssign, straight_through_one_hot};
+pub use assign::{
+    AssignAttention, AssignMode, CrossAttentionLayer, TokenAssign, straight_through_one_hot,
+};
 pub use config::{GroupVitConfig, GroupVitTextConfig, GroupVitVisionConfig};
 pub use model::{GroupVit, grouping_from_assignments};
 pub use objective::{GroupVitBatch, GroupVitObjective, multi_label_contrastive_loss};

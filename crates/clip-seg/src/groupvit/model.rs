@@ -4,8 +4,8 @@ use burn::module::{Module, Param};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Int, Tensor};
-use clip_core::model::MAX_LOG_LOGIT_SCALE;
 use clip_core::l2_normalize;
+use clip_core::model::MAX_LOG_LOGIT_SCALE;
 
 use super::assign::AssignMode;
 use super::config::GroupVitConfig;
@@ -36,9 +36,15 @@ impl GroupVit {
         Self {
             vision: GroupVitVision::new(&config.vision, device),
             text: GroupVitText::new(&config.text, device),
-            visual_projection: ProjectionHead::new([config.vision.hidden_size, hidden, out], device),
+            visual_projection: ProjectionHead::new(
+                [config.vision.hidden_size, hidden, out],
+                device,
+            ),
             text_projection: ProjectionHead::new([config.text.hidden_size, hidden, out], device),
-            logit_scale: Param::from_tensor(Tensor::from_floats([config.logit_scale_init_value as f32], device)),
+            logit_scale: Param::from_tensor(Tensor::from_floats(
+                [config.logit_scale_init_value as f32],
+                device,
+            )),
         }
     }
 
@@ -63,15 +69,32 @@ impl GroupVit {
             Phase::Eval => AssignMode::Hard,
             Phase::Train => AssignMode::GumbelStraightThrough,
         };
-        let features = self.visual_projection.forward(self.vision.forward(images, mode).pooled, phase);
-        if normalize { l2_normalize(features) } else { features }
+        let features = self
+            .visual_projection
+            .forward(self.vision.forward(images, mode).pooled, phase);
+        if normalize {
+            l2_normalize(features)
+        } else {
+            features
+        }
     }
 
     /// As [`encode_text`](Self::encode_text) in the given phase ([`Phase::Train`] normalizes the
     /// projection with batch statistics).
-    pub fn encode_text_with(&self, tokens: Tensor<2, Int>, normalize: bool, phase: Phase) -> Tensor<2> {
-        let features = self.text_projection.forward(self.text.forward(tokens), phase);
-        if normalize { l2_normalize(features) } else { features }
+    pub fn encode_text_with(
+        &self,
+        tokens: Tensor<2, Int>,
+        normalize: bool,
+        phase: Phase,
+    ) -> Tensor<2> {
+        let features = self
+            .text_projection
+            .forward(self.text.forward(tokens), phase);
+        if normalize {
+            l2_normalize(features)
+        } else {
+            features
+        }
     }
 
     /// `exp(logit_scale)` as a `[1]` tensor.
@@ -84,7 +107,11 @@ impl GroupVit {
         self.logit_scale = self.logit_scale.map(|scale| {
             let trainable = scale.is_require_grad();
             let clamped = scale.clamp(0.0, MAX_LOG_LOGIT_SCALE).detach();
-            if trainable { clamped.require_grad() } else { clamped }
+            if trainable {
+                clamped.require_grad()
+            } else {
+                clamped
+            }
         });
         self
     }
@@ -112,9 +139,10 @@ impl GroupVit {
         let grouping = grouping_from_assignments(&output.assignments, [height, width]);
         let [batch, groups, _] = output.groups.dims();
         let channels = output.groups.dims()[2];
-        let group_embeds = self
-            .visual_projection
-            .forward(output.groups.reshape([batch * groups, channels]), Phase::Eval);
+        let group_embeds = self.visual_projection.forward(
+            output.groups.reshape([batch * groups, channels]),
+            Phase::Eval,
+        );
         let group_embeds = l2_normalize(group_embeds);
         let text_embeds = l2_normalize(text_embeds);
         let texts = text_embeds.dims()[0];

@@ -23,11 +23,19 @@ pub struct GroupVitBatch {
 impl GroupVitBatch {
     /// Checks that the three tensors agree: as many captions as images, a multiple of the batch
     /// size of prompts, and captions and prompts of one context length.
-    pub fn new(images: Tensor<4>, tokens: Tensor<2, Int>, prompt_tokens: Tensor<2, Int>) -> Result<Self> {
+    pub fn new(
+        images: Tensor<4>,
+        tokens: Tensor<2, Int>,
+        prompt_tokens: Tensor<2, Int>,
+    ) -> Result<Self> {
         let batch = images.dims()[0];
         let [captions, context] = tokens.dims();
         let [prompts, prompt_context] = prompt_tokens.dims();
-        if batch == 0 || captions != batch || prompts % batch != 0 || (prompts > 0 && prompt_context != context) {
+        if batch == 0
+            || captions != batch
+            || prompts % batch != 0
+            || (prompts > 0 && prompt_context != context)
+        {
             return Err(ClipError::Shape(format!(
                 "GroupViT batch: {batch} images, captions {:?} and prompts {:?} (prompts must be \
                  [batch * K, context] with the captions' context length)",
@@ -61,7 +69,9 @@ pub struct GroupVitObjective {
 
 impl Default for GroupVitObjective {
     fn default() -> Self {
-        Self { multi_label_weight: 1.0 }
+        Self {
+            multi_label_weight: 1.0,
+        }
     }
 }
 
@@ -89,7 +99,10 @@ impl Objective for GroupVitObjective {
         if prompts == 0 {
             return StepOutput {
                 loss: contrastive,
-                metrics: vec![("logit_scale", logit_scale), ("contrastive_loss", contrastive_value)],
+                metrics: vec![
+                    ("logit_scale", logit_scale),
+                    ("contrastive_loss", contrastive_value),
+                ],
             };
         }
         let multi_label = multi_label_contrastive_loss(image, text.narrow(0, size, prompts), scale);
@@ -121,10 +134,17 @@ impl Objective for GroupVitObjective {
 ///
 /// # Panics
 /// When `B*K` is not a positive multiple of `B`.
-pub fn multi_label_contrastive_loss(image: Tensor<2>, prompts: Tensor<2>, logit_scale: Tensor<1>) -> Tensor<1> {
+pub fn multi_label_contrastive_loss(
+    image: Tensor<2>,
+    prompts: Tensor<2>,
+    logit_scale: Tensor<1>,
+) -> Tensor<1> {
     let [batch, _] = image.dims();
     let [texts, _] = prompts.dims();
-    assert!(batch > 0 && texts > 0 && texts % batch == 0, "{texts} prompts for {batch} images");
+    assert!(
+        batch > 0 && texts > 0 && texts % batch == 0,
+        "{texts} prompts for {batch} images"
+    );
     let per_image_count = texts / batch;
     let device = image.device();
     let scale = logit_scale.unsqueeze::<2>();
@@ -133,12 +153,18 @@ pub fn multi_label_contrastive_loss(image: Tensor<2>, prompts: Tensor<2>, logit_
     let targets: Vec<f32> = (0..batch * texts)
         .map(|index| {
             let (row, column) = (index / texts, index % texts);
-            if column / per_image_count == row { 1.0 / per_image_count as f32 } else { 0.0 }
+            if column / per_image_count == row {
+                1.0 / per_image_count as f32
+            } else {
+                0.0
+            }
         })
         .collect();
     let targets = Tensor::<2>::from_data(TensorData::new(targets, [batch, texts]), &device);
     let image_loss = -(log_softmax(per_image, 1) * targets).sum_dim(1).mean();
-    let owners: Vec<i64> = (0..texts).map(|row| (row / per_image_count) as i64).collect();
+    let owners: Vec<i64> = (0..texts)
+        .map(|row| (row / per_image_count) as i64)
+        .collect();
     let owners = Tensor::<2, Int>::from_data(TensorData::new(owners, [texts, 1]), &device);
     let text_loss = -log_softmax(per_text, 1).gather(1, owners).mean();
     (image_loss + text_loss) / 2.0
@@ -148,14 +174,16 @@ pub fn multi_label_contrastive_loss(image: Tensor<2>, prompts: Tensor<2>, logit_
 mod tests {
     use super::*;
     use crate::groupvit::{GroupVitConfig, GroupVitTextConfig, GroupVitVisionConfig};
-    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    use burn::optim::{AdamWConfig, GradientsParams};
     use burn::tensor::{Device, Distribution};
     use clip_core::transformer::Activation;
 
     /// A GroupViT small enough to train a few steps in a unit test.
     fn tiny_config() -> GroupVitConfig {
         GroupVitConfig::new(
-            GroupVitTextConfig::new(32, 64, 1, 2).with_vocab_size(64).with_max_position_embeddings(8),
+            GroupVitTextConfig::new(32, 64, 1, 2)
+                .with_vocab_size(64)
+                .with_max_position_embeddings(8),
             GroupVitVisionConfig::new(16, 4, 32, 64, vec![1, 1], vec![4, 0], vec![2, 2], 2)
                 .with_hidden_act(Activation::Gelu),
             16,
@@ -174,7 +202,13 @@ mod tests {
         // Ids below 63, end-of-text 63 (the largest id) at the end of each row.
         let tokens = |rows: usize| {
             let ids: Vec<i64> = (0..rows * 8)
-                .map(|i| if i % 8 == 7 { 63 } else { ((i * 37 + i / 8 * 11) % 63) as i64 })
+                .map(|i| {
+                    if i % 8 == 7 {
+                        63
+                    } else {
+                        ((i * 37 + i / 8 * 11) % 63) as i64
+                    }
+                })
                 .collect();
             Tensor::<2, Int>::from_data(TensorData::new(ids, [rows, 8]), &device)
         };
@@ -186,7 +220,10 @@ mod tests {
         for _ in 0..6 {
             let output = objective.forward(&model, batch.clone());
             let names: Vec<&str> = output.metrics.iter().map(|(name, _)| *name).collect();
-            assert_eq!(names, ["logit_scale", "contrastive_loss", "multi_label_loss"]);
+            assert_eq!(
+                names,
+                ["logit_scale", "contrastive_loss", "multi_label_loss"]
+            );
             losses.push(output.loss.clone().into_scalar::<f32>());
             let grads = GradientsParams::from_grads(output.loss.backward(), &model);
             model = objective.after_update(optimizer.step(3e-3, model, grads));
@@ -201,7 +238,8 @@ mod tests {
         // Two images (unit vectors e0, e1), K = 2 prompts each: image 0 -> (e0, e1),
         // image 1 -> (e1, e1). Scale 1, so logits are the dot products (0 or 1).
         let image = Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 1.0]], &device);
-        let prompts = Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]], &device);
+        let prompts =
+            Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]], &device);
         let got = multi_label_contrastive_loss(image, prompts, Tensor::from_floats([1.0], &device))
             .into_scalar::<f32>();
         let e = std::f64::consts::E;
@@ -215,6 +253,9 @@ mod tests {
         let miss = (1.0 + e).ln();
         let text_loss = (hit + miss + hit + hit) / 4.0;
         let want = (image_loss + text_loss) / 2.0;
-        assert!((f64::from(got) - want).abs() < 1e-5, "got {got}, want {want}");
+        assert!(
+            (f64::from(got) - want).abs() < 1e-5,
+            "got {got}, want {want}"
+        );
     }
 }

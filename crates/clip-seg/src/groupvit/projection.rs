@@ -39,7 +39,9 @@ impl ProjectionHead {
     pub fn new(sizes: [usize; 3], device: &Device) -> Self {
         Self {
             fc1: LinearConfig::new(sizes[0], sizes[1]).init(device),
-            batch_norm: BatchNormConfig::new(sizes[1]).with_momentum(MOMENTUM).init(device),
+            batch_norm: BatchNormConfig::new(sizes[1])
+                .with_momentum(MOMENTUM)
+                .init(device),
             fc2: LinearConfig::new(sizes[1], sizes[2]).init(device),
         }
     }
@@ -67,7 +69,8 @@ impl ProjectionHead {
                 let unbiased = result.variance.detach() * (rows / (rows - 1.0).max(1.0));
                 let mean = bn.running_mean.value_sync().to_device(&device) * (1.0 - MOMENTUM)
                     + result.mean.detach() * MOMENTUM;
-                let var = bn.running_var.value_sync().to_device(&device) * (1.0 - MOMENTUM) + unbiased * MOMENTUM;
+                let var = bn.running_var.value_sync().to_device(&device) * (1.0 - MOMENTUM)
+                    + unbiased * MOMENTUM;
                 bn.running_mean.update(mean.detach());
                 bn.running_var.update(var.detach());
                 result.output
@@ -86,7 +89,8 @@ mod tests {
     fn identity_head(device: &Device) -> ProjectionHead {
         let mut head = ProjectionHead::new([2, 2, 2], device);
         for linear in [&mut head.fc1, &mut head.fc2] {
-            linear.weight = Param::from_tensor(Tensor::from_floats([[1.0, 0.0], [0.0, 1.0]], device));
+            linear.weight =
+                Param::from_tensor(Tensor::from_floats([[1.0, 0.0], [0.0, 1.0]], device));
             linear.bias = Some(Param::from_tensor(Tensor::zeros([2], device)));
         }
         head
@@ -98,20 +102,47 @@ mod tests {
         let head = identity_head(&device);
         // Column 0: values 1, 3 (mean 2, biased var 1, unbiased var 2).
         let x = Tensor::<2>::from_floats([[1.0, 5.0], [3.0, 5.0]], &device);
-        let out = head.forward(x.clone(), Phase::Train).into_data().iter::<f32>().collect::<Vec<_>>();
+        let out = head
+            .forward(x.clone(), Phase::Train)
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<_>>();
         let scale = 1.0 / (1.0f32 + 1e-5).sqrt();
         let expected = [0.0, 0.0, scale, 0.0];
         for (g, w) in out.iter().zip(expected) {
             assert!((g - w).abs() < 1e-5, "{out:?}");
         }
-        let mean = head.batch_norm.running_mean.value_sync().into_data().iter::<f32>().collect::<Vec<_>>();
-        let var = head.batch_norm.running_var.value_sync().into_data().iter::<f32>().collect::<Vec<_>>();
+        let mean = head
+            .batch_norm
+            .running_mean
+            .value_sync()
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<_>>();
+        let var = head
+            .batch_norm
+            .running_var
+            .value_sync()
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<_>>();
         // running = 0.9 * (0, 1) init + 0.1 * batch (mean (2, 5), unbiased var (2, 0)).
-        for (g, w) in mean.iter().zip([0.2, 0.5]).chain(var.iter().zip([1.1, 0.9])) {
+        for (g, w) in mean
+            .iter()
+            .zip([0.2, 0.5])
+            .chain(var.iter().zip([1.1, 0.9]))
+        {
             assert!((g - w).abs() < 1e-6, "mean {mean:?} var {var:?}");
         }
         // Eval uses the running statistics: (3 - 0.2) / sqrt(1.1 + eps).
-        let eval = head.forward(x, Phase::Eval).into_data().iter::<f32>().collect::<Vec<_>>();
-        assert!((eval[2] - 2.8 / (1.1f32 + 1e-5).sqrt()).abs() < 1e-5, "{eval:?}");
+        let eval = head
+            .forward(x, Phase::Eval)
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<_>>();
+        assert!(
+            (eval[2] - 2.8 / (1.1f32 + 1e-5).sqrt()).abs() < 1e-5,
+            "{eval:?}"
+        );
     }
 }

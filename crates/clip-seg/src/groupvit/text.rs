@@ -27,10 +27,16 @@ impl GroupVitText {
     pub fn new(config: &GroupVitTextConfig, device: &Device) -> Self {
         Self {
             token_embedding: EmbeddingConfig::new(config.vocab_size, config.hidden_size)
-                .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
                 .init(device),
-            positional_embedding: Initializer::Normal { mean: 0.0, std: 0.02 }
-                .init([config.max_position_embeddings, config.hidden_size], device),
+            positional_embedding: Initializer::Normal {
+                mean: 0.0,
+                std: 0.02,
+            }
+            .init([config.max_position_embeddings, config.hidden_size], device),
             transformer: TransformerConfig::new(
                 config.hidden_size,
                 config.num_hidden_layers,
@@ -54,7 +60,11 @@ impl GroupVitText {
         let eot = end_of_text_positions(&tokens.to_data());
         let x = self.token_embedding.forward(tokens);
         let width = x.dims()[2];
-        let x = x + self.positional_embedding.val().narrow(0, 0, seq).unsqueeze();
+        let x = x + self
+            .positional_embedding
+            .val()
+            .narrow(0, 0, seq)
+            .unsqueeze();
         let x = self.ln_final.forward(self.transformer.forward(x, true));
         let index = Tensor::<1, Int>::from_data(TensorData::new(eot, [batch]), &device)
             .reshape([batch, 1, 1])

@@ -103,13 +103,21 @@ impl GroupVitVision {
                 .with_epsilon(config.layer_norm_eps)
                 .init(device)
         };
-        let normal = Initializer::Normal { mean: 0.0, std: 0.02 };
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
         let stages = (0..config.depths.len())
             .map(|i| {
                 let group_tokens = config.num_group_tokens[i];
-                let previous = if i > 0 { config.num_output_groups[i - 1] } else { 0 };
+                let previous = if i > 0 {
+                    config.num_output_groups[i - 1]
+                } else {
+                    0
+                };
                 GroupingStage {
-                    group_token: (group_tokens > 0).then(|| normal.init([1, group_tokens, width], device)),
+                    group_token: (group_tokens > 0)
+                        .then(|| normal.init([1, group_tokens, width], device)),
                     layers: TransformerConfig::new(
                         width,
                         config.depths[i],
@@ -119,11 +127,16 @@ impl GroupVitVision {
                     )
                     .with_layer_norm_eps(config.layer_norm_eps)
                     .init(device),
-                    downsample: (group_tokens > 0)
-                        .then(|| TokenAssign::new(config, group_tokens, config.num_output_groups[i], device)),
+                    downsample: (group_tokens > 0).then(|| {
+                        TokenAssign::new(config, group_tokens, config.num_output_groups[i], device)
+                    }),
                     group_projector: (group_tokens > 0 && previous > 0).then(|| GroupProjector {
                         norm: layer_norm(),
-                        mlp: mlp([previous, width / 2, group_tokens], config.hidden_act, device),
+                        mlp: mlp(
+                            [previous, width / 2, group_tokens],
+                            config.hidden_act,
+                            device,
+                        ),
                     }),
                 }
             })
@@ -147,7 +160,8 @@ impl GroupVitVision {
         let x = self.patch_embedding.forward(images);
         let [batch, width, grid_h, grid_w] = x.dims();
         let x = x.reshape([batch, width, grid_h * grid_w]).swap_dims(1, 2);
-        let x = self.embedding_norm.forward(x) + self.position_embedding_for([grid_h, grid_w]).unsqueeze();
+        let x = self.embedding_norm.forward(x)
+            + self.position_embedding_for([grid_h, grid_w]).unsqueeze();
         let mut x = x;
         let mut groups = None;
         let mut assignments = Vec::new();
