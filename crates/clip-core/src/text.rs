@@ -131,8 +131,9 @@ impl TextTransformer {
     }
 }
 
-/// Position of the first largest id in each row of `[batch, seq]` token ids.
-fn end_of_text_positions(tokens: &TensorData) -> Vec<i64> {
+/// Position of the first largest id in each row of `[batch, seq]` token ids (the end-of-text
+/// token for CLIP's tokenizer).
+pub fn end_of_text_positions(tokens: &TensorData) -> Vec<i64> {
     let seq = tokens.shape()[1];
     let ids: Vec<i64> = tokens.iter::<i64>().collect();
     ids.chunks(seq)

@@ -165,15 +165,26 @@ pub struct MultiHeadAttention {
 impl MultiHeadAttention {
     /// `[batch, seq, width]` in and out.
     pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
-        let [batch, seq, width] = x.dims();
+        self.attend(x.clone(), x, causal)
+    }
+
+    /// Cross-attention: `query` `[batch, queries, width]` attends to `context`
+    /// `[batch, keys, width]` (keys and values both projected from `context`).
+    pub fn forward_cross(&self, query: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
+        self.attend(query, context, false)
+    }
+
+    fn attend(&self, query: Tensor<3>, context: Tensor<3>, causal: bool) -> Tensor<3> {
+        let [batch, queries, width] = query.dims();
+        let keys = context.dims()[1];
         let head_dim = width / self.heads;
-        let split_heads = |t: Tensor<3>| {
+        let split_heads = |t: Tensor<3>, seq: usize| {
             t.reshape([batch, seq, self.heads, head_dim])
                 .swap_dims(1, 2)
         };
-        let q = split_heads(self.query.forward(x.clone()));
-        let k = split_heads(self.key.forward(x.clone()));
-        let v = split_heads(self.value.forward(x));
+        let q = split_heads(self.query.forward(query), queries);
+        let k = split_heads(self.key.forward(context.clone()), keys);
+        let v = split_heads(self.value.forward(context), keys);
         let options = AttentionModuleOptions {
             scale: None,
             softcap: None,
@@ -181,7 +192,7 @@ impl MultiHeadAttention {
         };
         let out = attention(q, k, v, None, None, options)
             .swap_dims(1, 2)
-            .reshape([batch, seq, width]);
+            .reshape([batch, queries, width]);
         self.out_proj.forward(out)
     }
 }

@@ -3,12 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use burn::module::Module;
 use burn::tensor::TensorData;
 use burn_store::{ModuleSnapshot, bridge};
 
 use super::checkpoint::{Checkpoint, RawTensor};
 use crate::error::{ClipError, Result};
-use crate::model::Clip;
 use crate::vision::resize_positional_embedding;
 
 /// How a checkpoint tensor becomes one of our parameters.
@@ -85,10 +85,11 @@ fn checkpoint_shape(transform: Transform, our_shape: &[usize]) -> Vec<usize> {
     }
 }
 
-/// Loads `checkpoint` into `model` through `layout`. Every model parameter must be covered,
+/// Loads `checkpoint` into `model` (any module: CLIP, GroupViT, ...) through `layout`. Every
+/// model parameter must be covered,
 /// every checkpoint tensor used (or ignored by the layout) and every shape must agree; the
 /// error names the checkpoint key and both shapes.
-pub fn import(model: Clip, checkpoint: &Checkpoint, layout: &Layout) -> Result<Clip> {
+pub fn import<M: Module>(model: M, checkpoint: &Checkpoint, layout: &Layout) -> Result<M> {
     let path = &checkpoint.path;
     let expected: BTreeMap<String, Vec<usize>> = model
         .collect(None, None, false)
@@ -158,8 +159,8 @@ pub fn import(model: Clip, checkpoint: &Checkpoint, layout: &Layout) -> Result<C
     Ok(model)
 }
 
-/// The model's parameters in the checkpoint layout of `layout`.
-pub fn export(model: &Clip, layout: &Layout) -> Result<BTreeMap<String, RawTensor>> {
+/// The parameters of `model` (any module) in the checkpoint layout of `layout`.
+pub fn export<M: Module>(model: &M, layout: &Layout) -> Result<BTreeMap<String, RawTensor>> {
     let ours: BTreeMap<String, RawTensor> = model
         .collect(None, None, false)
         .into_iter()
