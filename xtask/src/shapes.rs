@@ -59,9 +59,12 @@ pub fn generate(out: &Path) -> anyhow::Result<()> {
         let (image, mask, caption) = sample(&mut rng);
         let name = format!("{index:04}.png");
         let image_path = out.join("images").join(&name);
-        image.save(&image_path).with_context(|| format!("writing {}", image_path.display()))?;
+        image
+            .save(&image_path)
+            .with_context(|| format!("writing {}", image_path.display()))?;
         let mask_path = out.join("masks").join(&name);
-        mask.save(&mask_path).with_context(|| format!("writing {}", mask_path.display()))?;
+        mask.save(&mask_path)
+            .with_context(|| format!("writing {}", mask_path.display()))?;
         let table = if index < TRAIN { &mut train } else { &mut val };
         writeln!(table, "images/{name}\tmasks/{name}\t{caption}")?;
     }
@@ -69,7 +72,10 @@ pub fn generate(out: &Path) -> anyhow::Result<()> {
     write(&out.join("val.tsv"), &val)?;
     write(&out.join("labels.txt"), &(LABELS.join("\n") + "\n"))?;
     write(&out.join("README.md"), README)?;
-    println!("wrote {TRAIN} training and {VAL} validation samples to {}", out.display());
+    println!(
+        "wrote {TRAIN} training and {VAL} validation samples to {}",
+        out.display()
+    );
     Ok(())
 }
 
@@ -92,12 +98,22 @@ fn sample(rng: &mut StdRng) -> (image::RgbImage, image::GrayImage, String) {
             })
             .collect();
         let dark = rng.random_bool(0.5);
-        let base: [f32; 3] = std::array::from_fn(|_| if dark { rng.random_range(20.0..60.0) } else { rng.random_range(180.0..220.0) });
+        let base: [f32; 3] = std::array::from_fn(|_| {
+            if dark {
+                rng.random_range(20.0..60.0)
+            } else {
+                rng.random_range(180.0..220.0)
+            }
+        });
         let slope = (rng.random_range(-1.0..1.0f32), rng.random_range(-1.0..1.0f32));
         // Topmost shape per pixel (later shapes are drawn over earlier ones).
         let owner = |x: u32, y: u32| shapes.iter().rposition(|s| s.contains(x, y));
-        let visible = (0..shapes.len())
-            .all(|i| (0..SIZE * SIZE).filter(|p| owner(p % SIZE, p / SIZE) == Some(i)).count() >= 12);
+        let visible = (0..shapes.len()).all(|i| {
+            (0..SIZE * SIZE)
+                .filter(|p| owner(p % SIZE, p / SIZE) == Some(i))
+                .count()
+                >= 12
+        });
         if !visible {
             continue;
         }
@@ -128,7 +144,11 @@ fn caption(shapes: &[Shape], dark: bool) -> String {
         .iter()
         .map(|s| {
             let color = COLORS[s.color].0;
-            let article = if color.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+            let article = if color.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            };
             format!("{article} {color} {}", LABELS[s.label as usize])
         })
         .collect();

@@ -45,7 +45,11 @@ impl ConfusionMatrix {
     /// # Panics
     /// When the two slices differ in length (a caller bug, not a data problem).
     pub fn update(&mut self, predictions: &[i64], targets: &[i64], ignore_index: i64) {
-        assert_eq!(predictions.len(), targets.len(), "predictions and targets differ in length");
+        assert_eq!(
+            predictions.len(),
+            targets.len(),
+            "predictions and targets differ in length"
+        );
         let n = self.num_classes;
         let bin = |v: i64| usize::try_from(v).ok().filter(|&v| v < n).unwrap_or(n);
         for (&prediction, &target) in predictions.iter().zip(targets) {
@@ -60,7 +64,10 @@ impl ConfusionMatrix {
     /// # Panics
     /// When the class counts differ.
     pub fn merge(&mut self, other: &ConfusionMatrix) {
-        assert_eq!(self.num_classes, other.num_classes, "merging confusion matrices of different sizes");
+        assert_eq!(
+            self.num_classes, other.num_classes,
+            "merging confusion matrices of different sizes"
+        );
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
             *a += b;
         }

@@ -15,6 +15,7 @@ use rand::Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
 
 /// Words that the vocabulary-free heuristic never takes for nouns.
+#[rustfmt::skip]
 pub const STOPWORDS: &[&str] = &[
     // Articles, determiners, numbers.
     "a", "an", "the", "this", "that", "these", "those", "some", "any", "each", "every", "all", "both", "no",
@@ -90,7 +91,9 @@ impl NounPrompts {
             nouns.truncate(self.per_caption);
             nouns
         } else {
-            (0..self.per_caption).filter_map(|_| nouns.choose(rng).cloned()).collect()
+            (0..self.per_caption)
+                .filter_map(|_| nouns.choose(rng).cloned())
+                .collect()
         };
         chosen
             .iter()
@@ -115,7 +118,9 @@ fn vocabulary_nouns(words: &[String], vocabulary: &[String]) -> Vec<String> {
     let mut matches = Vec::new();
     for (entry_index, entry) in vocabulary.iter().enumerate() {
         let entry_words = self::words(entry);
-        let Some((last, body)) = entry_words.split_last() else { continue };
+        let Some((last, body)) = entry_words.split_last() else {
+            continue;
+        };
         if entry_words.len() > words.len() {
             continue;
         }
@@ -138,7 +143,10 @@ fn vocabulary_nouns(words: &[String], vocabulary: &[String]) -> Vec<String> {
         }
     }
     accepted.sort();
-    accepted.into_iter().map(|(_, entry)| vocabulary[entry].clone()).collect()
+    accepted
+        .into_iter()
+        .map(|(_, entry)| vocabulary[entry].clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -160,7 +168,13 @@ mod tests {
     #[test]
     fn vocabulary_matches_whole_words_plurals_and_longest_entries() {
         let prompts = NounPrompts {
-            vocabulary: Some(vec!["light".into(), "Traffic Light".into(), "car".into(), "bus".into(), "cat".into()]),
+            vocabulary: Some(vec![
+                "light".into(),
+                "Traffic Light".into(),
+                "car".into(),
+                "bus".into(),
+                "cat".into(),
+            ]),
             ..NounPrompts::default()
         };
         // "traffic lights" is one match (not also "light"); "buses" is a plural of "bus";
@@ -180,7 +194,10 @@ mod tests {
         assert_eq!(many.len(), 3);
         let distinct: std::collections::HashSet<_> = many.iter().collect();
         assert_eq!(distinct.len(), 3);
-        assert!(many.iter().all(|p| p.starts_with("a photo of a ") && p.ends_with('.')), "{many:?}");
+        assert!(
+            many.iter().all(|p| p.starts_with("a photo of a ") && p.ends_with('.')),
+            "{many:?}"
+        );
         // One noun: repeated.
         assert_eq!(prompts.prompts("a dog", &mut rng), vec!["a photo of a dog."; 3]);
         // No noun: the caption itself.

@@ -42,9 +42,18 @@ pub fn palette(n: usize) -> Vec<[u8; 3]> {
 /// # Panics
 /// When `labels` does not hold `width * height` values (a caller bug).
 pub fn colorize(labels: &[usize], width: u32, height: u32, palette: &[[u8; 3]]) -> RgbImage {
-    assert_eq!(labels.len(), (width * height) as usize, "labels must hold width * height values");
+    assert_eq!(
+        labels.len(),
+        (width * height) as usize,
+        "labels must hold width * height values"
+    );
     RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb(palette.get(labels[(y * width + x) as usize]).copied().unwrap_or([0, 0, 0]))
+        image::Rgb(
+            palette
+                .get(labels[(y * width + x) as usize])
+                .copied()
+                .unwrap_or([0, 0, 0]),
+        )
     })
 }
 

@@ -23,7 +23,9 @@ fn shapes_dataset_loads_through_both_transforms() {
     assert_eq!(labels.names, ["background", "circle", "square", "triangle"]);
     let table = SegmentationTable::read(&shapes().join("train.tsv"), &SegmentationColumns::default()).unwrap();
     assert_eq!(table.samples.len(), 192);
-    let config = SegmentationTransformConfig::new().with_image_size(24).with_scale((0.5, 2.0));
+    let config = SegmentationTransformConfig::new()
+        .with_image_size(24)
+        .with_scale((0.5, 2.0));
     let mut rng = StdRng::seed_from_u64(0);
     let device = Device::flex();
     for transform in [config.init_train().unwrap(), config.init_eval().unwrap()] {
@@ -34,7 +36,11 @@ fn shapes_dataset_loads_through_both_transforms() {
         for (image, mask) in &loaded {
             assert_eq!(image.shape, [3, 24, 24]);
             assert_eq!((mask.height, mask.width), (24, 24));
-            assert!(mask.values.iter().all(|&v| (0..4).contains(&v) || v == labels.ignore_index));
+            assert!(
+                mask.values
+                    .iter()
+                    .all(|&v| (0..4).contains(&v) || v == labels.ignore_index)
+            );
         }
         // The eval transform keeps the whole image, so every pixel has a label.
         if !transform.is_train() {
@@ -52,7 +58,10 @@ fn shapes_dataset_loads_through_both_transforms() {
     };
     for sample in &table.samples {
         let nouns = prompts.nouns(sample.caption.as_deref().unwrap());
-        assert!(nouns.len() >= 2 && nouns.contains(&"background".to_string()), "{nouns:?}");
+        assert!(
+            nouns.len() >= 2 && nouns.contains(&"background".to_string()),
+            "{nouns:?}"
+        );
     }
 }
 
@@ -75,7 +84,10 @@ fn sample_with_mask(name: &str, mask: impl FnOnce(&Path)) -> (PathBuf, Segmentat
 
 fn load_error(sample: &SegmentationSample) -> String {
     let labels = LabelSet::new(vec!["a".into(), "b".into()]);
-    let transform = SegmentationTransformConfig::new().with_image_size(4).init_eval().unwrap();
+    let transform = SegmentationTransformConfig::new()
+        .with_image_size(4)
+        .init_eval()
+        .unwrap();
     load_sample(sample, &labels, &transform, &mut StdRng::seed_from_u64(0))
         .unwrap_err()
         .to_string()
@@ -86,15 +98,23 @@ fn mask_of_the_wrong_size_names_both_files() {
     let (dir, sample) = sample_with_mask("size", |p| image::GrayImage::new(3, 3).save(p).unwrap());
     let err = load_error(&sample);
     assert!(err.contains("mask.png: the mask is 3x3 but its image"), "{err}");
-    assert!(err.contains("image.png is 4x3") && err.contains("table line 7"), "{err}");
+    assert!(
+        err.contains("image.png is 4x3") && err.contains("table line 7"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn label_out_of_range_names_the_mask_value_and_count() {
-    let (dir, sample) = sample_with_mask("range", |p| image::GrayImage::from_pixel(4, 3, image::Luma([2])).save(p).unwrap());
+    let (dir, sample) = sample_with_mask("range", |p| {
+        image::GrayImage::from_pixel(4, 3, image::Luma([2])).save(p).unwrap()
+    });
     let err = load_error(&sample);
-    assert!(err.contains("mask.png: mask value 2 is not a label: there are 2 labels"), "{err}");
+    assert!(
+        err.contains("mask.png: mask value 2 is not a label: there are 2 labels"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -112,7 +132,12 @@ fn missing_column_names_the_table() {
     std::fs::create_dir_all(&dir).unwrap();
     let table = dir.join("train.csv");
     std::fs::write(&table, "image,caption\na.jpg,a cat\n").unwrap();
-    let err = SegmentationTable::read(&table, &SegmentationColumns::default()).unwrap_err().to_string();
-    assert!(err.contains("train.csv:1: no column \"mask\" (columns: image, caption)"), "{err}");
+    let err = SegmentationTable::read(&table, &SegmentationColumns::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("train.csv:1: no column \"mask\" (columns: image, caption)"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -67,7 +67,11 @@ impl LabelSet {
                 value
             };
             if label != self.ignore_index && label >= count {
-                let reduced = if self.reduce_zero_label { " (after reduce_zero_label, label value - 1)" } else { "" };
+                let reduced = if self.reduce_zero_label {
+                    " (after reduce_zero_label, label value - 1)"
+                } else {
+                    ""
+                };
                 return Err(format!(
                     "mask value {value} is not a label: there are {count} labels{reduced} and the ignore index is {}",
                     self.ignore_index
@@ -108,7 +112,11 @@ fn read_csv_names(path: &Path) -> Result<Vec<String>, SegmentationDataError> {
     for (index, record) in reader.records().enumerate() {
         let line = index + 2;
         let record = record.map_err(|e| error(Some(line), e.to_string()))?;
-        let name = record.get(column).and_then(|n| n.split(';').next()).map(str::trim).unwrap_or_default();
+        let name = record
+            .get(column)
+            .and_then(|n| n.split(';').next())
+            .map(str::trim)
+            .unwrap_or_default();
         if name.is_empty() {
             return Err(error(Some(line), "empty label name".into()));
         }
@@ -134,7 +142,10 @@ mod tests {
         let labels = LabelSet::read(&temp_file("labels.txt", "background\ncat\n\n")).unwrap();
         assert_eq!(labels.names, ["background", "cat"]);
         let csv = "Idx,Ratio,Train,Val,Name\n1,0.1576,11664,1172,wall\n2,0.1072,6046,612,building;edifice\n";
-        assert_eq!(LabelSet::read(&temp_file("objectInfo150.csv", csv)).unwrap().names, ["wall", "building"]);
+        assert_eq!(
+            LabelSet::read(&temp_file("objectInfo150.csv", csv)).unwrap().names,
+            ["wall", "building"]
+        );
         let err = LabelSet::read(&temp_file("gap.txt", "a\n\nb\n")).unwrap_err();
         assert!(err.to_string().ends_with("gap.txt:2: empty label name"), "{err}");
     }

@@ -89,7 +89,14 @@ mod tests {
         assert_eq!(read_mask_png(&path).unwrap().values, [2, 0, 3]);
         // 2-bit palette, 5x1: indices 1 2 3 0 | 1, packed 0b01_10_11_00, 0b01_000000.
         let path = dir.join("indexed2.png");
-        write_png(&path, 5, 1, ColorType::Indexed, BitDepth::Two, &[0b0110_1100, 0b0100_0000]);
+        write_png(
+            &path,
+            5,
+            1,
+            ColorType::Indexed,
+            BitDepth::Two,
+            &[0b0110_1100, 0b0100_0000],
+        );
         assert_eq!(read_mask_png(&path).unwrap().values, [1, 2, 3, 0, 1]);
         // 16-bit grayscale, 2x1: 300 and 7, big-endian.
         let path = dir.join("gray16.png");

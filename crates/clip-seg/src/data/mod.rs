@@ -100,7 +100,8 @@ pub fn load_sample(
         };
         SegmentationDataError::sample(&sample.image, sample.line, message)
     })?;
-    let raw = mask::read_mask_png(&sample.mask).map_err(|m| SegmentationDataError::sample(&sample.mask, sample.line, m))?;
+    let raw =
+        mask::read_mask_png(&sample.mask).map_err(|m| SegmentationDataError::sample(&sample.mask, sample.line, m))?;
     if (raw.width, raw.height) != image.dimensions() {
         return Err(SegmentationDataError::sample(
             &sample.mask,

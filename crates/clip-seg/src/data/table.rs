@@ -62,7 +62,11 @@ impl SegmentationTable {
     /// naming `columns`; paths are relative to the table's folder.
     pub fn read(path: &Path, columns: &SegmentationColumns) -> Result<Self, SegmentationDataError> {
         let error = |line: Option<usize>, message: String| SegmentationDataError::table(path, line, message);
-        let delimiter = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("tsv")) { b'\t' } else { b',' };
+        let delimiter = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("tsv")) {
+            b'\t'
+        } else {
+            b','
+        };
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .from_path(path)
@@ -133,7 +137,8 @@ impl SegmentationTable {
     /// PASCAL VOC's `ImageSets/Segmentation/train.txt`): the image of that name in
     /// `images_dir` and the mask `<name>.png` in `masks_dir`.
     pub fn from_list(images_dir: &Path, masks_dir: &Path, list: &Path) -> Result<Self, SegmentationDataError> {
-        let text = std::fs::read_to_string(list).map_err(|e| SegmentationDataError::table(list, None, e.to_string()))?;
+        let text =
+            std::fs::read_to_string(list).map_err(|e| SegmentationDataError::table(list, None, e.to_string()))?;
         let images = images_by_stem(images_dir)?;
         let mut samples = Vec::new();
         for (index, name) in text.lines().enumerate() {
@@ -239,15 +244,21 @@ mod tests {
             std::fs::write(dir.join("masks").join(name), b"").unwrap();
         }
         let table = SegmentationTable::from_folders(&dir.join("images"), &dir.join("masks")).unwrap();
-        let images: Vec<_> = table.samples.iter().map(|s| s.image.file_name().unwrap().to_owned()).collect();
+        let images: Vec<_> = table
+            .samples
+            .iter()
+            .map(|s| s.image.file_name().unwrap().to_owned())
+            .collect();
         assert_eq!(images, ["a.jpg", "b.jpg"]);
 
         std::fs::write(dir.join("train.txt"), "b\n\nc\n").unwrap();
-        let err = SegmentationTable::from_list(&dir.join("images"), &dir.join("masks"), &dir.join("train.txt")).unwrap_err();
+        let err =
+            SegmentationTable::from_list(&dir.join("images"), &dir.join("masks"), &dir.join("train.txt")).unwrap_err();
         assert!(err.to_string().contains("train.txt:3: mask"), "{err}");
         assert!(err.to_string().contains("c.png"), "{err}");
         std::fs::write(dir.join("train.txt"), "b\n").unwrap();
-        let table = SegmentationTable::from_list(&dir.join("images"), &dir.join("masks"), &dir.join("train.txt")).unwrap();
+        let table =
+            SegmentationTable::from_list(&dir.join("images"), &dir.join("masks"), &dir.join("train.txt")).unwrap();
         assert_eq!(table.samples[0].mask, dir.join("masks/b.png"));
         assert_eq!(table.samples[0].line, 1);
 
@@ -260,7 +271,9 @@ mod tests {
     #[test]
     fn table_columns_and_split() {
         let dir = folder("tsv");
-        let rows: String = (0..10).map(|i| format!("images/{i}.png\tmasks/{i}.png\tcap {i}\n")).collect();
+        let rows: String = (0..10)
+            .map(|i| format!("images/{i}.png\tmasks/{i}.png\tcap {i}\n"))
+            .collect();
         std::fs::write(dir.join("t.tsv"), format!("image\tmask\tcaption\n{rows}")).unwrap();
         let table = SegmentationTable::read(&dir.join("t.tsv"), &SegmentationColumns::default()).unwrap();
         assert_eq!(table.samples[3].mask, dir.join("masks/3.png"));

@@ -99,7 +99,11 @@ impl SegmentationTransform {
         ignore_index: i64,
         rng: &mut impl Rng,
     ) -> (ImageTensorData, MaskData) {
-        assert_eq!((mask.width as u32, mask.height as u32), image.dimensions(), "mask and image sizes differ");
+        assert_eq!(
+            (mask.width as u32, mask.height as u32),
+            image.dimensions(),
+            "mask and image sizes differ"
+        );
         let size = self.image_size as u32;
         let Some(((lo, hi), flip)) = self.train else {
             return (
@@ -120,7 +124,13 @@ impl SegmentationTransform {
         let left = rng.random_range(0..=new_width - crop_width);
         let top = rng.random_range(0..=new_height - crop_height);
         let mut image = image::imageops::crop_imm(&image, left, top, crop_width, crop_height).to_image();
-        let mut mask = crop(&mask, left as usize, top as usize, crop_width as usize, crop_height as usize);
+        let mut mask = crop(
+            &mask,
+            left as usize,
+            top as usize,
+            crop_width as usize,
+            crop_height as usize,
+        );
         // Flip.
         if flip && rng.random_bool(0.5) {
             image::imageops::flip_horizontal_in_place(&mut image);
@@ -137,7 +147,9 @@ impl SegmentationTransform {
 
 /// Nearest-neighbour resize by pixel centres.
 fn resize_nearest(mask: &MaskData, width: usize, height: usize) -> MaskData {
-    let source = |target: usize, from: usize, to: usize| (((target as f64 + 0.5) * from as f64 / to as f64) as usize).min(from - 1);
+    let source = |target: usize, from: usize, to: usize| {
+        (((target as f64 + 0.5) * from as f64 / to as f64) as usize).min(from - 1)
+    };
     let columns: Vec<usize> = (0..width).map(|x| source(x, mask.width, width)).collect();
     let mut values = Vec::with_capacity(width * height);
     for y in 0..height {
@@ -208,7 +220,10 @@ mod tests {
 
     #[test]
     fn eval_transform_resizes_the_whole_image() {
-        let transform = SegmentationTransformConfig::new().with_image_size(8).init_eval().unwrap();
+        let transform = SegmentationTransformConfig::new()
+            .with_image_size(8)
+            .init_eval()
+            .unwrap();
         let image = RgbImage::from_pixel(4, 2, image::Rgb([10, 20, 30]));
         let (pixels, labels) = transform.apply(&image, &mask(), 255, &mut StdRng::seed_from_u64(0));
         assert_eq!(pixels.shape, [3, 8, 8]);
@@ -241,7 +256,10 @@ mod tests {
         }
         assert_eq!(&unflipped[0].1.values[..8], &[0, 0, 1, 1, 2, 2, 3, 3]);
         assert_eq!(&flipped[0].1.values[..8], &[3, 3, 2, 2, 1, 1, 0, 0]);
-        let err = SegmentationTransformConfig::new().with_scale((2.0, 1.0)).init_train().unwrap_err();
+        let err = SegmentationTransformConfig::new()
+            .with_scale((2.0, 1.0))
+            .init_train()
+            .unwrap_err();
         assert!(err.to_string().contains("scale"), "{err}");
     }
 }
