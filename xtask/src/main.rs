@@ -2,9 +2,11 @@
 //!
 //! - `digits [ASSET]`: regenerate `datasets/digits` from the UCI handwritten digits
 //!   (`../shared/assets/digits.csv.gz` by default).
+//! - `shapes`: regenerate `datasets/shapes`, a tiny generated segmentation set.
 //! - `bench`: throughput of ViT-B-32 (image and text encoding, a training step) on the CPU.
 
 mod digits;
+mod shapes;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +15,7 @@ use anyhow::{Context, bail};
 
 const USAGE: &str = "usage: cargo xtask <command>
   digits [ASSET]  regenerate datasets/digits from digits.csv.gz (default ../shared/assets/digits.csv.gz)
+  shapes          regenerate datasets/shapes (generated shapes with label masks and captions)
   bench           ViT-B-32 encode and train-step throughput (CPU)";
 
 fn main() -> anyhow::Result<()> {
@@ -26,6 +29,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| root.join("../shared/assets/digits.csv.gz"));
             digits::convert(&asset, &root.join("datasets/digits"))
         }
+        Some("shapes") => shapes::generate(&root.join("datasets/shapes")),
         Some("bench") => cargo(&root, &["bench", "-p", "clip-core", "--bench", "throughput"]),
         Some(other) => bail!("unknown command '{other}'\n{USAGE}"),
         None => bail!("{USAGE}"),

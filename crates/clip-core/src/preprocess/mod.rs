@@ -287,9 +287,9 @@ pub fn stack_images(images: &[ImageTensorData], device: &Device) -> Result<Tenso
     Ok(Tensor::from_data(TensorData::new(values, [images.len(), c, h, w]), device))
 }
 
-/// Scaling to `[0, 1]` and per-channel normalization.
+/// Scaling to `[0, 1]` and per-channel normalization, the last step of every transform.
 #[derive(Debug, Clone)]
-struct Normalize {
+pub struct Normalize {
     /// `1 / (255 std)` per channel.
     scale: [f32; 3],
     /// `mean / std` per channel.
@@ -297,14 +297,16 @@ struct Normalize {
 }
 
 impl Normalize {
-    fn new(mean: [f32; 3], std: [f32; 3]) -> Self {
+    /// Normalization by a per-channel `mean` and `std` (of values in `[0, 1]`).
+    pub fn new(mean: [f32; 3], std: [f32; 3]) -> Self {
         Self {
             scale: std.map(|s| 1.0 / (255.0 * s)),
             offset: [0, 1, 2].map(|c| mean[c] / std[c]),
         }
     }
 
-    fn apply(&self, image: &RgbImage) -> ImageTensorData {
+    /// The image as normalized `[3, H, W]` values, channel-major.
+    pub fn apply(&self, image: &RgbImage) -> ImageTensorData {
         let (width, height) = image.dimensions();
         let plane = (width * height) as usize;
         let mut values = vec![0.0f32; 3 * plane];

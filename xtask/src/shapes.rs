@@ -1,0 +1,182 @@
+//! Generates `datasets/shapes`, a tiny segmentation set: 32x32 images of one to three filled
+//! shapes (circle, square, triangle) in named colors on a noisy dark or light background, their
+//! label masks (L8 PNG: 0 background, 1 circle, 2 square, 3 triangle), and captions naming
+//! them ("a red circle and a blue square on a dark background"). Seeded, so every run writes
+//! the same files.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const SIZE: u32 = 32;
+const TRAIN: usize = 192;
+const VAL: usize = 64;
+const SEED: u64 = 20_261_124;
+const LABELS: [&str; 4] = ["background", "circle", "square", "triangle"];
+const COLORS: [(&str, [u8; 3]); 6] = [
+    ("red", [220, 40, 40]),
+    ("green", [40, 190, 60]),
+    ("blue", [40, 70, 230]),
+    ("yellow", [230, 210, 40]),
+    ("purple", [150, 60, 200]),
+    ("orange", [240, 140, 30]),
+];
+
+/// One shape: label 1..=3, centre, half-size, color index.
+struct Shape {
+    label: u8,
+    centre: (f32, f32),
+    radius: f32,
+    color: usize,
+}
+
+impl Shape {
+    /// Whether the pixel centre `(x + 0.5, y + 0.5)` is inside.
+    fn contains(&self, x: u32, y: u32) -> bool {
+        let (px, py) = (x as f32 + 0.5 - self.centre.0, y as f32 + 0.5 - self.centre.1);
+        let r = self.radius;
+        match self.label {
+            1 => px * px + py * py <= r * r,
+            2 => px.abs() <= r && py.abs() <= r,
+            // Pointing up: apex (0, -r), base from (-r, r) to (r, r); |px| <= (py + r) / 2.
+            _ => py <= r && px.abs() <= (py + r) / 2.0,
+        }
+    }
+}
+
+pub fn generate(out: &Path) -> anyhow::Result<()> {
+    for dir in ["images", "masks"] {
+        let dir = out.join(dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut rng = StdRng::seed_from_u64(SEED);
+    let header = "image\tmask\tcaption\n";
+    let (mut train, mut val) = (String::from(header), String::from(header));
+    for index in 0..TRAIN + VAL {
+        let (image, mask, caption) = sample(&mut rng);
+        let name = format!("{index:04}.png");
+        let image_path = out.join("images").join(&name);
+        image
+            .save(&image_path)
+            .with_context(|| format!("writing {}", image_path.display()))?;
+        let mask_path = out.join("masks").join(&name);
+        mask.save(&mask_path)
+            .with_context(|| format!("writing {}", mask_path.display()))?;
+        let table = if index < TRAIN { &mut train } else { &mut val };
+        writeln!(table, "images/{name}\tmasks/{name}\t{caption}")?;
+    }
+    write(&out.join("train.tsv"), &train)?;
+    write(&out.join("val.tsv"), &val)?;
+    write(&out.join("labels.txt"), &(LABELS.join("\n") + "\n"))?;
+    write(&out.join("README.md"), README)?;
+    println!(
+        "wrote {TRAIN} training and {VAL} validation samples to {}",
+        out.display()
+    );
+    Ok(())
+}
+
+/// One image, its mask and its caption; every shape keeps at least 12 visible pixels.
+fn sample(rng: &mut StdRng) -> (image::RgbImage, image::GrayImage, String) {
+    loop {
+        let count = rng.random_range(1..=3);
+        let shapes: Vec<Shape> = (0..count)
+            .map(|_| {
+                let radius = rng.random_range(4.0..9.0f32);
+                Shape {
+                    label: rng.random_range(1..=3),
+                    centre: (
+                        rng.random_range(radius..SIZE as f32 - radius),
+                        rng.random_range(radius..SIZE as f32 - radius),
+                    ),
+                    radius,
+                    color: rng.random_range(0..COLORS.len()),
+                }
+            })
+            .collect();
+        let dark = rng.random_bool(0.5);
+        let base: [f32; 3] = std::array::from_fn(|_| {
+            if dark {
+                rng.random_range(20.0..60.0)
+            } else {
+                rng.random_range(180.0..220.0)
+            }
+        });
+        let slope = (rng.random_range(-1.0..1.0f32), rng.random_range(-1.0..1.0f32));
+        // Topmost shape per pixel (later shapes are drawn over earlier ones).
+        let owner = |x: u32, y: u32| shapes.iter().rposition(|s| s.contains(x, y));
+        let visible = (0..shapes.len()).all(|i| {
+            (0..SIZE * SIZE)
+                .filter(|p| owner(p % SIZE, p / SIZE) == Some(i))
+                .count()
+                >= 12
+        });
+        if !visible {
+            continue;
+        }
+        let mut image = image::RgbImage::new(SIZE, SIZE);
+        let mut mask = image::GrayImage::new(SIZE, SIZE);
+        for y in 0..SIZE {
+            for x in 0..SIZE {
+                let (color, noise, label) = match owner(x, y) {
+                    Some(i) => (COLORS[shapes[i].color].1.map(f32::from), 10.0, shapes[i].label),
+                    None => {
+                        let ramp = slope.0 * x as f32 + slope.1 * y as f32;
+                        (base.map(|b| b + ramp), 18.0, 0)
+                    }
+                };
+                let pixel = color.map(|c| (c + rng.random_range(-noise..=noise)).clamp(0.0, 255.0) as u8);
+                image.put_pixel(x, y, image::Rgb(pixel));
+                mask.put_pixel(x, y, image::Luma([label]));
+            }
+        }
+        return (image, mask, caption(&shapes, dark));
+    }
+}
+
+/// "a red circle on a dark background", "a red circle and a blue square on ...",
+/// "a red circle, a blue square and a green triangle on ...".
+fn caption(shapes: &[Shape], dark: bool) -> String {
+    let names: Vec<String> = shapes
+        .iter()
+        .map(|s| {
+            let color = COLORS[s.color].0;
+            let article = if color.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            };
+            format!("{article} {color} {}", LABELS[s.label as usize])
+        })
+        .collect();
+    let listed = match names.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    format!("{listed} on a {} background", if dark { "dark" } else { "light" })
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+const README: &str = "# shapes
+
+A tiny generated segmentation dataset for tests and smoke runs of clip-seg
+(regenerate with `cargo xtask shapes`; the generator is seeded, so the files are identical).
+
+- `images/NNNN.png`: 32x32 RGB; a dark or light background with a gentle gradient and
+  pixel noise, and one to three filled shapes (circle, square, upward triangle) in one of six
+  named colors (red, green, blue, yellow, purple, orange), later shapes drawn over earlier
+  ones; every shape keeps at least 12 visible pixels.
+- `masks/NNNN.png`: 8-bit grayscale label indices, 0 background, 1 circle, 2 square,
+  3 triangle (no ignored pixels, no `reduce_zero_label`).
+- `labels.txt`: the four label names, one per line, in index order.
+- `train.tsv` (192 rows) and `val.tsv` (64 rows): columns `image`, `mask`, `caption`, paths
+  relative to this folder; captions name each shape with its color and the background, e.g.
+  \"a red circle and a blue square on a dark background\".
+";
