@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use burn::tensor::Device;
-use clip_core::preprocess::{Normalize, load_image, resize_bicubic};
+use clip_core::preprocess::{Normalize, OPENAI_MEAN, OPENAI_STD, load_image, resize_bicubic};
 use clip_seg::render::{colorize, overlay, palette, save_png};
 
 use crate::config::RunConfig;
@@ -86,7 +86,7 @@ pub fn run(
 
 /// The label of each pixel of `image` resized to `size x size`, row-major.
 fn label_map(segmenter: &Segmenter, image: &image::RgbImage, label_embeds: &burn::tensor::Tensor<2>, size: usize, device: &Device) -> anyhow::Result<Vec<usize>> {
-    let pixels = Normalize::openai().apply(&resize_bicubic(image, size as u32, size as u32));
+    let pixels = Normalize::new(OPENAI_MEAN, OPENAI_STD).apply(&resize_bicubic(image, size as u32, size as u32));
     let map = segmenter.label_map(pixels.to_tensor(device).unsqueeze_dim(0), label_embeds.clone());
     Ok(map.into_data().iter::<i64>().map(|v| v as usize).collect())
 }

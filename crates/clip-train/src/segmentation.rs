@@ -163,9 +163,9 @@ pub fn label_set(seg: &SegmentationSection) -> anyhow::Result<LabelSet> {
 pub fn segmentation_tables(config: &RunConfig) -> anyhow::Result<(SegmentationTable, Option<SegmentationTable>)> {
     let seg = section(config)?;
     let columns = SegmentationColumns {
-        image: config.data.image_column.clone(),
-        mask: seg.mask_column.clone(),
-        caption: (config.train.objective == "groupvit").then(|| config.data.caption_column.clone()),
+        image: &config.data.image_column,
+        mask: &seg.mask_column,
+        caption: (config.train.objective == "groupvit").then_some(config.data.caption_column.as_str()),
     };
     let train = SegmentationTable::read(&config.data.train, &columns)?;
     if let Some(val) = &config.data.val {
@@ -242,7 +242,7 @@ pub fn build_segmenter(config: &RunConfig, checkpoint: Option<&Path>, device: &D
         None => segmenter,
         Some(dir) => {
             let file = dir.join("model.bpk");
-            let load = |error: burn_error| anyhow::anyhow!("{}: {error}", file.display());
+            let load = |error: burn::store::RecordError| anyhow::anyhow!("{}: {error}", file.display());
             match segmenter {
                 Segmenter::GroupVit(model) => Segmenter::GroupVit(model.try_load_file(&file).map_err(load)?),
                 Segmenter::Lseg(model) => Segmenter::Lseg(model.try_load_file(&file).map_err(load)?),
@@ -270,7 +270,8 @@ fn lseg_config(seg: &SegmentationSection, clip: clip_core::ClipConfig) -> anyhow
 /// The segmentation batcher of `table` with the training (`train`) or evaluation transform.
 fn segmentation_batcher(config: &RunConfig, table: SegmentationTable, labels: &LabelSet, image_size: usize, train: bool) -> anyhow::Result<SegmentationBatcher> {
     let seg = section(config)?;
-    let transform = SegmentationTransformConfig::new(image_size).with_scale(seg.scale).with_flip(seg.flip).init(train)?;
+    let transform_config = SegmentationTransformConfig::new().with_image_size(image_size).with_scale(seg.scale).with_flip(seg.flip);
+    let transform = if train { transform_config.init_train()? } else { transform_config.init_eval()? };
     Ok(SegmentationBatcher::new(config, table, labels.clone(), transform))
 }
 
@@ -291,7 +292,7 @@ pub(crate) fn train_segmentation(run: &Run, device: &Device, train_device: &Devi
             let to_batch = |batch: SegmentationBatch| -> anyhow::Result<LsegBatch> {
                 Ok(LsegBatch {
                     images: stack_images(&batch.images, train_device)?,
-                    masks: stack_masks(&batch.masks, train_device),
+                    masks: stack_masks(&batch.masks, train_device)?,
                     label_tokens: label_tokens.clone(),
                 })
             };
@@ -326,13 +327,13 @@ pub(crate) fn train_segmentation(run: &Run, device: &Device, train_device: &Devi
                 } else {
                     tokenizer.tokenize_batch(&prompts, train_device)?
                 };
-                Ok(GroupVitBatch {
-                    images: stack_images(&batch.images, train_device)?,
-                    tokens: Tensor::from_data(TensorData::new(batch.tokens, [rows, context]), train_device),
+                Ok(GroupVitBatch::new(
+                    stack_images(&batch.images, train_device)?,
+                    Tensor::from_data(TensorData::new(batch.tokens, [rows, context]), train_device),
                     prompt_tokens,
-                })
+                )?)
             };
-            let objective = GroupVitObjective::new(seg.multi_label_weight as f32);
+            let objective = GroupVitObjective { multi_label_weight: seg.multi_label_weight as f32 };
             let fitted = run.fit(&objective, model, &batcher, to_batch)?;
             (Segmenter::GroupVit(fitted.model.valid()), fitted.outcome)
         }
