@@ -42,6 +42,14 @@ pub struct SegmentationSection {
     pub labels: PathBuf,
     /// Column of the data tables holding mask paths (PNG of label indices).
     pub mask_column: String,
+    /// When `data.train` is a folder of images: the folder of their masks (same file stems).
+    pub train_masks: Option<PathBuf>,
+    /// When `data.train` is a folder: an image-set list (one stem a line) restricting it.
+    pub train_list: Option<PathBuf>,
+    /// When `data.val` is a folder of images: the folder of their masks.
+    pub val_masks: Option<PathBuf>,
+    /// When `data.val` is a folder: an image-set list restricting it.
+    pub val_list: Option<PathBuf>,
     /// Mask value of unlabelled pixels, left out of the loss and the metrics.
     pub ignore_index: i64,
     /// ADE20K's convention: mask value 0 is unlabelled and `k` means label `k - 1`.
@@ -74,6 +82,10 @@ impl Default for SegmentationSection {
         Self {
             labels: PathBuf::new(),
             mask_column: "mask".into(),
+            train_masks: None,
+            train_list: None,
+            val_masks: None,
+            val_list: None,
             ignore_index: 255,
             reduce_zero_label: false,
             scale: (0.5, 2.0),
@@ -388,6 +400,25 @@ impl RunConfig {
         }
         if let Some(nouns) = seg.nouns.as_ref().filter(|n| !n.is_file()) {
             return Err(format!("segmentation.nouns = {}: no such file", nouns.display()));
+        }
+        let folders = [
+            ("train", Some(&self.data.train), &seg.train_masks, &seg.train_list),
+            ("val", self.data.val.as_ref(), &seg.val_masks, &seg.val_list),
+        ];
+        for (split, data, masks, list) in folders {
+            let is_folder = data.is_some_and(|d| d.is_dir());
+            match masks {
+                None if is_folder => {
+                    return Err(format!("data.{split} is a folder of images: set segmentation.{split}_masks to the folder of their masks"));
+                }
+                Some(masks) if !masks.is_dir() => {
+                    return Err(format!("segmentation.{split}_masks = {}: no such folder", masks.display()));
+                }
+                _ => {}
+            }
+            if let Some(list) = list.as_ref().filter(|l| !l.is_file()) {
+                return Err(format!("segmentation.{split}_list = {}: no such file", list.display()));
+            }
         }
         Ok(())
     }

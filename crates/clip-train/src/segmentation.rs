@@ -159,7 +159,8 @@ pub fn label_set(seg: &SegmentationSection) -> anyhow::Result<LabelSet> {
     Ok(labels)
 }
 
-/// The training table and the validation table (`data.val`, or the `data.val_fraction` split).
+/// The training table and the validation table (`data.val`, or the `data.val_fraction` split):
+/// tables with image and mask columns, or folders of images with `segmentation.*_masks` folders.
 pub fn segmentation_tables(config: &RunConfig) -> anyhow::Result<(SegmentationTable, Option<SegmentationTable>)> {
     let seg = section(config)?;
     let columns = SegmentationColumns {
@@ -167,9 +168,16 @@ pub fn segmentation_tables(config: &RunConfig) -> anyhow::Result<(SegmentationTa
         mask: &seg.mask_column,
         caption: (config.train.objective == "groupvit").then_some(config.data.caption_column.as_str()),
     };
-    let train = SegmentationTable::read(&config.data.train, &columns)?;
+    let read = |data: &Path, masks: Option<&PathBuf>, list: Option<&PathBuf>| -> anyhow::Result<SegmentationTable> {
+        Ok(match (masks.filter(|_| data.is_dir()), list) {
+            (Some(masks), Some(list)) => SegmentationTable::from_list(data, masks, list)?,
+            (Some(masks), None) => SegmentationTable::from_folders(data, masks)?,
+            (None, _) => SegmentationTable::read(data, &columns)?,
+        })
+    };
+    let train = read(&config.data.train, seg.train_masks.as_ref(), seg.train_list.as_ref())?;
     if let Some(val) = &config.data.val {
-        return Ok((train, Some(SegmentationTable::read(val, &columns)?)));
+        return Ok((train, Some(read(val, seg.val_masks.as_ref(), seg.val_list.as_ref())?)));
     }
     if config.data.val_fraction > 0.0 && train.samples.len() > 1 {
         let (train, val) = train.split(config.data.val_fraction, config.run.seed);
