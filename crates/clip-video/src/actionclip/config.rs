@@ -54,7 +54,7 @@ impl ActionClipConfig {
             if self.fusion_layers == 0 {
                 return Err(ClipError::config(ORIGIN, "fusion_layers must be positive"));
             }
-            if self.heads == 0 || self.clip.embed_dim % self.heads != 0 {
+            if self.heads == 0 || !self.clip.embed_dim.is_multiple_of(self.heads) {
                 return Err(ClipError::config(
                     ORIGIN,
                     format!("heads = {} must divide embed_dim = {}", self.heads, self.clip.embed_dim),

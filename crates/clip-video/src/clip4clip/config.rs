@@ -74,7 +74,7 @@ impl Clip4ClipConfig {
             if count == 0 {
                 return Err(ClipError::config(ORIGIN, format!("{field} must be positive")));
             }
-            if self.heads == 0 || self.clip.embed_dim % self.heads != 0 {
+            if self.heads == 0 || !self.clip.embed_dim.is_multiple_of(self.heads) {
                 return Err(ClipError::config(
                     ORIGIN,
                     format!("heads = {} must divide embed_dim = {}", self.heads, self.clip.embed_dim),
