@@ -55,7 +55,7 @@ impl Ffmpeg {
                 .args(["-v", "error", "-select_streams", "v:0", "-count_packets"])
                 .args(["-show_entries", "stream=nb_read_packets"])
                 .args(["-of", "default=noprint_wrappers=1:nokey=1"])
-                .arg(video),
+                .arg(input(video)),
         )?;
         let text = String::from_utf8_lossy(&output.stdout);
         let text = text.trim();
@@ -73,7 +73,8 @@ impl Ffmpeg {
     }
 
     /// Decodes the frames at `indices` (0-based, any order, repeats allowed) as RGB images, in
-    /// the order of `indices`; only the distinct requested frames are decoded and converted.
+    /// the order of `indices`. ffmpeg decodes the video up to the last requested frame and
+    /// sends back each distinct requested frame once.
     pub fn frames(&self, video: &Path, indices: &[usize]) -> Result<Vec<RgbImage>, VideoDataError> {
         let mut wanted = indices.to_vec();
         wanted.sort_unstable();
@@ -87,21 +88,14 @@ impl Ffmpeg {
             video,
             Command::new(&self.ffmpeg)
                 .args(["-v", "error", "-nostdin", "-i"])
-                .arg(video)
+                .arg(input(video))
                 .args(["-map", "0:v:0", "-vf"])
                 .arg(format!("select='{}'", select.join("+")))
                 // One output frame per selected frame: no duplication to a constant rate.
-                .args([
-                    "-vsync",
-                    "0",
-                    "-f",
-                    "image2pipe",
-                    "-c:v",
-                    "ppm",
-                    "-pix_fmt",
-                    "rgb24",
-                    "-",
-                ]),
+                .args(["-vsync", "0", "-frames:v"])
+                // Stops decoding after the last selected frame.
+                .arg(wanted.len().to_string())
+                .args(["-f", "image2pipe", "-c:v", "ppm", "-pix_fmt", "rgb24", "-"]),
         )?;
         let decoded = split_ppm(&output.stdout).map_err(|m| video_error(video, format!("ffmpeg output: {m}")))?;
         if decoded.len() != wanted.len() {
@@ -118,6 +112,16 @@ impl Ffmpeg {
             .iter()
             .map(|i| decoded[wanted.binary_search(i).expect("every index is in `wanted`")].clone())
             .collect())
+    }
+}
+
+/// The video as a program argument: a relative path gets a leading `./`, so that a name
+/// starting with `-` is not taken for an option.
+fn input(video: &Path) -> PathBuf {
+    if video.is_relative() {
+        Path::new(".").join(video)
+    } else {
+        video.to_path_buf()
     }
 }
 

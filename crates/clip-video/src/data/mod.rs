@@ -217,7 +217,9 @@ pub fn load_clip(
 pub fn stack_videos(videos: &[Vec<ImageTensorData>], device: &Device) -> Result<Tensor<5>, VideoDataError> {
     let invalid = |message: String| VideoDataError::Invalid { message };
     let Some(first) = videos.first().and_then(|v| v.first()) else {
-        return Err(invalid("cannot stack an empty list of videos".into()));
+        return Err(invalid(
+            "cannot stack an empty list of videos, or videos without frames".into(),
+        ));
     };
     let frames = videos[0].len();
     for (index, video) in videos.iter().enumerate() {
