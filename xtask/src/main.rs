@@ -3,10 +3,12 @@
 //! - `digits [ASSET]`: regenerate `datasets/digits` from the UCI handwritten digits
 //!   (`../shared/assets/digits.csv.gz` by default).
 //! - `shapes`: regenerate `datasets/shapes`, a tiny generated segmentation set.
+//! - `videos`: regenerate `datasets/moving-shapes`, a tiny generated video set.
 //! - `bench`: throughput of ViT-B-32 (image and text encoding, a training step) on the CPU.
 
 mod digits;
 mod shapes;
+mod videos;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +18,7 @@ use anyhow::{Context, bail};
 const USAGE: &str = "usage: cargo xtask <command>
   digits [ASSET]  regenerate datasets/digits from digits.csv.gz (default ../shared/assets/digits.csv.gz)
   shapes          regenerate datasets/shapes (generated shapes with label masks and captions)
+  videos          regenerate datasets/moving-shapes (generated moving-shape clips with captions and labels)
   bench           ViT-B-32 encode and train-step throughput (CPU)";
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +33,7 @@ fn main() -> anyhow::Result<()> {
             digits::convert(&asset, &root.join("datasets/digits"))
         }
         Some("shapes") => shapes::generate(&root.join("datasets/shapes")),
+        Some("videos") => videos::generate(&root.join("datasets/moving-shapes")),
         Some("bench") => cargo(&root, &["bench", "-p", "clip-core", "--bench", "throughput"]),
         Some(other) => bail!("unknown command '{other}'\n{USAGE}"),
         None => bail!("{USAGE}"),
