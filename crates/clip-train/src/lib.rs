@@ -15,3 +15,4 @@ pub mod objectives;
 pub mod segment;
 pub mod segmentation;
 pub mod trainer;
+pub mod video;

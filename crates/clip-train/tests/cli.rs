@@ -585,3 +585,66 @@ fn bad_masks_name_the_file() {
     let message = stderr(&output);
     assert!(message.contains(first_mask) && message.contains("5"), "{message}");
 }
+
+#[test]
+fn clip4clip_learns_video_text_retrieval() {
+    let out = scratch("clip4clip");
+    let output = run(&[
+        "train", "configs/clip4clip.toml", "--output", out.to_str().unwrap(), "--set", "train.batch_size=8",
+        "--set", "train.max_steps=16", "--set", "train.log_every=1", "--set", "train.warmup_steps=2",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let (first, last) = loss_drop(&out, 4);
+    assert!(last < first, "loss went from {first} to {last}");
+    let eval = &summary_of(&out)["eval"];
+    assert_eq!(eval["clips"], 32);
+    for direction in ["text_to_video", "video_to_text"] {
+        for report in [&eval[direction], &eval["dual_softmax"][direction]] {
+            let (r1, r10) = (report["r1"].as_f64().unwrap(), report["r10"].as_f64().unwrap());
+            assert!((0.0..=100.0).contains(&r1) && r1 <= r10, "{report}");
+            assert!((1.0..=32.0).contains(&report["median_rank"].as_f64().unwrap()), "{report}");
+        }
+    }
+}
+
+#[test]
+fn actionclip_reports_zero_shot_and_fine_tuned_accuracy() {
+    let out = scratch("actionclip");
+    let output = run(&[
+        "train", "configs/actionclip.toml", "--output", out.to_str().unwrap(), "--set", "train.batch_size=8",
+        "--set", "train.max_steps=16", "--set", "train.log_every=1", "--set", "train.warmup_steps=2",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let (first, last) = loss_drop(&out, 4);
+    assert!(last < first, "loss went from {first} to {last}");
+    let summary = summary_of(&out);
+    assert_eq!(summary["chance_top1"], 0.25);
+    for key in ["zero_shot_top1", "zero_shot_top5"] {
+        assert!((0.0..=1.0).contains(&summary[key].as_f64().unwrap()), "{summary}");
+    }
+    let top1 = summary["eval"]["top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1) && summary["eval"]["top5"] == 1.0, "{summary}");
+}
+
+#[test]
+fn missing_clips_name_the_table_line_or_are_skipped() {
+    let dir = scratch("bad-clips");
+    let clips = workspace().join("datasets/moving-shapes");
+    let rows: Vec<String> = (0..8).map(|i| format!("{}/clips/{i:04}\tmoving left", clips.display())).collect();
+    let table = format!("video\tlabel\n{}\n{}/clips/9999\tmoving up\n", rows.join("\n"), clips.display());
+    std::fs::write(dir.join("t.tsv"), table).unwrap();
+    let train = format!("data.train={}", dir.join("t.tsv").display());
+    let (stop, skip) = (dir.join("stop"), dir.join("skip"));
+    let base = ["train", "configs/actionclip.toml", "--set", &train, "--set", "train.batch_size=9", "--set", "train.max_steps=1"];
+    let mut args = base.to_vec();
+    args.extend(["--output", stop.to_str().unwrap()]);
+    let output = run(&args);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("t.tsv:10") && message.contains("9999"), "{message}");
+    let mut args = base.to_vec();
+    args.extend(["--output", skip.to_str().unwrap(), "--set", "data.skip_bad_samples=true"]);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(summary_of(&skip)["skipped_samples"], 1);
+}
