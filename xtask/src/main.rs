@@ -3,9 +3,11 @@
 //! - `digits [ASSET]`: regenerate `datasets/digits` from the UCI handwritten digits
 //!   (`../shared/assets/digits.csv.gz` by default).
 //! - `shapes`: regenerate `datasets/shapes`, a tiny generated segmentation set.
+//! - `det-shapes`: regenerate `datasets/det-shapes`, a tiny generated COCO detection set.
 //! - `videos`: regenerate `datasets/moving-shapes`, a tiny generated video set.
 //! - `bench`: throughput of ViT-B-32 (image and text encoding, a training step) on the CPU.
 
+mod det_shapes;
 mod digits;
 mod shapes;
 mod videos;
@@ -18,6 +20,7 @@ use anyhow::{Context, bail};
 const USAGE: &str = "usage: cargo xtask <command>
   digits [ASSET]  regenerate datasets/digits from digits.csv.gz (default ../shared/assets/digits.csv.gz)
   shapes          regenerate datasets/shapes (generated shapes with label masks and captions)
+  det-shapes      regenerate datasets/det-shapes (generated shapes with COCO boxes, captions and proposals)
   videos          regenerate datasets/moving-shapes (generated moving-shape clips with captions and labels)
   bench           ViT-B-32 encode and train-step throughput (CPU)";
 
@@ -33,6 +36,7 @@ fn main() -> anyhow::Result<()> {
             digits::convert(&asset, &root.join("datasets/digits"))
         }
         Some("shapes") => shapes::generate(&root.join("datasets/shapes")),
+        Some("det-shapes") => det_shapes::generate(&root.join("datasets/det-shapes")),
         Some("videos") => videos::generate(&root.join("datasets/moving-shapes")),
         Some("bench") => cargo(&root, &["bench", "-p", "clip-core", "--bench", "throughput"]),
         Some(other) => bail!("unknown command '{other}'\n{USAGE}"),

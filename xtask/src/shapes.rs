@@ -16,7 +16,7 @@ const TRAIN: usize = 192;
 const VAL: usize = 64;
 const SEED: u64 = 20_261_124;
 const LABELS: [&str; 4] = ["background", "circle", "square", "triangle"];
-const COLORS: [(&str, [u8; 3]); 6] = [
+pub(crate) const COLORS: [(&str, [u8; 3]); 6] = [
     ("red", [220, 40, 40]),
     ("green", [40, 190, 60]),
     ("blue", [40, 70, 230]),
@@ -25,26 +25,47 @@ const COLORS: [(&str, [u8; 3]); 6] = [
     ("orange", [240, 140, 30]),
 ];
 
-/// One shape: label 1..=3, centre, half-size, color index.
-struct Shape {
-    label: u8,
-    centre: (f32, f32),
-    radius: f32,
-    color: usize,
+/// One shape: label 1..=3 (4, a five-pointed star, only in `det-shapes`), centre, half-size,
+/// color index.
+pub(crate) struct Shape {
+    pub(crate) label: u8,
+    pub(crate) centre: (f32, f32),
+    pub(crate) radius: f32,
+    pub(crate) color: usize,
 }
 
 impl Shape {
     /// Whether the pixel centre `(x + 0.5, y + 0.5)` is inside.
-    fn contains(&self, x: u32, y: u32) -> bool {
+    pub(crate) fn contains(&self, x: u32, y: u32) -> bool {
         let (px, py) = (x as f32 + 0.5 - self.centre.0, y as f32 + 0.5 - self.centre.1);
         let r = self.radius;
         match self.label {
             1 => px * px + py * py <= r * r,
             2 => px.abs() <= r && py.abs() <= r,
+            4 => in_star(px, py, r),
             // Pointing up: apex (0, -r), base from (-r, r) to (r, r); |px| <= (py + r) / 2.
             _ => py <= r && px.abs() <= (py + r) / 2.0,
         }
     }
+}
+
+/// Whether `(px, py)` (relative to the centre) is inside the upward five-pointed star with outer
+/// radius `r` and inner radius `0.45 r` (even-odd rule over its ten vertices).
+fn in_star(px: f32, py: f32, r: f32) -> bool {
+    let vertex = |i: usize| {
+        let radius = if i % 2 == 0 { r } else { 0.45 * r };
+        let angle = -std::f32::consts::FRAC_PI_2 + i as f32 * std::f32::consts::PI / 5.0;
+        (radius * angle.cos(), radius * angle.sin())
+    };
+    let mut inside = false;
+    for i in 0..10 {
+        let (ax, ay) = vertex(i);
+        let (bx, by) = vertex((i + 1) % 10);
+        if (ay > py) != (by > py) && px < ax + (py - ay) / (by - ay) * (bx - ax) {
+            inside = !inside;
+        }
+    }
+    inside
 }
 
 pub fn generate(out: &Path) -> anyhow::Result<()> {

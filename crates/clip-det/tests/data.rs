@@ -271,3 +271,29 @@ fn proposals_are_grouped_per_image_by_score() {
         "{error}"
     );
 }
+
+#[test]
+fn the_generated_det_shapes_dataset_reads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/det-shapes");
+    let train = CocoDataset::read(&root.join("train.json"), &root.join("images")).unwrap();
+    let val = CocoDataset::read(&root.join("val.json"), &root.join("images")).unwrap();
+    assert_eq!((train.images.len(), val.images.len()), (192, 64));
+    let names: Vec<&str> = train.categories.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["circle", "square", "triangle", "star"]);
+    assert_eq!(CategorySplit::lvis_rare(&train.categories).novel, vec![3]);
+    for record in train.images.iter().chain(&val.images) {
+        let caption = record.caption.as_deref().unwrap();
+        assert!((1..=3).contains(&record.annotations.len()));
+        for a in &record.annotations {
+            // Each box's phrase is "<color> <category name>".
+            let phrase = &caption[a.tokens_positive[0].clone()];
+            assert!(phrase.ends_with(&train.categories[a.category].name), "{caption}: {phrase}");
+            assert!(a.bbox[0] >= 0.0 && a.bbox[2] <= 64.0 && a.bbox[1] >= 0.0 && a.bbox[3] <= 64.0);
+        }
+    }
+    let proposals = read_proposals(&root.join("proposals.json"), &val).unwrap();
+    assert!(proposals.iter().all(|p| p.len() == 20));
+    let mut rng = StdRng::seed_from_u64(0);
+    let sample = load_detection_sample(&val.images[0], 32, true, &mut rng).unwrap();
+    assert_eq!(sample.image.shape, [3, 32, 32]);
+}
