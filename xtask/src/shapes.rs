@@ -53,7 +53,7 @@ impl Shape {
 /// radius `r` and inner radius `0.45 r` (even-odd rule over its ten vertices).
 fn in_star(px: f32, py: f32, r: f32) -> bool {
     let vertex = |i: usize| {
-        let radius = if i % 2 == 0 { r } else { 0.45 * r };
+        let radius = if i.is_multiple_of(2) { r } else { 0.45 * r };
         let angle = -std::f32::consts::FRAC_PI_2 + i as f32 * std::f32::consts::PI / 5.0;
         (radius * angle.cos(), radius * angle.sin())
     };
