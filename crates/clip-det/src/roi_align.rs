@@ -2,14 +2,15 @@
 //! bin averages bilinear samples taken on a regular grid inside the bin, with box corners
 //! shifted by half a pixel so that pixel centres sit at integer + 0.5.
 //!
-//! The sample positions and their four-corner weights depend only on the box coordinates, so
-//! they are computed on the host as a dense weight matrix and applied to the feature map with a
-//! matmul, which keeps the result differentiable w.r.t. the features (not the boxes).
+//! Every sample grid is a product of a row grid and a column grid, and bilinear weights factor
+//! into a row weight times a column weight, so each box's pooling is `Ay F Axᵀ` with host-built
+//! `Ay: [oh, H]` and `Ax: [ow, W]` (sample weights averaged per bin). Applying them as two
+//! matmuls keeps the result differentiable w.r.t. the features (not the boxes) and costs memory
+//! proportional to the output, so it also serves for cropping full-resolution images.
 
 use burn::tensor::{Tensor, TensorData};
 
-/// One bilinear tap: flat index into the `H * W` cells of one feature map and its weight.
-type Tap = (usize, f32);
+use crate::boxes::BoxXyxy;
 
 /// Pools `features` `[B, C, H, W]` inside `boxes` (per image, `[x1, y1, x2, y2]` input pixels;
 /// multiplied by `spatial_scale` to reach feature cells) into `[R_total, C, oh, ow]` for
@@ -17,14 +18,11 @@ type Tap = (usize, f32);
 /// `ceil(roi side / bins)` per box as torchvision does. Samples more than one cell outside the
 /// map contribute zero. No boxes at all gives `[0, C, oh, ow]`.
 ///
-/// Per image the bilinear weights form a dense `[R * oh * ow, H * W]` matrix built on the host,
-/// applied to the map with one matmul.
-///
 /// # Panics
 /// If `boxes` does not hold one list per image (a caller bug, not a data error).
 pub fn roi_align(
     features: Tensor<4>,
-    boxes: &[Vec<[f32; 4]>],
+    boxes: &[Vec<BoxXyxy>],
     spatial_scale: f32,
     output: [usize; 2],
     sampling_ratio: usize,
@@ -38,108 +36,72 @@ pub fn roi_align(
     );
     let device = features.device();
     let [oh, ow] = output;
-    let cells = height * width;
     let mut pooled = Vec::new();
     for (b, image_boxes) in boxes.iter().enumerate() {
-        if image_boxes.is_empty() {
+        let count = image_boxes.len();
+        if count == 0 {
             continue;
         }
-        let rows = image_boxes.len() * oh * ow;
-        let mut weights = vec![0.0f32; rows * cells];
-        for (r, roi) in image_boxes.iter().enumerate() {
-            let taps = roi_taps(
-                roi.map(|v| v * spatial_scale),
-                [height, width],
-                output,
-                sampling_ratio,
-            );
-            for (bin, bin_taps) in taps.into_iter().enumerate() {
-                let row = (r * oh * ow + bin) * cells;
-                for (index, weight) in bin_taps {
-                    weights[row + index] += weight;
-                }
-            }
+        let mut rows = Vec::with_capacity(count * oh * height);
+        let mut cols = Vec::with_capacity(count * ow * width);
+        for roi in image_boxes {
+            let [x1, y1, x2, y2] = roi.map(|v| v * spatial_scale);
+            rows.extend(axis_weights(y1, y2, height, oh, sampling_ratio));
+            cols.extend(axis_weights(x1, x2, width, ow, sampling_ratio));
         }
-        let weights = Tensor::<2>::from_data(TensorData::new(weights, [rows, cells]), &device);
-        let map = features
+        let ay = Tensor::<3>::from_data(TensorData::new(rows, [count, oh, height]), &device);
+        let ax = Tensor::<2>::from_data(TensorData::new(cols, [count * ow, width]), &device);
+        // [C * H, W] x [W, R * ow] -> [R, H, C * ow], then [R, oh, H] x that -> [R, oh, C * ow].
+        let by_columns = features
             .clone()
             .narrow(0, b, 1)
-            .reshape([channels, cells])
-            .swap_dims(0, 1);
-        pooled.push(weights.matmul(map));
+            .reshape([channels * height, width])
+            .matmul(ax.transpose())
+            .reshape([channels, height, count, ow])
+            .permute([2, 1, 0, 3])
+            .reshape([count, height, channels * ow]);
+        pooled.push(
+            ay.matmul(by_columns)
+                .reshape([count, oh, channels, ow])
+                .permute([0, 2, 1, 3]),
+        );
     }
     if pooled.is_empty() {
         return Tensor::zeros([0, channels, oh, ow], &device);
     }
-    let pooled = Tensor::cat(pooled, 0);
-    let count = pooled.dims()[0] / (oh * ow);
-    pooled
-        .reshape([count, oh, ow, channels])
-        .permute([0, 3, 1, 2])
+    Tensor::cat(pooled, 0)
 }
 
-/// The bilinear taps of every bin (row-major) of one box `[x1, y1, x2, y2]` in feature cells on
-/// a `[height, width]` map, with weights already divided by the number of samples per bin.
-fn roi_taps(
-    roi: [f32; 4],
-    [height, width]: [usize; 2],
-    [oh, ow]: [usize; 2],
-    sampling_ratio: usize,
-) -> Vec<Vec<Tap>> {
-    let (x0, y0) = (roi[0] - 0.5, roi[1] - 0.5);
-    let (roi_w, roi_h) = (roi[2] - roi[0], roi[3] - roi[1]);
-    let (bin_w, bin_h) = (roi_w / ow as f32, roi_h / oh as f32);
-    let grid_h = if sampling_ratio > 0 {
+/// Row-major `[bins, size]` weights along one axis for a box side `[start, end]` in cells:
+/// each bin averages `grid` bilinear samples (`grid = sampling_ratio`, or
+/// `ceil(side / bins)` when it is 0) with torchvision's half-pixel shift and border rules.
+fn axis_weights(start: f32, end: f32, size: usize, bins: usize, sampling_ratio: usize) -> Vec<f32> {
+    let origin = start - 0.5;
+    let bin = (end - start) / bins as f32;
+    let grid = if sampling_ratio > 0 {
         sampling_ratio
     } else {
-        (roi_h / oh as f32).ceil().max(0.0) as usize
+        bin.ceil().max(0.0) as usize
     };
-    let grid_w = if sampling_ratio > 0 {
-        sampling_ratio
-    } else {
-        (roi_w / ow as f32).ceil().max(0.0) as usize
-    };
-    let samples = (grid_h * grid_w).max(1) as f32;
-    let mut bins = Vec::with_capacity(oh * ow);
-    for ph in 0..oh {
-        for pw in 0..ow {
-            let mut taps = Vec::with_capacity(4 * grid_h * grid_w);
-            for iy in 0..grid_h {
-                let y = y0 + ph as f32 * bin_h + (iy as f32 + 0.5) * bin_h / grid_h as f32;
-                for ix in 0..grid_w {
-                    let x = x0 + pw as f32 * bin_w + (ix as f32 + 0.5) * bin_w / grid_w as f32;
-                    bilinear_taps(y, x, height, width, samples, &mut taps);
-                }
+    let mut weights = vec![0.0f32; bins * size];
+    for p in 0..bins {
+        for i in 0..grid {
+            let v = origin + p as f32 * bin + (i as f32 + 0.5) * bin / grid as f32;
+            if v < -1.0 || v > size as f32 {
+                continue;
             }
-            bins.push(taps);
+            let v = v.max(0.0);
+            let low = v.floor() as usize;
+            let (low, high, frac) = if low >= size - 1 {
+                (size - 1, size - 1, 0.0)
+            } else {
+                (low, low + 1, v - low as f32)
+            };
+            weights[p * size + low] += (1.0 - frac) / grid as f32;
+            weights[p * size + high] += frac / grid as f32;
         }
     }
-    bins
-}
-
-/// Appends the four corner taps of a bilinear sample at `(y, x)` (torchvision's border rules),
-/// weights divided by `samples`; nothing when the point lies more than a cell outside.
-fn bilinear_taps(y: f32, x: f32, height: usize, width: usize, samples: f32, taps: &mut Vec<Tap>) {
-    if y < -1.0 || y > height as f32 || x < -1.0 || x > width as f32 {
-        return;
-    }
-    let (y_low, y_high, ly) = corners(y.max(0.0), height);
-    let (x_low, x_high, lx) = corners(x.max(0.0), width);
-    let (hy, hx) = (1.0 - ly, 1.0 - lx);
-    taps.push((y_low * width + x_low, hy * hx / samples));
-    taps.push((y_low * width + x_high, hy * lx / samples));
-    taps.push((y_high * width + x_low, ly * hx / samples));
-    taps.push((y_high * width + x_high, ly * lx / samples));
-}
-
-/// Lower and upper neighbour along one axis of `size` cells and the fraction towards the upper.
-fn corners(v: f32, size: usize) -> (usize, usize, f32) {
-    let low = v.floor() as usize;
-    if low >= size - 1 {
-        (size - 1, size - 1, 0.0)
-    } else {
-        (low, low + 1, v - low as f32)
-    }
+    weights
 }
 
 #[cfg(test)]
