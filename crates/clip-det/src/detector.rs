@@ -227,15 +227,24 @@ impl Detector {
     /// `rpn_positive_fraction` positives. Binary cross-entropy on their objectness plus
     /// smooth-L1 (β = 1/9, summed) on the positives' deltas, both divided by the number of
     /// sampled anchors; `[1]`. Zero when nothing is sampled.
+    ///
+    /// # Panics
+    /// If `gt` does not hold one list per image (a caller bug).
     pub fn rpn_loss(&self, rpn: &RpnOutput, gt: &[Vec<BoxXyxy>], rng: &mut impl Rng) -> Tensor<1> {
         let [batch, count] = rpn.objectness.dims();
+        assert_eq!(
+            gt.len(),
+            batch,
+            "rpn_loss: {} box lists for {batch} images",
+            gt.len()
+        );
         let device = rpn.objectness.device();
         let config = &self.config;
         let mut sampled = Vec::new();
         let mut labels = Vec::new();
         let (mut positive, mut positive_anchors, mut positive_gt) =
             (Vec::new(), Vec::new(), Vec::new());
-        for (b, boxes) in gt.iter().enumerate().take(batch) {
+        for (b, boxes) in gt.iter().enumerate() {
             let (label, matched) =
                 label_anchors(&rpn.anchors, boxes, config.rpn_fg_iou, config.rpn_bg_iou);
             let mut pos: Vec<usize> = (0..count).filter(|&i| label[i] == Some(true)).collect();
@@ -320,6 +329,9 @@ impl Detector {
     /// ground-truth boxes, foreground when their best IoU with a ground-truth box is at least
     /// `roi_fg_iou`, background otherwise; `rois_per_image` sampled with at most
     /// `roi_positive_fraction` foreground.
+    ///
+    /// # Panics
+    /// If `proposals` and `gt` differ in length (a caller bug).
     pub fn sample_rois(
         &self,
         proposals: &[Vec<BoxXyxy>],
@@ -327,6 +339,13 @@ impl Detector {
         rng: &mut impl Rng,
         device: &Device,
     ) -> RoiSamples {
+        assert_eq!(
+            proposals.len(),
+            gt.len(),
+            "sample_rois: {} proposal lists for {} box lists",
+            proposals.len(),
+            gt.len()
+        );
         let config = &self.config;
         let (mut rois, mut matched) = (Vec::new(), Vec::new());
         let (mut fg_rois, mut fg_gt) = (Vec::new(), Vec::new());

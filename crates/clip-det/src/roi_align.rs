@@ -159,6 +159,32 @@ mod tests {
     }
 
     #[test]
+    fn samples_beyond_one_cell_outside_count_as_zero() {
+        let device = Device::flex();
+        // Entirely outside: every sample lies below -1.
+        let out = roi_align(
+            ramp(&device),
+            &[vec![[-4.0, -4.0, -2.0, -2.0]]],
+            1.0,
+            [1, 1],
+            2,
+        );
+        assert!(out.into_data().iter::<f32>().all(|v| v == 0.0));
+        // Box (-3, 0)-(1, 1), 2x2 samples: x at -2.5 (outside, zero) and -0.5 (clamped to
+        // column 0); y at -0.25 (clamped to row 0, value 0) and 0.25 (value 2.5). Channel 1
+        // (10 y) averages (0 + 2.5) / 2 over the two inside samples of four: 0.625.
+        let out = roi_align(
+            ramp(&device),
+            &[vec![[-3.0, 0.0, 1.0, 1.0]]],
+            1.0,
+            [1, 1],
+            2,
+        );
+        let v = out.into_data().iter::<f32>().collect::<Vec<_>>();
+        assert!(v[0].abs() < 1e-6 && (v[1] - 0.625).abs() < 1e-5, "{v:?}");
+    }
+
+    #[test]
     fn adaptive_sampling_and_batch_index() {
         let device = Device::flex();
         let features = Tensor::cat(vec![ramp(&device), ramp(&device) * 2.0], 0);
