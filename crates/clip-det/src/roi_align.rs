@@ -184,6 +184,96 @@ mod tests {
         assert!(v[0].abs() < 1e-6 && (v[1] - 0.625).abs() < 1e-5, "{v:?}");
     }
 
+    /// torchvision's CPU forward written out per sample (not factored per axis), for one box
+    /// on a single-channel `[height, width]` map.
+    fn direct(
+        map: &[f32],
+        [height, width]: [usize; 2],
+        roi: BoxXyxy,
+        bins: usize,
+        ratio: usize,
+    ) -> Vec<f32> {
+        let (x0, y0) = (roi[0] - 0.5, roi[1] - 0.5);
+        let (bw, bh) = (
+            (roi[2] - roi[0]) / bins as f32,
+            (roi[3] - roi[1]) / bins as f32,
+        );
+        let gh = if ratio > 0 { ratio } else { bh.ceil() as usize };
+        let gw = if ratio > 0 { ratio } else { bw.ceil() as usize };
+        let count = (gh * gw).max(1) as f32;
+        let sample = |y: f32, x: f32| -> f32 {
+            if y < -1.0 || y > height as f32 || x < -1.0 || x > width as f32 {
+                return 0.0;
+            }
+            let (mut y, mut x) = (y.max(0.0), x.max(0.0));
+            let (mut yl, mut xl) = (y as usize, x as usize);
+            let (yh, xh);
+            if yl >= height - 1 {
+                (yl, yh, y) = (height - 1, height - 1, (height - 1) as f32);
+            } else {
+                yh = yl + 1;
+            }
+            if xl >= width - 1 {
+                (xl, xh, x) = (width - 1, width - 1, (width - 1) as f32);
+            } else {
+                xh = xl + 1;
+            }
+            let (ly, lx) = (y - yl as f32, x - xl as f32);
+            let at = |r: usize, c: usize| map[r * width + c];
+            (1.0 - ly) * (1.0 - lx) * at(yl, xl)
+                + (1.0 - ly) * lx * at(yl, xh)
+                + ly * (1.0 - lx) * at(yh, xl)
+                + ly * lx * at(yh, xh)
+        };
+        let mut out = Vec::new();
+        for ph in 0..bins {
+            for pw in 0..bins {
+                let mut sum = 0.0;
+                for iy in 0..gh {
+                    let y = y0 + ph as f32 * bh + (iy as f32 + 0.5) * bh / gh as f32;
+                    for ix in 0..gw {
+                        let x = x0 + pw as f32 * bw + (ix as f32 + 0.5) * bw / gw as f32;
+                        sum += sample(y, x);
+                    }
+                }
+                out.push(sum / count);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_per_sample_algorithm_on_irregular_boxes() {
+        let device = Device::flex();
+        let (height, width) = (5, 7);
+        let map: Vec<f32> = (0..height * width)
+            .map(|i| ((i * 37) % 11) as f32 - 5.0)
+            .collect();
+        let features =
+            Tensor::<4>::from_data(TensorData::new(map.clone(), [1, 1, height, width]), &device);
+        let boxes = vec![
+            [0.3, 0.7, 6.1, 4.2],
+            [-1.7, 2.2, 3.3, 6.9],
+            [5.5, -0.4, 8.6, 1.1],
+            [2.0, 2.0, 2.4, 2.1],
+            [-3.0, -2.5, 9.0, 7.5],
+        ];
+        for ratio in [0, 1, 3] {
+            let out = roi_align(features.clone(), &[boxes.clone()], 1.0, [3, 3], ratio);
+            let got = out.into_data().iter::<f32>().collect::<Vec<_>>();
+            let expected: Vec<f32> = boxes
+                .iter()
+                .flat_map(|b| direct(&map, [height, width], *b, 3, ratio))
+                .collect();
+            for (a, b) in got.iter().zip(&expected) {
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "ratio {ratio}: {got:?} vs {expected:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn adaptive_sampling_and_batch_index() {
         let device = Device::flex();
