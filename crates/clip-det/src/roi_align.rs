@@ -259,7 +259,13 @@ mod tests {
             [-3.0, -2.5, 9.0, 7.5],
         ];
         for ratio in [0, 1, 3] {
-            let out = roi_align(features.clone(), &[boxes.clone()], 1.0, [3, 3], ratio);
+            let out = roi_align(
+                features.clone(),
+                std::slice::from_ref(&boxes),
+                1.0,
+                [3, 3],
+                ratio,
+            );
             let got = out.into_data().iter::<f32>().collect::<Vec<_>>();
             let expected: Vec<f32> = boxes
                 .iter()
