@@ -15,7 +15,7 @@ use clip_core::preprocess::{
 };
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::boxes::BoxXyxy;
@@ -508,14 +508,13 @@ pub struct DetectionSample {
 }
 
 /// Loads `record`'s image resized to `image_size x image_size` (bicubic, as CLIP's transforms)
-/// and CLIP-normalized, with its non-crowd boxes scaled alike. With `flip`, the image and boxes
-/// are mirrored horizontally with probability 1/2 (drawn from `rng`; nothing is drawn otherwise).
+/// and CLIP-normalized, with its non-crowd boxes scaled alike; with `flip`, image and boxes
+/// mirrored horizontally (the caller draws the augmentation).
 /// The file must be an image of the record's size.
 pub fn load_detection_sample(
     record: &ImageRecord,
     image_size: usize,
     flip: bool,
-    rng: &mut impl Rng,
 ) -> Result<DetectionSample, DetectionDataError> {
     let error = |message: String| DetectionDataError::Image {
         path: record.file.clone(),
@@ -541,8 +540,7 @@ pub fn load_detection_sample(
     } else {
         resize_bicubic(&image, side, side)
     };
-    let mirrored = flip && rng.random_bool(0.5);
-    if mirrored {
+    if flip {
         image::imageops::flip_horizontal_in_place(&mut resized);
     }
     let s = image_size as f32;
@@ -553,7 +551,7 @@ pub fn load_detection_sample(
         .map(|a| {
             let [x1, y1, x2, y2] = a.bbox;
             let (x1, x2) = (x1 * sx, x2 * sx);
-            let (x1, x2) = if mirrored { (s - x2, s - x1) } else { (x1, x2) };
+            let (x1, x2) = if flip { (s - x2, s - x1) } else { (x1, x2) };
             [x1, y1 * sy, x2, y2 * sy]
         })
         .collect();
