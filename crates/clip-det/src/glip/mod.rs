@@ -1,0 +1,10 @@
+//! GLIP (Li et al., "Grounded Language-Image Pre-training", CVPR 2022): detection as phrase
+//! grounding. Image patch tokens and the prompt's word features are fused by bidirectional
+//! cross-attention; each anchor scores every word, and a phrase's score is the mean over its
+//! words, so any list of category names (or a caption) is a class list.
+//!
+//! - [`prompt`]: prompts with the token span of each phrase.
+
+pub mod prompt;
+
+pub use prompt::{GroundingPrompt, PromptError};
