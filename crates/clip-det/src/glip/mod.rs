@@ -5,6 +5,8 @@
 //!
 //! - [`prompt`]: prompts with the token span of each phrase.
 
+pub mod fusion;
+pub mod model;
 pub mod prompt;
 
 pub use prompt::{GroundingPrompt, PromptError};
