@@ -8,7 +8,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Tensor};
-use clip_core::transformer::{Activation, MultiHeadAttention, Mlp};
+use clip_core::transformer::{Activation, Mlp, MultiHeadAttention};
 
 /// Configuration of a [`FusionLayer`].
 #[derive(Config, Debug)]
@@ -79,10 +79,16 @@ impl FusionLayer {
     /// Fuses `image: [batch, locations, hidden]` and `text: [batch, words, hidden]`;
     /// `text_padding: [batch, words]` is true for the words no image location may attend to.
     /// Returns both updated, same shapes.
-    pub fn forward(&self, image: Tensor<3>, text: Tensor<3>, text_padding: Tensor<2, Bool>) -> (Tensor<3>, Tensor<3>) {
+    pub fn forward(
+        &self,
+        image: Tensor<3>,
+        text: Tensor<3>,
+        text_padding: Tensor<2, Bool>,
+    ) -> (Tensor<3>, Tensor<3>) {
         let i = self.image_norm.forward(image.clone());
         let t = self.text_norm.forward(text.clone());
-        let image = image + masked_cross_attention(&self.image_from_text, i.clone(), t.clone(), text_padding);
+        let image = image
+            + masked_cross_attention(&self.image_from_text, i.clone(), t.clone(), text_padding);
         let text = text + self.text_from_image.forward_cross(t, i);
         let image = image.clone() + self.image_mlp.forward(self.image_mlp_norm.forward(image));
         let text = text.clone() + self.text_mlp.forward(self.text_mlp_norm.forward(text));
@@ -140,10 +146,17 @@ mod tests {
         let text = Tensor::<3>::random([1, 4, 8], Distribution::Normal(0.0, 1.0), &device);
         let other_text = Tensor::<3>::random([1, 4, 8], Distribution::Normal(0.0, 1.0), &device);
         // The last word is padding: changing it must not change the image features.
-        let padding =
-            || Tensor::<2, Bool>::from_data(TensorData::new(vec![false, false, false, true], [1, 4]), &device);
+        let padding = || {
+            Tensor::<2, Bool>::from_data(
+                TensorData::new(vec![false, false, false, true], [1, 4]),
+                &device,
+            )
+        };
         let changed_padding = Tensor::cat(
-            vec![text.clone().narrow(1, 0, 3), other_text.clone().narrow(1, 3, 1)],
+            vec![
+                text.clone().narrow(1, 0, 3),
+                other_text.clone().narrow(1, 3, 1),
+            ],
             1,
         );
         let fused = |text: Tensor<3>| layer.forward(image.clone(), text, padding()).0;

@@ -7,6 +7,7 @@
 
 pub mod fusion;
 pub mod model;
+pub mod objective;
 pub mod prompt;
 
 pub use prompt::{GroundingPrompt, PromptError};

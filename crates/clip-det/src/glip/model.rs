@@ -60,7 +60,12 @@ impl GlipConfig {
         if self.anchor_sizes.is_empty() || self.anchor_ratios.is_empty() {
             return fail("anchor_sizes and anchor_ratios must not be empty".into());
         }
-        if self.anchor_sizes.iter().chain(&self.anchor_ratios).any(|v| !(*v > 0.0)) {
+        if self
+            .anchor_sizes
+            .iter()
+            .chain(&self.anchor_ratios)
+            .any(|v| !(*v > 0.0))
+        {
             return fail(format!(
                 "anchor sizes {:?} and ratios {:?} must be positive",
                 self.anchor_sizes, self.anchor_ratios
@@ -78,7 +83,10 @@ impl GlipConfig {
                 self.bg_iou, self.fg_iou
             ));
         }
-        if !(0.0..=1.0).contains(&self.focal_alpha) || self.focal_gamma < 0.0 || self.box_weight < 0.0 {
+        if !(0.0..=1.0).contains(&self.focal_alpha)
+            || self.focal_gamma < 0.0
+            || self.box_weight < 0.0
+        {
             return fail(format!(
                 "need focal_alpha ({}) in [0, 1], focal_gamma ({}) >= 0, box_weight ({}) >= 0",
                 self.focal_alpha, self.focal_gamma, self.box_weight
@@ -187,12 +195,15 @@ impl Glip {
             .iter()
             .flat_map(|&e| (0..words).map(move |w| w > 0 && (w as i64) < e))
             .collect();
-        let padding = Tensor::<2, Bool>::from_data(TensorData::new(padding, [batch, words]), &device);
+        let padding =
+            Tensor::<2, Bool>::from_data(TensorData::new(padding, [batch, words]), &device);
 
         let vision = self.visual.forward_features(images, false);
         let grid = vision.grid;
         let mut image = self.image_projection.forward(vision.patch_tokens);
-        let mut text = self.text_projection.forward(self.text.forward_features(tokens, false).tokens);
+        let mut text = self
+            .text_projection
+            .forward(self.text.forward_features(tokens, false).tokens);
         for layer in &self.fusion {
             (image, text) = layer.forward(image, text, padding.clone());
         }
@@ -200,7 +211,10 @@ impl Glip {
         let locations = grid[0] * grid[1];
         let per_location = self.anchor_sizes.len() * self.anchor_ratios.len();
         let total = locations * per_location;
-        let deltas = self.box_head.forward(image.clone()).reshape([batch, total, 4]);
+        let deltas = self
+            .box_head
+            .forward(image.clone())
+            .reshape([batch, total, 4]);
         let queries = self
             .anchor_embedding
             .forward(image)
@@ -208,9 +222,15 @@ impl Glip {
         let keys = self.word_embedding.forward(text);
         let alignment = queries.matmul(keys.swap_dims(1, 2)) / (self.hidden as f32).sqrt()
             + self.alignment_bias.val().reshape([1, 1, 1]);
-        let scoring = Tensor::<2, Bool>::from_data(TensorData::new(text_words.clone(), [batch, words]), &device);
+        let scoring = Tensor::<2, Bool>::from_data(
+            TensorData::new(text_words.clone(), [batch, words]),
+            &device,
+        );
         let alignment = alignment.mask_fill(
-            scoring.bool_not().unsqueeze_dim::<3>(1).expand([batch, total, words]),
+            scoring
+                .bool_not()
+                .unsqueeze_dim::<3>(1)
+                .expand([batch, total, words]),
             Self::MASKED_LOGIT,
         );
         let stride = self.visual.patch_size as f32;
@@ -227,13 +247,19 @@ impl Glip {
     /// anchor is the mean of `sigmoid(alignment)` over its tokens (all its spans), boxes are
     /// the decoded anchors clipped to the image, then [`boxes::select_predictions`] with
     /// category = phrase index.
-    pub fn detect(&self, images: Tensor<4>, prompt: &GroundingPrompt, options: &DetectOptions) -> Vec<Vec<Prediction>> {
+    pub fn detect(
+        &self,
+        images: Tensor<4>,
+        prompt: &GroundingPrompt,
+        options: &DetectOptions,
+    ) -> Vec<Vec<Prediction>> {
         let [batch, ..] = images.dims();
         let device = images.device();
         let words = prompt.tokens.len();
-        let tokens = Tensor::<1, Int>::from_data(TensorData::new(prompt.tokens.clone(), [words]), &device)
-            .unsqueeze::<2>()
-            .expand([batch, words]);
+        let tokens =
+            Tensor::<1, Int>::from_data(TensorData::new(prompt.tokens.clone(), [words]), &device)
+                .unsqueeze::<2>()
+                .expand([batch, words]);
         let output = self.forward(images, tokens);
         let phrases = prompt.phrase_tokens.len();
         // [words, phrases]: 1 / (tokens of the phrase) on each of its tokens.
@@ -275,4 +301,127 @@ impl Glip {
 pub(crate) fn anchor_tensor(anchors: &[BoxXyxy], device: &Device) -> Tensor<2> {
     let flat: Vec<f32> = anchors.iter().flatten().copied().collect();
     Tensor::from_data(TensorData::new(flat, [anchors.len(), 4]), device)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+    use clip_core::ClipConfig;
+
+    /// A tiny CLIP: 32-pixel images in 8-pixel patches (a 4 x 4 grid), 8-token texts, vocabulary
+    /// of 64 (end-of-text 63).
+    pub(crate) fn tiny_clip(device: &Device) -> Clip {
+        let json = r#"{"embed_dim": 16,
+            "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8,
+                           "head_width": 16, "mlp_ratio": 2.0},
+            "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2,
+                         "layers": 1, "mlp_ratio": 2.0}}"#;
+        ClipConfig::from_open_clip_json(json, "tiny")
+            .unwrap()
+            .init(device)
+    }
+
+    /// GLIP with 2 anchors per location (sizes 8 and 16, square): 32 anchors.
+    pub(crate) fn tiny_config() -> GlipConfig {
+        GlipConfig::new()
+            .with_anchor_sizes(vec![8.0, 16.0])
+            .with_anchor_ratios(vec![1.0])
+            .with_hidden(16)
+            .with_fusion_layers(1)
+            .with_fusion_heads(2)
+    }
+
+    /// Start 1, words 5..=7 ("circle . square" in spirit), end 63, padding.
+    pub(crate) fn tiny_tokens() -> Vec<i64> {
+        vec![1, 5, 6, 7, 63, 0, 0, 0]
+    }
+
+    #[test]
+    fn config_validation_names_the_problem() {
+        assert!(tiny_config().validate().is_ok());
+        let err = tiny_config()
+            .with_fusion_heads(3)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fusion_heads = 3"), "{err}");
+        let err = tiny_config()
+            .with_fg_iou(0.3)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bg_iou"), "{err}");
+        let err = tiny_config()
+            .with_anchor_ratios(vec![])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("anchor_ratios"), "{err}");
+    }
+
+    #[test]
+    fn alignment_scores_every_anchor_against_every_word_and_masks_non_text_words() {
+        let device = Device::flex();
+        device.seed(1);
+        let glip = tiny_config()
+            .init_with_clip(&tiny_clip(&device), &device)
+            .unwrap();
+        let images = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        let tokens = Tensor::<1, Int>::from_data(TensorData::new(tiny_tokens(), [8]), &device)
+            .unsqueeze::<2>()
+            .expand([2, 8]);
+        let output = glip.forward(images, tokens);
+        assert_eq!(output.alignment.dims(), [2, 32, 8]);
+        assert_eq!(output.deltas.dims(), [2, 32, 4]);
+        assert_eq!(output.anchors.len(), 32);
+        assert_eq!(output.anchors[0], [0.0, 0.0, 8.0, 8.0]);
+        assert_eq!(output.image_size, [32, 32]);
+        let text = [false, true, true, true, false, false, false, false];
+        assert_eq!(output.text_words, [text, text].concat());
+        let logits: Vec<f32> = output.alignment.into_data().iter::<f32>().collect();
+        for (i, &logit) in logits.iter().enumerate() {
+            if text[i % 8] {
+                // Near the prior's bias at initialization, never masked.
+                assert!(logit.is_finite() && logit > Glip::MASKED_LOGIT, "{logit}");
+            } else {
+                assert_eq!(logit, Glip::MASKED_LOGIT);
+            }
+        }
+    }
+
+    #[test]
+    fn detect_returns_boxes_inside_the_image_for_each_phrase() {
+        let device = Device::flex();
+        device.seed(2);
+        let glip = tiny_config()
+            .init_with_clip(&tiny_clip(&device), &device)
+            .unwrap();
+        let images = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        let prompt = GroundingPrompt {
+            text: "circle. square".into(),
+            tokens: tiny_tokens(),
+            spans: vec![1..2, 3..4],
+            phrase_tokens: vec![vec![1..2], vec![3..4]],
+        };
+        // Scores start near the 0.01 prior: keep everything to see every phrase.
+        let options = DetectOptions {
+            score_threshold: 0.0,
+            nms_iou: 0.5,
+            max_per_image: 10,
+        };
+        let detections = glip.detect(images, &prompt, &options);
+        assert_eq!(detections.len(), 2);
+        for predictions in &detections {
+            assert!(!predictions.is_empty() && predictions.len() <= 10);
+            for p in predictions {
+                assert!(p.category < 2);
+                assert!(p.score > 0.0 && p.score < 1.0);
+                let [x1, y1, x2, y2] = p.bbox;
+                assert!(0.0 <= x1 && x1 <= x2 && x2 <= 32.0, "{:?}", p.bbox);
+                assert!(0.0 <= y1 && y1 <= y2 && y2 <= 32.0, "{:?}", p.bbox);
+            }
+            assert!(predictions.windows(2).all(|w| w[0].score >= w[1].score));
+        }
+    }
 }

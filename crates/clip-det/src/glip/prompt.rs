@@ -67,7 +67,10 @@ pub struct GroundingPrompt {
 impl GroundingPrompt {
     /// GLIP's detection prompt: the names joined as `"circle. square. triangle."`, one phrase
     /// per name.
-    pub fn from_categories(tokenizer: &ClipTokenizer, names: &[String]) -> Result<Self, PromptError> {
+    pub fn from_categories(
+        tokenizer: &ClipTokenizer,
+        names: &[String],
+    ) -> Result<Self, PromptError> {
         let mut text = String::new();
         let mut phrases = Vec::with_capacity(names.len());
         for name in names {
@@ -181,15 +184,20 @@ mod tests {
     #[test]
     fn category_prompt_spans_cover_each_name() {
         let tokenizer = ClipTokenizer::new();
-        let prompt =
-            GroundingPrompt::from_categories(&tokenizer, &names(&["circle", "traffic light", "dog"]))
-                .unwrap();
+        let prompt = GroundingPrompt::from_categories(
+            &tokenizer,
+            &names(&["circle", "traffic light", "dog"]),
+        )
+        .unwrap();
         assert_eq!(prompt.text, "circle. traffic light. dog.");
         assert_eq!(prompt.tokens.len(), 77);
         assert_eq!(prompt.tokens[0], tokenizer.start_of_text() as i64);
         // Tokens: SOT circle . traffic light . dog . EOT
         assert_eq!(prompt.spans, vec![1..2, 3..5, 6..7]);
-        assert_eq!(prompt.phrase_tokens, vec![vec![1..2], vec![3..5], vec![6..7]]);
+        assert_eq!(
+            prompt.phrase_tokens,
+            vec![vec![1..2], vec![3..5], vec![6..7]]
+        );
         for (span, name) in prompt.spans.iter().zip(["circle", "traffic light", "dog"]) {
             assert_eq!(tokenizer.decode(&prompt.tokens[span.clone()]), name);
         }
@@ -205,7 +213,10 @@ mod tests {
         let prompt = GroundingPrompt::from_caption(&tokenizer, caption, &phrases).unwrap();
         let words = |span: &Range<usize>| tokenizer.decode(&prompt.tokens[span.clone()]);
         // The first phrase spans from "red circle" to the last "circle".
-        assert_eq!(words(&prompt.spans[0]), "red circle and a blue square , left of the circle");
+        assert_eq!(
+            words(&prompt.spans[0]),
+            "red circle and a blue square , left of the circle"
+        );
         assert_eq!(words(&prompt.spans[1]), "a blue square");
         let exact: Vec<Vec<String>> = prompt
             .phrase_tokens
@@ -221,7 +232,10 @@ mod tests {
         let tokenizer = ClipTokenizer::new();
         let caption = "café crème";
         let prompt = GroundingPrompt::from_caption(&tokenizer, caption, &[vec![5..10]]).unwrap();
-        assert_eq!(tokenizer.decode(&prompt.tokens[prompt.spans[0].clone()]), "crème");
+        assert_eq!(
+            tokenizer.decode(&prompt.tokens[prompt.spans[0].clone()]),
+            "crème"
+        );
     }
 
     #[test]
@@ -233,7 +247,10 @@ mod tests {
             "{inside_word:?}"
         );
         let out_of_range = GroundingPrompt::from_caption(&tokenizer, "a circle", &[vec![2..20]]);
-        assert!(matches!(out_of_range, Err(PromptError::Span { phrase: 0, .. })));
+        assert!(matches!(
+            out_of_range,
+            Err(PromptError::Span { phrase: 0, .. })
+        ));
         let blank = GroundingPrompt::from_caption(&tokenizer, "a  circle", &[vec![1..2]]);
         assert!(
             matches!(&blank, Err(PromptError::Span { reason, .. }) if reason.contains("no token")),
@@ -246,7 +263,14 @@ mod tests {
         let short = tokenizer.clone().with_context_length(4).unwrap();
         let long = GroundingPrompt::from_categories(&short, &names(&["circle", "square"]));
         assert!(
-            matches!(long, Err(PromptError::TooLong { tokens: 4, context_length: 4, .. })),
+            matches!(
+                long,
+                Err(PromptError::TooLong {
+                    tokens: 4,
+                    context_length: 4,
+                    ..
+                })
+            ),
             "{long:?}"
         );
     }
