@@ -321,7 +321,7 @@ mod tests {
     }
 
     fn values(t: Tensor<2>) -> Vec<f32> {
-        t.into_data().to_vec::<f32>().unwrap()
+        t.into_data().try_to_vec::<f32>().unwrap()
     }
 
     fn close(a: &[f32], b: &[f32], tol: f32) {
@@ -387,7 +387,7 @@ mod tests {
         assert!(grad[2] < 0.0, "{grad:?}");
         let empty = Tensor::<2>::zeros([0, 4], &device);
         let loss = giou_loss(empty.clone(), empty);
-        close(&loss.into_data().to_vec::<f32>().unwrap(), &[0.0], 0.0);
+        close(&loss.into_data().try_to_vec::<f32>().unwrap(), &[0.0], 0.0);
     }
 
     #[test]

@@ -1,0 +1,273 @@
+//! COCO datasets on tiny JSON files and images written into a temporary folder.
+
+use std::path::{Path, PathBuf};
+
+use clip_core::preprocess::{OPENAI_MEAN, OPENAI_STD};
+use clip_det::data::{
+    CategorySplit, CocoDataset, DetectionDataError, load_detection_sample, read_proposals,
+};
+use image::{Rgb, RgbImage};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("clip-det-data-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    dir
+}
+
+/// A 4x2 image: left half red, right half blue.
+fn write_image(path: &Path) {
+    let image = RgbImage::from_fn(4, 2, |x, _| {
+        if x < 2 {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    });
+    image.save(path).unwrap();
+}
+
+const CATEGORIES: &str = r#"[{"id": 3, "name": "circle", "frequency": "f"},
+    {"id": 7, "name": "star", "frequency": "r"}, {"id": 9, "name": "square"}]"#;
+
+fn write_json(dir: &Path, annotations: &str) -> PathBuf {
+    let json = format!(
+        r#"{{"images": [{{"id": 10, "file_name": "a.png", "width": 4, "height": 2, "caption": "a red circle and a blue star"}},
+            {{"id": 11, "file_name": "b.png", "width": 4, "height": 2}}],
+           "annotations": {annotations}, "categories": {CATEGORIES}}}"#
+    );
+    let path = dir.join("train.json");
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+const ANNOTATIONS: &str = r#"[
+    {"id": 1, "image_id": 10, "category_id": 7, "bbox": [0, 0, 2, 1], "iscrowd": 0, "tokens_positive": [[19, 28]]},
+    {"id": 2, "image_id": 10, "category_id": 3, "bbox": [1, 0.5, 3, 1.5], "tokens_positive": [[2, 12]]},
+    {"id": 3, "image_id": 10, "category_id": 9, "bbox": [0, 0, 4, 2], "iscrowd": 1},
+    {"id": 4, "image_id": 11, "category_id": 9, "bbox": [2, 0, 1, 1]}]"#;
+
+fn dataset(name: &str) -> (PathBuf, CocoDataset) {
+    let dir = scratch(name);
+    write_image(&dir.join("images/a.png"));
+    write_image(&dir.join("images/b.png"));
+    let json = write_json(&dir, ANNOTATIONS);
+    let dataset = CocoDataset::read(&json, &dir.join("images")).unwrap();
+    (dir, dataset)
+}
+
+#[test]
+fn reads_images_annotations_categories_and_captions() {
+    let (dir, data) = dataset("read");
+    assert_eq!(data.categories.len(), 3);
+    assert_eq!(data.categories[1].name, "star");
+    assert_eq!(data.categories[1].frequency.as_deref(), Some("r"));
+    assert_eq!(data.categories[2].frequency, None);
+    let a = &data.images[0];
+    assert_eq!((a.id, a.width, a.height), (10, 4, 2));
+    assert_eq!(a.file, dir.join("images/a.png"));
+    assert_eq!(a.annotations.len(), 3);
+    // category_id 7 is the second category; [x, y, w, h] = [1, 0.5, 3, 1.5] is [1, 0.5, 4, 2].
+    assert_eq!(a.annotations[0].category, 1);
+    assert_eq!(a.annotations[1].bbox, [1.0, 0.5, 4.0, 2.0]);
+    assert!(a.annotations[2].iscrowd && !a.annotations[0].iscrowd);
+    let caption = a.caption.as_deref().unwrap();
+    assert_eq!(
+        &caption[a.annotations[0].tokens_positive[0].clone()],
+        "blue star"
+    );
+    assert_eq!(
+        &caption[a.annotations[1].tokens_positive[0].clone()],
+        "red circle"
+    );
+    assert_eq!(data.images[1].caption, None);
+    assert!(data.images[1].annotations[0].tokens_positive.is_empty());
+}
+
+#[test]
+fn write_then_read_gives_the_same_dataset() {
+    let (dir, data) = dataset("write");
+    let out = dir.join("out/copy.json");
+    data.write(&out).unwrap();
+    let back = CocoDataset::read(&out, &dir.join("images")).unwrap();
+    assert_eq!(back.images, data.images);
+    assert_eq!(back.categories, data.categories);
+    assert!(!dir.join("out/copy.json.tmp").exists());
+}
+
+fn read_error(name: &str, annotations: &str) -> String {
+    let dir = scratch(name);
+    write_image(&dir.join("images/a.png"));
+    write_image(&dir.join("images/b.png"));
+    let json = write_json(&dir, annotations);
+    let error = CocoDataset::read(&json, &dir.join("images"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("train.json"), "{error}");
+    error
+}
+
+#[test]
+fn malformed_annotations_are_named() {
+    let bad_length = read_error(
+        "length",
+        r#"[{"id": 5, "image_id": 10, "category_id": 3, "bbox": [0, 0, 1]}]"#,
+    );
+    assert!(
+        bad_length.contains("annotation 5") && bad_length.contains("4 numbers"),
+        "{bad_length}"
+    );
+    let negative = read_error(
+        "negative",
+        r#"[{"id": 6, "image_id": 10, "category_id": 3, "bbox": [0, 0, -1, 1]}]"#,
+    );
+    assert!(
+        negative.contains("annotation 6") && negative.contains("negative"),
+        "{negative}"
+    );
+    let category = read_error(
+        "category",
+        r#"[{"id": 7, "image_id": 10, "category_id": 4, "bbox": [0, 0, 1, 1]}]"#,
+    );
+    assert!(
+        category.contains("annotation 7") && category.contains("category_id 4"),
+        "{category}"
+    );
+    let image = read_error(
+        "image-id",
+        r#"[{"id": 8, "image_id": 12, "category_id": 3, "bbox": [0, 0, 1, 1]}]"#,
+    );
+    assert!(
+        image.contains("annotation 8") && image.contains("image_id 12"),
+        "{image}"
+    );
+    let span = read_error(
+        "span",
+        r#"[{"id": 9, "image_id": 10, "category_id": 3, "bbox": [0, 0, 1, 1], "tokens_positive": [[20, 40]]}]"#,
+    );
+    assert!(
+        span.contains("annotation 9") && span.contains("tokens_positive"),
+        "{span}"
+    );
+    let field = read_error(
+        "field",
+        r#"[{"id": 9, "image_id": 10, "bbox": [0, 0, 1, 1]}]"#,
+    );
+    assert!(field.contains("category_id"), "{field}");
+}
+
+#[test]
+fn missing_and_corrupt_images_are_named() {
+    let dir = scratch("missing");
+    write_image(&dir.join("images/a.png"));
+    let json = write_json(&dir, "[]");
+    let error = CocoDataset::read(&json, &dir.join("images")).unwrap_err();
+    assert!(
+        matches!(error, DetectionDataError::Image { id: 11, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("b.png"), "{error}");
+
+    std::fs::write(dir.join("images/b.png"), b"not a png").unwrap();
+    let data = CocoDataset::read(&json, &dir.join("images")).unwrap();
+    let mut rng = StdRng::seed_from_u64(0);
+    let error = load_detection_sample(&data.images[1], 4, false, &mut rng)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("b.png") && error.contains("image 11"),
+        "{error}"
+    );
+}
+
+#[test]
+fn samples_are_squashed_normalized_and_flipped() {
+    let (_dir, data) = dataset("sample");
+    let record = &data.images[0];
+    let mut rng = StdRng::seed_from_u64(0);
+    let sample = load_detection_sample(record, 8, false, &mut rng).unwrap();
+    assert_eq!(sample.image.shape, [3, 8, 8]);
+    // Scale x by 8/4 = 2, y by 8/2 = 4; the crowd box is dropped.
+    assert_eq!(
+        sample.boxes,
+        vec![[0.0, 0.0, 4.0, 4.0], [2.0, 2.0, 8.0, 8.0]]
+    );
+    assert_eq!(sample.labels, vec![1, 0]);
+    assert_eq!(sample.spans, vec![vec![19..28], vec![2..12]]);
+    // Pixel (row 0, col 0) is pure red: channel 0 is (1 - mean) / std, channel 2 is -mean / std.
+    let red = (1.0 - OPENAI_MEAN[0]) / OPENAI_STD[0];
+    assert!((sample.image.values[0] - red).abs() < 1e-5);
+    let blue_at_left = sample.image.values[2 * 64];
+    assert!((blue_at_left + OPENAI_MEAN[2] / OPENAI_STD[2]).abs() < 1e-5);
+
+    // Flips happen with probability 1/2: among several draws both outcomes occur, and flipped
+    // samples mirror boxes (x -> 8 - x) and pixels (blue on the left).
+    let mut seen = [false; 2];
+    for _ in 0..16 {
+        let s = load_detection_sample(record, 8, true, &mut rng).unwrap();
+        let flipped = s.boxes[0] == [4.0, 0.0, 8.0, 4.0];
+        if flipped {
+            assert_eq!(s.boxes[1], [0.0, 2.0, 6.0, 8.0]);
+            assert!((s.image.values[2 * 64] - (1.0 - OPENAI_MEAN[2]) / OPENAI_STD[2]).abs() < 1e-5);
+        } else {
+            assert_eq!(s.boxes, sample.boxes);
+        }
+        seen[usize::from(flipped)] = true;
+    }
+    assert_eq!(seen, [true, true]);
+}
+
+#[test]
+fn splits_by_name_and_by_frequency() {
+    let (_dir, data) = dataset("split");
+    let split = CategorySplit::from_names(&data.categories, &["star".to_string()]).unwrap();
+    assert_eq!((split.base, split.novel), (vec![0, 2], vec![1]));
+    let rare = CategorySplit::lvis_rare(&data.categories);
+    assert_eq!((rare.base, rare.novel), (vec![0, 2], vec![1]));
+    let error = CategorySplit::from_names(&data.categories, &["hexagon".to_string()]).unwrap_err();
+    assert!(error.to_string().contains("hexagon"), "{error}");
+}
+
+#[test]
+fn dataset_split_partitions_images_reproducibly() {
+    let (_dir, data) = dataset("partition");
+    let (a, b) = data.clone().split(0.5, 3);
+    assert_eq!((a.images.len(), b.images.len()), (1, 1));
+    let mut ids: Vec<u64> = a.images.iter().chain(&b.images).map(|r| r.id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![10, 11]);
+    assert_eq!(data.clone().split(0.5, 3), (a, b));
+    let (all, none) = data.split(1.0, 0);
+    assert_eq!((all.images.len(), none.images.len()), (2, 0));
+}
+
+#[test]
+fn proposals_are_grouped_per_image_by_score() {
+    let (dir, data) = dataset("proposals");
+    let path = dir.join("proposals.json");
+    std::fs::write(
+        &path,
+        r#"[{"image_id": 11, "bbox": [0, 0, 1, 1], "score": 0.2},
+            {"image_id": 10, "bbox": [1, 1, 2, 1], "score": 0.3},
+            {"image_id": 99, "bbox": [0, 0, 1, 1], "score": 0.9},
+            {"image_id": 11, "bbox": [1, 0, 2, 2], "score": 0.8, "category_id": 1}]"#,
+    )
+    .unwrap();
+    let proposals = read_proposals(&path, &data).unwrap();
+    assert_eq!(
+        proposals,
+        vec![
+            vec![[1.0, 1.0, 3.0, 2.0]],
+            vec![[1.0, 0.0, 3.0, 2.0], [0.0, 0.0, 1.0, 1.0]]
+        ]
+    );
+    std::fs::write(&path, r#"[{"image_id": 11, "bbox": [0, 0, 1, 1], "score": 0.2}, {"image_id": 11, "bbox": [0, 0], "score": 0.2}]"#)
+        .unwrap();
+    let error = read_proposals(&path, &data).unwrap_err().to_string();
+    assert!(
+        error.contains("proposals.json") && error.contains("proposal 1"),
+        "{error}"
+    );
+}
