@@ -64,14 +64,17 @@ impl GlipConfig {
             .anchor_sizes
             .iter()
             .chain(&self.anchor_ratios)
-            .any(|v| !(*v > 0.0))
+            .any(|v| v.is_nan() || *v <= 0.0)
         {
             return fail(format!(
                 "anchor sizes {:?} and ratios {:?} must be positive",
                 self.anchor_sizes, self.anchor_ratios
             ));
         }
-        if self.hidden == 0 || self.fusion_heads == 0 || self.hidden % self.fusion_heads != 0 {
+        if self.hidden == 0
+            || self.fusion_heads == 0
+            || !self.hidden.is_multiple_of(self.fusion_heads)
+        {
             return fail(format!(
                 "fusion_heads = {} must divide hidden = {} (both positive)",
                 self.fusion_heads, self.hidden

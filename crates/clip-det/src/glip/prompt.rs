@@ -2,13 +2,15 @@
 //!
 //! CLIP's tokenizer gives no character offsets, but its byte-pair encoding works word by word
 //! after cleaning, so the tokens of a prefix that ends at a word boundary are a prefix of the
-//! text's tokens. A character offset maps to the number of tokens of the text before it (plus
+//! text's tokens. A byte offset maps to the number of tokens of the text before it (plus
 //! one for the start-of-text token at position 0); offsets inside a word are refused.
 
 use std::ops::Range;
 
 use clip_core::ClipTokenizer;
 use clip_core::tokenizer::TokenizerError;
+
+use crate::data::grounding_prompt;
 
 /// Why a grounding prompt could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -35,14 +37,14 @@ pub enum PromptError {
         /// The tokenizer's context length.
         context_length: usize,
     },
-    /// A phrase's character span is out of range, empty, or cuts a word.
+    /// A phrase's byte range is out of range, empty, or cuts a word.
     #[error("grounding prompt {text:?}: phrase {phrase} span {span:?}: {reason}")]
     Span {
         /// The prompt text (cut to 80 characters).
         text: String,
         /// Index of the phrase.
         phrase: usize,
-        /// The offending character span.
+        /// The offending byte range.
         span: Range<usize>,
         /// What is wrong with it.
         reason: String,
@@ -59,35 +61,26 @@ pub struct GroundingPrompt {
     /// Per phrase, the token positions in `tokens` from its first to its last token
     /// (start-of-text is position 0).
     pub spans: Vec<Range<usize>>,
-    /// Per phrase, the token positions of each of its character spans (one range per span,
+    /// Per phrase, the token positions of each of its byte ranges (one range per span,
     /// in the order given): the exact positive tokens of a phrase given as several spans.
     pub phrase_tokens: Vec<Vec<Range<usize>>>,
 }
 
 impl GroundingPrompt {
-    /// GLIP's detection prompt: the names joined as `"circle. square. triangle."`, one phrase
-    /// per name.
+    /// GLIP's detection prompt: the names joined as `"circle. square. triangle."`
+    /// ([`grounding_prompt`]), one phrase per name.
     pub fn from_categories(
         tokenizer: &ClipTokenizer,
         names: &[String],
     ) -> Result<Self, PromptError> {
-        let mut text = String::new();
-        let mut phrases = Vec::with_capacity(names.len());
-        for name in names {
-            if !text.is_empty() {
-                text.push(' ');
-            }
-            let start = text.chars().count();
-            text.push_str(name);
-            phrases.push(vec![start..text.chars().count()]);
-            text.push('.');
-        }
+        let (text, spans) = grounding_prompt(names);
+        let phrases: Vec<Vec<Range<usize>>> = spans.into_iter().map(|span| vec![span]).collect();
         Self::from_caption(tokenizer, &text, &phrases)
     }
 
-    /// A caption whose phrases are given as character spans (`tokens_positive` of MDETR/GLIP
-    /// annotations: offsets in Unicode scalar values, end exclusive), several spans per phrase
-    /// allowed. Every span must start and end at word boundaries of CLIP's tokenization.
+    /// A caption whose phrases are given as byte ranges of it (as
+    /// [`Annotation::tokens_positive`](crate::data::Annotation) holds them), several per phrase
+    /// allowed. Every range must start and end at word boundaries of CLIP's tokenization.
     pub fn from_caption(
         tokenizer: &ClipTokenizer,
         caption: &str,
@@ -106,12 +99,6 @@ impl GroundingPrompt {
                 context_length,
             });
         }
-        // Byte offset of every character offset, the text's end included.
-        let bytes: Vec<usize> = caption
-            .char_indices()
-            .map(|(b, _)| b)
-            .chain([caption.len()])
-            .collect();
         let mut spans = Vec::with_capacity(phrases.len());
         let mut phrase_tokens = Vec::with_capacity(phrases.len());
         for (phrase, char_spans) in phrases.iter().enumerate() {
@@ -124,24 +111,24 @@ impl GroundingPrompt {
             let mut covered: Option<Range<usize>> = None;
             let mut exact = Vec::with_capacity(char_spans.len());
             if char_spans.is_empty() {
-                return Err(error(&(0..0), "the phrase has no character span".into()));
+                return Err(error(&(0..0), "the phrase has no span".into()));
             }
             for span in char_spans {
-                if span.start >= span.end || span.end >= bytes.len() {
+                if span.start >= span.end || span.end > caption.len() {
                     return Err(error(
                         span,
-                        format!(
-                            "not a non-empty range within the {} characters",
-                            bytes.len() - 1
-                        ),
+                        format!("not a non-empty range within the {} bytes", caption.len()),
                     ));
                 }
-                let position = |chars: usize| -> Result<usize, PromptError> {
-                    let prefix = tokenizer.encode(&caption[..bytes[chars]])?;
+                if !caption.is_char_boundary(span.start) || !caption.is_char_boundary(span.end) {
+                    return Err(error(span, "cuts a UTF-8 character".into()));
+                }
+                let position = |byte: usize| -> Result<usize, PromptError> {
+                    let prefix = tokenizer.encode(&caption[..byte])?;
                     if encoded.get(..prefix.len()) != Some(&prefix[..]) {
                         return Err(error(
                             span,
-                            format!("character {chars} is not at a word boundary of the tokens"),
+                            format!("byte {byte} is not at a word boundary of the tokens"),
                         ));
                     }
                     Ok(prefix.len() + 1)
@@ -176,6 +163,11 @@ impl GroundingPrompt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One phrase given as one byte range.
+    fn one(span: Range<usize>) -> [Vec<Range<usize>>; 1] {
+        [Vec::from([span])]
+    }
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
@@ -228,10 +220,15 @@ mod tests {
     }
 
     #[test]
-    fn non_ascii_offsets_count_characters() {
+    fn non_ascii_captions_take_byte_ranges() {
         let tokenizer = ClipTokenizer::new();
         let caption = "café crème";
-        let prompt = GroundingPrompt::from_caption(&tokenizer, caption, &[vec![5..10]]).unwrap();
+        let cut = GroundingPrompt::from_caption(&tokenizer, caption, &one(4..5));
+        assert!(
+            matches!(&cut, Err(PromptError::Span { reason, .. }) if reason.contains("UTF-8")),
+            "{cut:?}"
+        );
+        let prompt = GroundingPrompt::from_caption(&tokenizer, caption, &one(6..12)).unwrap();
         assert_eq!(
             tokenizer.decode(&prompt.tokens[prompt.spans[0].clone()]),
             "crème"
@@ -241,17 +238,17 @@ mod tests {
     #[test]
     fn bad_prompts_are_refused_with_the_reason() {
         let tokenizer = ClipTokenizer::new();
-        let inside_word = GroundingPrompt::from_caption(&tokenizer, "a red circle", &[vec![2..8]]);
+        let inside_word = GroundingPrompt::from_caption(&tokenizer, "a red circle", &one(2..8));
         assert!(
             matches!(&inside_word, Err(PromptError::Span { reason, .. }) if reason.contains("word boundary")),
             "{inside_word:?}"
         );
-        let out_of_range = GroundingPrompt::from_caption(&tokenizer, "a circle", &[vec![2..20]]);
+        let out_of_range = GroundingPrompt::from_caption(&tokenizer, "a circle", &one(2..20));
         assert!(matches!(
             out_of_range,
             Err(PromptError::Span { phrase: 0, .. })
         ));
-        let blank = GroundingPrompt::from_caption(&tokenizer, "a  circle", &[vec![1..2]]);
+        let blank = GroundingPrompt::from_caption(&tokenizer, "a  circle", &one(1..2));
         assert!(
             matches!(&blank, Err(PromptError::Span { reason, .. }) if reason.contains("no token")),
             "{blank:?}"
