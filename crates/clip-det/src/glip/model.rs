@@ -3,7 +3,7 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use clip_core::text::{TextTransformer, end_of_text_positions};
@@ -118,7 +118,12 @@ impl GlipConfig {
             fusion: (0..self.fusion_layers)
                 .map(|_| FusionLayerConfig::new(self.hidden, self.fusion_heads).init(device))
                 .collect(),
-            box_head: LinearConfig::new(self.hidden, anchors * 4).init(device),
+            box_head: LinearConfig::new(self.hidden, anchors * 4)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.01,
+                })
+                .init(device),
             anchor_embedding: LinearConfig::new(self.hidden, anchors * self.hidden).init(device),
             word_embedding: LinearConfig::new(self.hidden, self.hidden).init(device),
             alignment_bias: Param::from_tensor(Tensor::from_floats([bias], device)),
@@ -142,7 +147,8 @@ pub struct Glip {
     pub text_projection: Linear,
     /// The fusion layers, applied in order.
     pub fusion: Vec<FusionLayer>,
-    /// Box deltas of every anchor of a location: `hidden -> anchors * 4`.
+    /// Box deltas of every anchor of a location: `hidden -> anchors * 4` (initialized with
+    /// `N(0, 0.01)` as RetinaNet's and GLIP's, so boxes start at the anchors).
     pub box_head: Linear,
     /// Alignment query of every anchor of a location: `hidden -> anchors * hidden`.
     pub anchor_embedding: Linear,

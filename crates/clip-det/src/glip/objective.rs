@@ -292,11 +292,11 @@ mod tests {
             assert!((0.0..=2.0).contains(&metric("box")));
             losses.push(output.loss.clone().into_scalar::<f32>());
             let grads = GradientsParams::from_grads(output.loss.backward(), &model);
-            model = objective.after_update(optimizer.step(1e-3, model, grads));
+            model = objective.after_update(optimizer.step(3e-3, model, grads));
         }
         eprintln!("losses: {losses:?}");
         assert!(losses.iter().all(|l| l.is_finite()));
-        assert!(losses[9] < 0.8 * losses[0], "loss did not fall: {losses:?}");
+        assert!(losses[9] < 0.5 * losses[0], "loss did not fall: {losses:?}");
     }
 
     #[test]
