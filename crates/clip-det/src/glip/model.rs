@@ -256,6 +256,10 @@ impl Glip {
     /// anchor is the mean of `sigmoid(alignment)` over its tokens (all its spans), boxes are
     /// the decoded anchors clipped to the image, then [`boxes::select_predictions`] with
     /// category = phrase index.
+    ///
+    /// # Panics
+    /// If the prompt has more tokens than the text tower's context length (a prompt built with
+    /// another tokenizer).
     pub fn detect(
         &self,
         images: Tensor<4>,
@@ -396,6 +400,33 @@ pub(crate) mod tests {
             } else {
                 assert_eq!(logit, Glip::MASKED_LOGIT);
             }
+        }
+    }
+
+    #[test]
+    fn fused_box_deltas_depend_on_the_prompt_only_with_fusion_layers() {
+        let device = Device::flex();
+        device.seed(4);
+        let clip = tiny_clip(&device);
+        let images = Tensor::<4>::random([1, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        let tokens =
+            |ids: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(ids, [1, 8]), &device);
+        let other = vec![1, 9, 10, 11, 12, 63, 0, 0];
+        for (layers, depends) in [(1, true), (0, false)] {
+            let glip = tiny_config()
+                .with_fusion_layers(layers)
+                .init_with_clip(&clip, &device)
+                .unwrap();
+            let deltas = |ids: Vec<i64>| glip.forward(images.clone(), tokens(ids)).deltas;
+            let diff = (deltas(tiny_tokens()) - deltas(other.clone()))
+                .abs()
+                .max()
+                .into_scalar::<f32>();
+            assert_eq!(
+                diff > 0.0,
+                depends,
+                "{layers} fusion layers: difference {diff}"
+            );
         }
     }
 
