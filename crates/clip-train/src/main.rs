@@ -8,7 +8,7 @@ use clip_core::preprocess::{EvalTransformConfig, stack_images};
 use clip_core::{ClipTokenizer, ZeroShotClassifier, imagenet_templates, weights};
 use clip_train::config::RunConfig;
 use clip_train::embeddings_file::{read_lines, write_embeddings};
-use clip_train::{eval, segment, trainer};
+use clip_train::{detect, eval, segment, trainer};
 
 #[derive(Parser)]
 #[command(name = "clipforge", version, about = "Train, fine-tune and use CLIP models")]
@@ -116,6 +116,59 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Detect any list of categories in images with a ViLD or GLIP model; draws the boxes with
+    /// their labels (`<image>.detections.png`) and writes `detections.json`.
+    Detect {
+        /// A run config (TOML) with `train.objective` `vild` or `glip` (its `model.weights` or
+        /// random weights), or a run's output folder (its newest checkpoint).
+        model: PathBuf,
+        /// A run checkpoint folder (`<output>/checkpoints/step-N`) to load instead.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Comma-separated category names (default: the categories of the config's `data.train`).
+        #[arg(long)]
+        labels: Option<String>,
+        /// Images to detect in.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Output folder.
+        #[arg(long, default_value = "detected")]
+        output: PathBuf,
+        /// Lowest score drawn (default: the config's `detection.score_threshold`).
+        #[arg(long)]
+        threshold: Option<f32>,
+        /// Override a config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Pseudo-label caption data with a trained ViLD or GLIP teacher: boxes for the category
+    /// names (or `--phrases`) found in each image's caption, written as a COCO JSON with
+    /// `tokens_positive` phrase spans (grounding data for GLIP).
+    PseudoLabel {
+        /// The teacher: a run config (TOML) or a run's output folder.
+        model: PathBuf,
+        /// A run checkpoint folder of the teacher to load instead.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// COCO JSON of the images to label; each image needs a `caption`.
+        #[arg(long)]
+        data: PathBuf,
+        /// Folder of its images (default: the JSON's folder).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Comma-separated phrases to look for (default: the JSON's category names).
+        #[arg(long)]
+        phrases: Option<String>,
+        /// Lowest teacher score kept as a pseudo-label.
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f32,
+        /// Output COCO JSON.
+        #[arg(long)]
+        output: PathBuf,
+        /// Override a config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// Write a model in open_clip or Hugging Face layout.
     Export {
         /// Named architecture or JSON config of the model.
@@ -208,6 +261,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Segment { model, checkpoint, labels, images, output, alpha, overrides } => {
             segment::run(&model, checkpoint, labels.as_deref(), &images, &output, alpha, &overrides)?;
+        }
+        Command::Detect { model, checkpoint, labels, images, output, threshold, overrides } => {
+            detect::run(&model, checkpoint, labels.as_deref(), &images, &output, threshold, &overrides)?;
+        }
+        Command::PseudoLabel { model, checkpoint, data, images, phrases, threshold, output, overrides } => {
+            detect::pseudo_label(&model, checkpoint, &data, images.as_deref(), phrases.as_deref(), &output, threshold, &overrides)?;
         }
         Command::Export { model, weights, format, output } => {
             let device = burn::tensor::Device::flex();

@@ -15,7 +15,7 @@ use crate::trainer::select_device;
 
 /// The run config and checkpoint that `model` names: a TOML run config, or a run's output
 /// folder (its `config.json` and newest checkpoint).
-fn resolve(model: &Path, checkpoint: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<(RunConfig, Option<PathBuf>)> {
+pub(crate) fn resolve(model: &Path, checkpoint: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<(RunConfig, Option<PathBuf>)> {
     if model.is_dir() {
         let file = model.join("config.json");
         let text = std::fs::read_to_string(&file).with_context(|| format!("{}: not a run folder", model.display()))?;

@@ -134,6 +134,9 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
     if matches!(config.train.objective.as_str(), "clip4clip" | "actionclip") {
         return crate::video::train_video(&run, &device, &train_device);
     }
+    if matches!(config.train.objective.as_str(), "vild" | "glip") {
+        return crate::detection::train_detection(&run, &device, &train_device);
+    }
     let (model, clip_config) = load_model(&config.model.name, config.model.weights.as_deref(), &train_device)?;
     let model = freeze(model, &config.train.freeze)?;
     let tokenizer = ClipTokenizer::new().with_context_length(clip_config.text.context_length)?;

@@ -648,3 +648,112 @@ fn missing_clips_name_the_table_line_or_are_skipped() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(summary_of(&skip)["skipped_samples"], 1);
 }
+
+/// Trains `config` briefly on the generated detection set and checks that the loss fell and
+/// the validation AP is a real, non-zero number.
+fn train_detector(config: &str, out: &Path, steps: &str) -> serde_json::Value {
+    let output = run(&[
+        "train", config, "--output", out.to_str().unwrap(), "--set", &format!("train.max_steps={steps}"),
+        "--set", "train.log_every=1", "--set", "train.warmup_steps=2",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let (first, last) = loss_drop(out, 4);
+    assert!(last < first, "loss went from {first} to {last}");
+    let eval = summary_of(out)["eval"].clone();
+    for key in ["ap", "ap50", "ap_base"] {
+        let value = eval[key].as_f64().unwrap_or_else(|| panic!("no {key} in {eval}"));
+        assert!((0.0..=1.0).contains(&value), "{key} = {value}");
+    }
+    assert!(eval["ap50"].as_f64().unwrap() > 0.0, "no box found: {eval}");
+    assert!(eval["per_category"]["star"].is_number(), "the novel category is evaluated: {eval}");
+    eval
+}
+
+/// Runs `clipforge detect` on the fixture photographs and checks the drawn images.
+fn detect_photographs(model: &Path, out: &Path, labels: &str) {
+    let photos = photographs();
+    let mut args = vec!["detect".to_string(), model.to_str().unwrap().into(), "--output".into(), out.to_str().unwrap().into()];
+    args.extend(["--labels".to_string(), labels.to_string(), "--threshold".into(), "0".into()]);
+    args.extend(photos.iter().map(|p| p.to_str().unwrap().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    for photo in &photos {
+        let stem = photo.file_stem().unwrap().to_str().unwrap();
+        let drawn = image::open(out.join(format!("{stem}.detections.png"))).unwrap().to_rgb8();
+        let original = image::open(photo).unwrap().to_rgb8();
+        assert_eq!(drawn.dimensions(), original.dimensions());
+        assert_ne!(drawn, original, "boxes are drawn on {}", photo.display());
+    }
+    let detections: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("detections.json")).unwrap()).unwrap();
+    let names: Vec<&str> = labels.split(',').collect();
+    assert!(!detections.is_empty());
+    assert!(detections.iter().all(|d| names.contains(&d["label"].as_str().unwrap())));
+}
+
+#[test]
+fn vild_learns_the_shapes_and_detects_in_photographs() {
+    let out = scratch("vild");
+    train_detector("configs/vild.toml", &out, "30");
+    let cache = out.join("vild_crop_embeddings.safetensors");
+    assert!(cache.is_file(), "ViLD-image caches the crop embeddings");
+    detect_photographs(&out, &out.join("detected"), "person,cat,rocket,cup");
+}
+
+#[test]
+fn glip_grounds_the_shapes_and_pseudo_labels_captions() {
+    let out = scratch("glip");
+    train_detector("configs/glip.toml", &out, "30");
+    detect_photographs(&out, &out.join("detected"), "person,cat,rocket,cup");
+
+    // The trained GLIP labels the captions of the validation images, and GLIP trains on them.
+    let pseudo = out.join("pseudo.json");
+    let output = run(&[
+        "pseudo-label", out.to_str().unwrap(), "--data", "datasets/det-shapes/val.json", "--threshold", "0.05",
+        "--output", pseudo.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let labelled: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&pseudo).unwrap()).unwrap();
+    let captions: std::collections::HashMap<u64, String> = labelled["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["id"].as_u64().unwrap(), i["caption"].as_str().unwrap().to_string()))
+        .collect();
+    let annotations = labelled["annotations"].as_array().unwrap();
+    assert!(!annotations.is_empty(), "no pseudo-label above 0.05");
+    for annotation in annotations {
+        let caption = &captions[&annotation["image_id"].as_u64().unwrap()];
+        let span = &annotation["tokens_positive"][0];
+        let phrase = &caption[span[0].as_u64().unwrap() as usize..span[1].as_u64().unwrap() as usize];
+        let category = labelled["categories"].as_array().unwrap().iter().find(|c| c["id"] == annotation["category_id"]).unwrap();
+        assert_eq!(phrase, category["name"].as_str().unwrap(), "{annotation}");
+    }
+    let retrained = out.join("from-pseudo");
+    let train = format!("data.train={}", pseudo.display());
+    let output = run(&[
+        "train", "configs/glip.toml", "--output", retrained.to_str().unwrap(), "--set", &train,
+        "--set", "detection.train_images=datasets/det-shapes/images", "--set", "train.max_steps=2",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn malformed_annotations_name_the_file_and_the_annotation() {
+    let dir = scratch("bad-boxes");
+    let text = std::fs::read_to_string(workspace().join("datasets/det-shapes/train.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let annotation = &mut json["annotations"][3];
+    annotation["bbox"] = serde_json::json!([4.0, 4.0, -2.0]);
+    let id = annotation["id"].as_u64().unwrap();
+    let file = dir.join("train.json");
+    std::fs::write(&file, json.to_string()).unwrap();
+    let train = format!("data.train={}", file.display());
+    let output = run(&[
+        "train", "configs/vild.toml", "--output", dir.join("run").to_str().unwrap(), "--set", &train,
+        "--set", "detection.train_images=datasets/det-shapes/images", "--set", "train.max_steps=1",
+    ]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("train.json") && message.contains(&id.to_string()), "{message}");
+}

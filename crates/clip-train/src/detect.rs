@@ -1,0 +1,238 @@
+//! `clipforge detect` (boxes of any category list drawn on images) and `clipforge pseudo-label`
+//! (a teacher's boxes for the phrases of captions, written as grounding data).
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use burn::tensor::{Device, Tensor};
+use clip_core::ClipTokenizer;
+use clip_core::preprocess::{Normalize, OPENAI_MEAN, OPENAI_STD, load_image, resize_bicubic};
+use clip_det::boxes::{BoxXyxy, DetectOptions, Prediction};
+use clip_det::data::{Annotation, Category, CocoDataset};
+use clip_det::draw::{draw_detections, save_png};
+
+use crate::config::{DetectionSection, RunConfig};
+use crate::detection::{OpenDetector, build_detector};
+use crate::segment::resolve;
+use crate::trainer::select_device;
+
+/// A loaded detector with what it needs to run on images.
+struct Loaded {
+    config: RunConfig,
+    detector: OpenDetector,
+    tokenizer: ClipTokenizer,
+    image_size: usize,
+    device: Device,
+}
+
+impl Loaded {
+    fn new(model: &Path, checkpoint: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<Self> {
+        let (config, checkpoint) = resolve(model, checkpoint, overrides)?;
+        anyhow::ensure!(
+            config.detection.is_some(),
+            "{}: no [detection] section (train.objective must be vild or glip)",
+            model.display()
+        );
+        let device = select_device(&config.run.device)?;
+        let (detector, tokenizer, image_size) = build_detector(&config, checkpoint.as_deref(), &device)?;
+        Ok(Self { config, detector, tokenizer, image_size, device })
+    }
+
+    fn section(&self) -> &DetectionSection {
+        self.config.detection.as_ref().expect("checked in Loaded::new")
+    }
+
+    /// The image at `path`, resized and normalized as the network input `[1, 3, S, S]`.
+    fn input(&self, image: &image::RgbImage) -> Tensor<4> {
+        let size = self.image_size as u32;
+        Normalize::new(OPENAI_MEAN, OPENAI_STD).apply(&resize_bicubic(image, size, size)).to_tensor(&self.device).unsqueeze_dim(0)
+    }
+
+    /// A box of the network input in the pixels of an image `width x height`.
+    fn to_image(&self, bbox: &BoxXyxy, width: u32, height: u32) -> BoxXyxy {
+        let (sx, sy) = (width as f32 / self.image_size as f32, height as f32 / self.image_size as f32);
+        [bbox[0] * sx, bbox[1] * sy, bbox[2] * sx, bbox[3] * sy]
+    }
+
+    fn options(&self, threshold: Option<f32>) -> DetectOptions {
+        let det = self.section();
+        DetectOptions {
+            score_threshold: threshold.unwrap_or(det.score_threshold as f32),
+            nms_iou: det.nms_iou as f32,
+            max_per_image: det.max_detections,
+        }
+    }
+}
+
+/// The category names of a run's training data.
+fn dataset_categories(config: &RunConfig) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(&config.data.train).with_context(|| format!("reading {}", config.data.train.display()))?;
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Categories {
+        categories: Vec<Named>,
+    }
+    let parsed: Categories = serde_json::from_str(&text).with_context(|| format!("{}: categories", config.data.train.display()))?;
+    Ok(parsed.categories.into_iter().map(|c| c.name).collect())
+}
+
+/// Detects `labels` (or the training categories) in each of `images`, draws the boxes with
+/// their labels on the images (`<stem>.detections.png` under `output`) and writes all
+/// detections to `output/detections.json`.
+pub fn run(
+    model: &Path,
+    checkpoint: Option<PathBuf>,
+    labels: Option<&str>,
+    images: &[PathBuf],
+    output: &Path,
+    threshold: Option<f32>,
+    overrides: &[String],
+) -> anyhow::Result<()> {
+    let loaded = Loaded::new(model, checkpoint, overrides)?;
+    let names: Vec<String> = match labels {
+        Some(list) => list.split(',').map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
+        None => dataset_categories(&loaded.config)?,
+    };
+    anyhow::ensure!(!names.is_empty(), "--labels: give at least one category name");
+    let options = loaded.options(threshold);
+    std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
+    let mut results = Vec::new();
+    for path in images {
+        let image = load_image(path)?;
+        let predictions = loaded
+            .detector
+            .detect(loaded.input(&image), &names, &loaded.tokenizer, &loaded.section().templates, &options)?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let boxes: Vec<(BoxXyxy, String, f32)> = predictions
+            .iter()
+            .map(|p| (loaded.to_image(&p.bbox, image.width(), image.height()), names[p.category].clone(), p.score))
+            .collect();
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+        save_png(&draw_detections(&image, &boxes), &output.join(format!("{stem}.detections.png")))?;
+        let listed: Vec<String> = boxes.iter().take(5).map(|(_, name, score)| format!("{name} {score:.2}")).collect();
+        println!("{}: {} boxes{}{}", path.display(), boxes.len(), if listed.is_empty() { "" } else { ": " }, listed.join(", "));
+        for (bbox, label, score) in boxes {
+            results.push(serde_json::json!({ "image": path, "label": label, "score": score, "bbox": bbox }));
+        }
+    }
+    let file = output.join("detections.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&results)?).with_context(|| format!("writing {}", file.display()))?;
+    println!("wrote {} images with boxes and {} to {}", images.len(), file.display(), output.display());
+    Ok(())
+}
+
+/// Where each of `names` occurs in `caption` as whole words (ASCII case-insensitive): per name, its
+/// char spans (empty when absent).
+pub fn phrase_spans(caption: &str, names: &[String]) -> Vec<Vec<Range<usize>>> {
+    let lower = caption.to_ascii_lowercase();
+    let is_word = |c: char| c.is_alphanumeric();
+    names
+        .iter()
+        .map(|name| {
+            let needle = name.to_ascii_lowercase();
+            let mut spans = Vec::new();
+            let mut from = 0;
+            while let Some(found) = lower[from..].find(&needle) {
+                let (start, end) = (from + found, from + found + needle.len());
+                let before = lower[..start].chars().next_back().is_none_or(|c| !is_word(c));
+                let after = lower[end..].chars().next().is_none_or(|c| !is_word(c));
+                if before && after {
+                    spans.push(start..end);
+                }
+                from = end;
+            }
+            spans
+        })
+        .collect()
+}
+
+/// Pseudo-labels caption data with a trained teacher: for every image of the COCO JSON `data`
+/// (images with a `caption`), the teacher's boxes (score ≥ `threshold`) for the category names
+/// (or `phrases`) found in the caption; written as a COCO JSON whose annotations carry the
+/// phrases' `tokens_positive`, ready for GLIP training.
+pub fn pseudo_label(
+    model: &Path,
+    checkpoint: Option<PathBuf>,
+    data: &Path,
+    images_dir: Option<&Path>,
+    phrases: Option<&str>,
+    output: &Path,
+    threshold: f32,
+    overrides: &[String],
+) -> anyhow::Result<()> {
+    let loaded = Loaded::new(model, checkpoint, overrides)?;
+    let images_dir = images_dir.map(Path::to_path_buf).unwrap_or_else(|| data.parent().map(Path::to_path_buf).unwrap_or_default());
+    let mut dataset = CocoDataset::read(data, &images_dir)?;
+    if let Some(list) = phrases {
+        dataset.categories = list
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .enumerate()
+            .map(|(i, name)| Category { id: i as u64 + 1, name: name.to_string(), frequency: None })
+            .collect();
+    }
+    anyhow::ensure!(!dataset.categories.is_empty(), "{}: no categories: pass --phrases", data.display());
+    let names: Vec<String> = dataset.categories.iter().map(|c| c.name.clone()).collect();
+    let options = loaded.options(Some(threshold));
+    let (mut next_id, mut captioned, mut boxes) = (1u64, 0usize, 0usize);
+    let progress = indicatif::ProgressBar::new(dataset.images.len() as u64);
+    for record in &mut dataset.images {
+        progress.inc(1);
+        record.annotations.clear();
+        let Some(caption) = record.caption.clone() else { continue };
+        captioned += 1;
+        let spans = phrase_spans(&caption, &names);
+        let present: Vec<usize> = (0..names.len()).filter(|&c| !spans[c].is_empty()).collect();
+        if present.is_empty() {
+            continue;
+        }
+        let image = load_image(&record.file)?;
+        let input = loaded.input(&image);
+        let phrases: Vec<Vec<Range<usize>>> = present.iter().map(|&c| spans[c].clone()).collect();
+        let predictions: Vec<Prediction> = match loaded.detector.ground(input.clone(), &loaded.tokenizer, &caption, &phrases, &options)? {
+            Some(grounded) => grounded,
+            None => {
+                let present_names: Vec<String> = present.iter().map(|&c| names[c].clone()).collect();
+                let templates = &loaded.section().templates;
+                loaded.detector.detect(input, &present_names, &loaded.tokenizer, templates, &options)?.into_iter().next().unwrap_or_default()
+            }
+        };
+        for prediction in predictions {
+            let category = present[prediction.category];
+            record.annotations.push(Annotation {
+                id: next_id,
+                category,
+                bbox: loaded.to_image(&prediction.bbox, image.width(), image.height()),
+                iscrowd: false,
+                tokens_positive: spans[category].clone(),
+            });
+            next_id += 1;
+            boxes += 1;
+        }
+    }
+    progress.finish_and_clear();
+    dataset.write(output)?;
+    println!("pseudo-labelled {captioned} captioned images with {boxes} boxes into {}", output.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::phrase_spans;
+
+    #[test]
+    fn phrases_are_found_as_whole_words() {
+        let names = ["circle".to_string(), "square".to_string(), "star".to_string()];
+        let spans = phrase_spans("A red Circle and a blue square; no starfish, one star.", &names);
+        assert_eq!(spans[0], vec![6..12]);
+        assert_eq!(spans[1], vec![24..30]);
+        assert_eq!(spans[2], vec![49..53]);
+    }
+}
