@@ -258,7 +258,7 @@ impl OpenClipModelConfig {
         };
         let v = self.vision_cfg;
         let t = self.text_cfg;
-        if v.head_width == 0 || v.width % v.head_width != 0 {
+        if v.head_width == 0 || !v.width.is_multiple_of(v.head_width) {
             return Err(ClipError::config(
                 origin,
                 format!(
@@ -418,10 +418,10 @@ impl ClipConfig {
         let v = &self.vision;
         let t = &self.text;
         let checks = [
-            (v.heads > 0 && v.width % v.heads == 0, "vision width must be a multiple of vision heads"),
-            (t.heads > 0 && t.width % t.heads == 0, "text width must be a multiple of text heads"),
+            (v.heads > 0 && v.width.is_multiple_of(v.heads), "vision width must be a multiple of vision heads"),
+            (t.heads > 0 && t.width.is_multiple_of(t.heads), "text width must be a multiple of text heads"),
             (
-                v.patch_size > 0 && v.image_size % v.patch_size == 0,
+                v.patch_size > 0 && v.image_size.is_multiple_of(v.patch_size),
                 "vision image_size must be a multiple of patch_size",
             ),
             (self.embed_dim > 0, "embed_dim must be positive"),

@@ -84,6 +84,33 @@ impl ZeroShotClassifier {
     }
 }
 
+
+/// One normalized text embedding per class name, `[classes, embed_dim]`: the mean of the
+/// normalized embeddings of the name put into each template (`{}` standing for the name),
+/// normalized again (CLIP's prompt ensembling). `encode_text` maps token ids `[n, context]`
+/// to normalized embeddings `[n, embed_dim]`, so any text tower can be used.
+pub fn class_text_embeddings<S: AsRef<str>, T: AsRef<str>>(
+    encode_text: impl Fn(Tensor<2, Int>) -> Tensor<2>,
+    tokenizer: &ClipTokenizer,
+    class_names: &[S],
+    templates: &[T],
+    device: &Device,
+) -> Result<Tensor<2>> {
+    if class_names.is_empty() || templates.is_empty() {
+        return Err(ClipError::Shape("prompt ensembling needs at least one class name and one template".into()));
+    }
+    let mut class_embeddings = Vec::with_capacity(class_names.len());
+    for name in class_names {
+        let prompts: Vec<String> = templates.iter().map(|t| t.as_ref().replace("{}", name.as_ref())).collect();
+        let mut embeddings = Vec::new();
+        for chunk in prompts.chunks(TEXT_BATCH) {
+            embeddings.push(encode_text(tokenizer.tokenize_batch(chunk, device)?));
+        }
+        class_embeddings.push(l2_normalize(Tensor::cat(embeddings, 0).mean_dim(0)));
+    }
+    Ok(Tensor::cat(class_embeddings, 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,30 +137,4 @@ mod tests {
         assert_eq!(top[1][1].class, 1);
         assert!(top[0][0].probability > 0.99);
     }
-}
-
-/// One normalized text embedding per class name, `[classes, embed_dim]`: the mean of the
-/// normalized embeddings of the name put into each template (`{}` standing for the name),
-/// normalized again (CLIP's prompt ensembling). `encode_text` maps token ids `[n, context]`
-/// to normalized embeddings `[n, embed_dim]`, so any text tower can be used.
-pub fn class_text_embeddings<S: AsRef<str>, T: AsRef<str>>(
-    encode_text: impl Fn(Tensor<2, Int>) -> Tensor<2>,
-    tokenizer: &ClipTokenizer,
-    class_names: &[S],
-    templates: &[T],
-    device: &Device,
-) -> Result<Tensor<2>> {
-    if class_names.is_empty() || templates.is_empty() {
-        return Err(ClipError::Shape("prompt ensembling needs at least one class name and one template".into()));
-    }
-    let mut class_embeddings = Vec::with_capacity(class_names.len());
-    for name in class_names {
-        let prompts: Vec<String> = templates.iter().map(|t| t.as_ref().replace("{}", name.as_ref())).collect();
-        let mut embeddings = Vec::new();
-        for chunk in prompts.chunks(TEXT_BATCH) {
-            embeddings.push(encode_text(tokenizer.tokenize_batch(chunk, device)?));
-        }
-        class_embeddings.push(l2_normalize(Tensor::cat(embeddings, 0).mean_dim(0)));
-    }
-    Ok(Tensor::cat(class_embeddings, 0))
 }

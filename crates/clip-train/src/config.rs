@@ -536,10 +536,10 @@ impl RunConfig {
         if det.image_size == 0 {
             return Err("detection.image_size must be at least 1".into());
         }
-        if det.anchor_sizes.is_empty() || det.anchor_sizes.iter().any(|s| !(*s > 0.0)) {
+        if det.anchor_sizes.is_empty() || det.anchor_sizes.iter().any(|s| !s.is_finite() || *s <= 0.0) {
             return Err(format!("detection.anchor_sizes = {:?}: give at least one positive size", det.anchor_sizes));
         }
-        if det.anchor_ratios.is_empty() || det.anchor_ratios.iter().any(|r| !(*r > 0.0)) {
+        if det.anchor_ratios.is_empty() || det.anchor_ratios.iter().any(|r| !r.is_finite() || *r <= 0.0) {
             return Err(format!("detection.anchor_ratios = {:?}: give at least one positive ratio", det.anchor_ratios));
         }
         let checks: [(bool, String); 9] = [

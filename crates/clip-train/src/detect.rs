@@ -152,22 +152,30 @@ pub fn phrase_spans(caption: &str, names: &[String]) -> Vec<Vec<Range<usize>>> {
         .collect()
 }
 
-/// Pseudo-labels caption data with a trained teacher: for every image of the COCO JSON `data`
-/// (images with a `caption`), the teacher's boxes (score ≥ `threshold`) for the category names
-/// (or `phrases`) found in the caption; written as a COCO JSON whose annotations carry the
-/// phrases' `tokens_positive`, ready for GLIP training.
-pub fn pseudo_label(
-    model: &Path,
-    checkpoint: Option<PathBuf>,
-    data: &Path,
-    images_dir: Option<&Path>,
-    phrases: Option<&str>,
-    output: &Path,
-    threshold: f32,
-    overrides: &[String],
-) -> anyhow::Result<()> {
+/// What `clipforge pseudo-label` labels and where it writes.
+#[derive(Debug, Clone)]
+pub struct PseudoLabelRequest {
+    /// COCO JSON of the images to label (each with a `caption`).
+    pub data: PathBuf,
+    /// Folder of its images (default: the JSON's folder).
+    pub images_dir: Option<PathBuf>,
+    /// Comma-separated phrases to look for (default: the JSON's category names).
+    pub phrases: Option<String>,
+    /// Lowest teacher score kept.
+    pub threshold: f32,
+    /// The COCO JSON written.
+    pub output: PathBuf,
+}
+
+/// Pseudo-labels caption data with a trained teacher: for every image of the request's COCO
+/// JSON (images with a `caption`), the teacher's boxes (score ≥ `threshold`) for the category
+/// names (or `phrases`) found in the caption; written as a COCO JSON whose annotations carry
+/// the phrases' `tokens_positive`, ready for GLIP training.
+pub fn pseudo_label(model: &Path, checkpoint: Option<PathBuf>, request: &PseudoLabelRequest, overrides: &[String]) -> anyhow::Result<()> {
+    let PseudoLabelRequest { data, images_dir, phrases, threshold, output } = request;
+    let (data, phrases, threshold, output) = (data.as_path(), phrases.as_deref(), *threshold, output.as_path());
     let loaded = Loaded::new(model, checkpoint, overrides)?;
-    let images_dir = images_dir.map(Path::to_path_buf).unwrap_or_else(|| data.parent().map(Path::to_path_buf).unwrap_or_default());
+    let images_dir = images_dir.clone().unwrap_or_else(|| data.parent().map(Path::to_path_buf).unwrap_or_default());
     let mut dataset = CocoDataset::read(data, &images_dir)?;
     if let Some(list) = phrases {
         dataset.categories = list

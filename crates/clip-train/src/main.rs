@@ -266,7 +266,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             detect::run(&model, checkpoint, labels.as_deref(), &images, &output, threshold, &overrides)?;
         }
         Command::PseudoLabel { model, checkpoint, data, images, phrases, threshold, output, overrides } => {
-            detect::pseudo_label(&model, checkpoint, &data, images.as_deref(), phrases.as_deref(), &output, threshold, &overrides)?;
+            let request = detect::PseudoLabelRequest { data, images_dir: images, phrases, threshold, output };
+            detect::pseudo_label(&model, checkpoint, &request, &overrides)?;
         }
         Command::Export { model, weights, format, output } => {
             let device = burn::tensor::Device::flex();

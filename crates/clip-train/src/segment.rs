@@ -72,7 +72,7 @@ pub fn run(
             counts[label] += 1;
         }
         let mut shares: Vec<(usize, &String)> = counts.into_iter().zip(&names).filter(|(n, _)| *n > 0).collect();
-        shares.sort_by(|a, b| b.0.cmp(&a.0));
+        shares.sort_by_key(|share| std::cmp::Reverse(share.0));
         let shares: Vec<String> = shares.iter().map(|(n, name)| format!("{name} {:.0}%", 100.0 * *n as f64 / map.len() as f64)).collect();
         println!("{}: {}", path.display(), shares.join(", "));
     }

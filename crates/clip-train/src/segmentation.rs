@@ -111,9 +111,9 @@ impl BatchSource for SegmentationBatcher {
 #[derive(Debug, Clone)]
 pub enum Segmenter {
     /// GroupViT.
-    GroupVit(GroupVit),
+    GroupVit(Box<GroupVit>),
     /// LSeg.
-    Lseg(Lseg),
+    Lseg(Box<Lseg>),
 }
 
 impl Segmenter {
@@ -232,7 +232,7 @@ pub fn build_segmenter(config: &RunConfig, checkpoint: Option<&Path>, device: &D
             let (clip, clip_config) = load_model(&config.model.name, weights, device)?;
             let (context_length, image_size) = (clip_config.text.context_length, clip_config.vision.image_size);
             let model = lseg_config(seg, clip_config)?.init_with_clip(clip, device)?;
-            (Segmenter::Lseg(model), context_length, image_size)
+            (Segmenter::Lseg(Box::new(model)), context_length, image_size)
         }
         "groupvit" => {
             let (model, groupvit_config) = match weights {
@@ -242,7 +242,7 @@ pub fn build_segmenter(config: &RunConfig, checkpoint: Option<&Path>, device: &D
                     (groupvit_config.init(device), groupvit_config)
                 }
             };
-            (Segmenter::GroupVit(model), groupvit_config.context_length(), groupvit_config.image_size())
+            (Segmenter::GroupVit(Box::new(model)), groupvit_config.context_length(), groupvit_config.image_size())
         }
         other => bail!("train.objective = {other:?} is not a segmentation method: use \"groupvit\" or \"lseg\""),
     };
@@ -252,8 +252,8 @@ pub fn build_segmenter(config: &RunConfig, checkpoint: Option<&Path>, device: &D
             let file = dir.join("model.bpk");
             let load = |error: burn::store::RecordError| anyhow::anyhow!("{}: {error}", file.display());
             match segmenter {
-                Segmenter::GroupVit(model) => Segmenter::GroupVit(model.try_load_file(&file).map_err(load)?),
-                Segmenter::Lseg(model) => Segmenter::Lseg(model.try_load_file(&file).map_err(load)?),
+                Segmenter::GroupVit(model) => Segmenter::GroupVit(Box::new(model.try_load_file(&file).map_err(load)?)),
+                Segmenter::Lseg(model) => Segmenter::Lseg(Box::new(model.try_load_file(&file).map_err(load)?)),
             }
         }
     };
@@ -292,7 +292,7 @@ pub(crate) fn train_segmentation(run: &Run, device: &Device, train_device: &Devi
     let (segmenter, tokenizer, image_size) = build_segmenter(config, None, train_device)?;
     let (trained, outcome) = match segmenter {
         Segmenter::Lseg(model) => {
-            let model = freeze(model, &config.train.freeze)?;
+            let model = freeze(*model, &config.train.freeze)?;
             let batcher = segmentation_batcher(config, train_table, &labels, image_size, true)?;
             // Training scores each pixel against one prompt per label: the first template.
             let prompts: Vec<String> = labels.names.iter().map(|name| seg.templates[0].replace("{}", name)).collect();
@@ -306,10 +306,10 @@ pub(crate) fn train_segmentation(run: &Run, device: &Device, train_device: &Devi
             };
             let objective = LsegObjective { ignore_index: seg.ignore_index };
             let fitted = run.fit(&objective, model, &batcher, to_batch)?;
-            (Segmenter::Lseg(fitted.model.valid()), fitted.outcome)
+            (Segmenter::Lseg(Box::new(fitted.model.valid())), fitted.outcome)
         }
         Segmenter::GroupVit(model) => {
-            let model = freeze(model, &config.train.freeze)?;
+            let model = freeze(*model, &config.train.freeze)?;
             let pairs = caption_table(&train_table)?;
             let batcher = crate::trainer::train_batcher(config, pairs, &tokenizer, image_size)?;
             let vocabulary = match &seg.nouns {
@@ -343,7 +343,7 @@ pub(crate) fn train_segmentation(run: &Run, device: &Device, train_device: &Devi
             };
             let objective = GroupVitObjective { multi_label_weight: seg.multi_label_weight as f32 };
             let fitted = run.fit(&objective, model, &batcher, to_batch)?;
-            (Segmenter::GroupVit(fitted.model.valid()), fitted.outcome)
+            (Segmenter::GroupVit(Box::new(fitted.model.valid())), fitted.outcome)
         }
     };
     let eval = match val_table {

@@ -169,9 +169,12 @@ fn video_tables(config: &RunConfig, labelled: bool) -> anyhow::Result<(VideoTabl
     Ok((train, None))
 }
 
+/// Frames `[B, T, 3, H, W]` of a chunk of clips, their texts and their table rows.
+type EvalBatch = (Tensor<5>, Vec<String>, Vec<usize>);
+
 /// Every clip of `batcher`'s table as frames `[B, T, 3, H, W]`, in chunks of `batch_size`,
 /// with the text of each clip.
-fn eval_batches(batcher: &VideoBatcher, batch_size: usize, device: &Device) -> anyhow::Result<Vec<(Tensor<5>, Vec<String>, Vec<usize>)>> {
+fn eval_batches(batcher: &VideoBatcher, batch_size: usize, device: &Device) -> anyhow::Result<Vec<EvalBatch>> {
     let rows: Vec<usize> = (0..batcher.rows()).collect();
     let mut batches = Vec::new();
     for chunk in rows.chunks(batch_size.max(1)) {

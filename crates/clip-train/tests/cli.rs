@@ -709,7 +709,8 @@ fn glip_grounds_the_shapes_and_pseudo_labels_captions() {
     // The trained GLIP labels the captions of the validation images, and GLIP trains on them.
     let pseudo = out.join("pseudo.json");
     let output = run(&[
-        "pseudo-label", out.to_str().unwrap(), "--data", "datasets/det-shapes/val.json", "--threshold", "0.05",
+        "pseudo-label", out.to_str().unwrap(), "--data", "datasets/det-shapes/val.json", "--images", "datasets/det-shapes/images",
+        "--threshold", "0.05",
         "--output", pseudo.to_str().unwrap(),
     ]);
     assert!(output.status.success(), "{}", stderr(&output));

@@ -18,7 +18,8 @@ pub use resample::resize_bicubic;
 
 /// OpenAI CLIP's per-channel mean of the training images (RGB, in `[0, 1]`).
 pub const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// OpenAI CLIP's per-channel standard deviation (RGB, in `[0, 1]`).
+/// OpenAI CLIP's per-channel standard deviation (RGB, in `[0, 1]`), with open_clip's digits.
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Why an image could not be loaded or transformed; names the file where there is one.
