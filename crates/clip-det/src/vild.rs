@@ -97,9 +97,8 @@ impl Vild {
     }
 
     /// Detections per image of `images` `[B, 3, H, W]` among the classes of
-    /// `class_embeddings` `[C, D]` (normalized): proposals, region embeddings, class-agnostic
-    /// box refinement (clipped to the image), softmax over background and classes, background
-    /// dropped, then [`select_predictions`].
+    /// `class_embeddings` `[C, D]` (normalized): the RPN's proposals, then
+    /// [`Self::detect_in_proposals`].
     pub fn detect(
         &self,
         images: Tensor<4>,
@@ -107,16 +106,42 @@ impl Vild {
         options: &DetectOptions,
     ) -> Vec<Vec<Prediction>> {
         let [_, _, height, width] = images.dims();
-        let [classes, _] = class_embeddings.dims();
-        let device = images.device();
         let features = self.detector.feature_map(images);
         let rpn = self.detector.rpn(features.clone(), [height, width]);
         let proposals = self.detector.proposals(&rpn, [height, width]);
+        self.classify_proposals(features, [height, width], &proposals, class_embeddings, options)
+    }
+
+    /// Detections among given `proposals` per image (input pixels, e.g. precomputed ones):
+    /// region embeddings, class-agnostic box refinement (clipped to the image), softmax over
+    /// background and classes, background dropped, then [`select_predictions`].
+    pub fn detect_in_proposals(
+        &self,
+        images: Tensor<4>,
+        proposals: &[Vec<BoxXyxy>],
+        class_embeddings: Tensor<2>,
+        options: &DetectOptions,
+    ) -> Vec<Vec<Prediction>> {
+        let [_, _, height, width] = images.dims();
+        let features = self.detector.feature_map(images);
+        self.classify_proposals(features, [height, width], proposals, class_embeddings, options)
+    }
+
+    fn classify_proposals(
+        &self,
+        features: Tensor<4>,
+        [height, width]: [usize; 2],
+        proposals: &[Vec<BoxXyxy>],
+        class_embeddings: Tensor<2>,
+        options: &DetectOptions,
+    ) -> Vec<Vec<Prediction>> {
+        let [classes, _] = class_embeddings.dims();
+        let device = features.device();
         let flat: Vec<BoxXyxy> = proposals.iter().flatten().copied().collect();
         if flat.is_empty() {
             return vec![Vec::new(); proposals.len()];
         }
-        let regions = self.detector.regions(features, &proposals);
+        let regions = self.detector.regions(features, proposals);
         let logits = self.logits(self.region_embeddings(regions.features), class_embeddings);
         let scores = to_vec(softmax(logits, 1).narrow(1, 1, classes));
         let boxes = roi_box_coder().decode(boxes_tensor(&flat, &device), regions.deltas);
@@ -155,6 +180,9 @@ pub struct VildBatch {
     /// CLIP embeddings of `distill_boxes` in order, `[sum of distill_boxes, D]` normalized
     /// (see [`crop_embeddings`]); `None` turns ViLD-image off.
     pub distill_targets: Option<Tensor<2>>,
+    /// Precomputed proposals per image (input pixels) the box head trains on instead of the
+    /// RPN's (the RPN is trained all the same); `None`: the RPN's.
+    pub proposals: Option<Vec<Vec<BoxXyxy>>>,
 }
 
 /// ViLD's loss: `rpn_weight * rpn + box_weight * box + text_weight * text + image_weight *
@@ -196,7 +224,10 @@ impl Objective for VildObjective {
         let detector = &model.detector;
         let features = detector.feature_map(batch.images);
         let rpn = detector.rpn(features.clone(), [height, width]);
-        let proposals = detector.proposals(&rpn, [height, width]);
+        let proposals = match &batch.proposals {
+            Some(given) => given.clone(),
+            None => detector.proposals(&rpn, [height, width]),
+        };
         let (rpn_loss, samples) = {
             let mut rng = self
                 .rng
@@ -396,6 +427,7 @@ mod tests {
             class_embeddings: unit_rows(&[1, 2, 3], device),
             distill_boxes,
             distill_targets: Some(distill_targets),
+            proposals: None,
         }
     }
 
@@ -476,6 +508,24 @@ mod tests {
             }
             assert!(image.windows(2).all(|w| w[0].score >= w[1].score));
         }
+    }
+
+    #[test]
+    fn given_proposals_replace_the_rpn_in_training_and_detection() {
+        let device = Device::flex();
+        let clip = tiny_clip().init(&device);
+        let vild = tiny_config().init_with_clip(&clip, &device);
+        let mut batch = tiny_batch(&clip, &device);
+        let proposals = vec![vec![[1.0, 1.0, 15.0, 15.0], [17.0, 13.0, 29.0, 31.0], [0.0, 16.0, 10.0, 30.0]]];
+        batch.proposals = Some(proposals.clone());
+        let objective = VildObjective::new(&tiny_config(), 0);
+        let output = objective.forward(&vild, batch.clone());
+        assert!(output.loss.into_scalar::<f32>().is_finite());
+        let options = DetectOptions { score_threshold: 0.0, nms_iou: 1.0, max_per_image: 100 };
+        let predictions = vild.detect_in_proposals(batch.images, &proposals, unit_rows(&[1, 2, 3], &device), &options);
+        // Every proposal yields one scored box per class (no NMS at IoU 1, no threshold).
+        assert_eq!(predictions.len(), 1);
+        assert_eq!(predictions[0].len(), 3 * 3);
     }
 
     #[test]

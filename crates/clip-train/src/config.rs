@@ -78,6 +78,9 @@ pub struct DetectionSection {
     pub proposals: Option<PathBuf>,
     /// ViLD: proposals per training image distilled (the top-scored ones).
     pub distill_per_image: usize,
+    /// ViLD: the box head trains and evaluates on the top `proposals_per_image` proposals of
+    /// `proposals` (precomputed, as the paper does) instead of the RPN's; the RPN still trains.
+    pub file_proposals: bool,
     /// ViLD: where the CLIP embeddings of the proposal crops are cached (default:
     /// `<run.output>/vild_crop_embeddings.safetensors`).
     pub distill_cache: Option<PathBuf>,
@@ -115,6 +118,7 @@ impl Default for DetectionSection {
             image_weight: 0.5,
             proposals: None,
             distill_per_image: 10,
+            file_proposals: false,
             distill_cache: None,
             fusion_layers: 1,
             heads: 8,
@@ -558,6 +562,9 @@ impl RunConfig {
         }
         if det.templates.is_empty() || det.templates.iter().any(|t| !t.contains("{}")) {
             return Err("detection.templates: give at least one template, each with a {} for the name".into());
+        }
+        if det.file_proposals && det.proposals.is_none() {
+            return Err("detection.file_proposals needs detection.proposals, a COCO results JSON of proposals".into());
         }
         if objective == "vild" && det.image_weight > 0.0 {
             match &det.proposals {

@@ -215,11 +215,28 @@ impl OpenDetector {
         templates: &[String],
         options: &DetectOptions,
     ) -> anyhow::Result<Vec<Vec<Prediction>>> {
+        self.detect_in(images, None, names, tokenizer, templates, options)
+    }
+
+    /// As [`Self::detect`]; ViLD classifies the given `proposals` per image (input pixels)
+    /// instead of its RPN's when there are some.
+    pub fn detect_in(
+        &self,
+        images: Tensor<4>,
+        proposals: Option<&[Vec<BoxXyxy>]>,
+        names: &[String],
+        tokenizer: &ClipTokenizer,
+        templates: &[String],
+        options: &DetectOptions,
+    ) -> anyhow::Result<Vec<Vec<Prediction>>> {
         match self {
             OpenDetector::Vild(model, clip) => {
                 let device = images.device();
                 let embeddings = class_text_embeddings(|t| clip.encode_text(t, true), tokenizer, names, templates, &device)?;
-                Ok(model.detect(images, embeddings, options))
+                Ok(match proposals {
+                    Some(proposals) => model.detect_in_proposals(images, proposals, embeddings, options),
+                    None => model.detect(images, embeddings, options),
+                })
             }
             OpenDetector::Glip(model) => {
                 let batch = images.dims()[0];
@@ -298,10 +315,13 @@ fn load_checkpoint<M: Module>(model: M, checkpoint: Option<&Path>) -> anyhow::Re
 }
 
 /// COCO-style AP of `detector` on `batcher`'s dataset over all its categories, with AP over
-/// the base and the novel categories of `split`.
+/// the base and the novel categories of `split`; ViLD classifies `proposals` (per image of the
+/// dataset) when given.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_detection(
     detector: &OpenDetector,
     batcher: &DetectionBatcher,
+    proposals: Option<&[Vec<BoxXyxy>]>,
     tokenizer: &ClipTokenizer,
     split: &CategorySplit,
     det: &DetectionSection,
@@ -319,7 +339,8 @@ pub fn evaluate_detection(
             continue;
         }
         let images = stack_images(&batch.samples.iter().map(|s| s.image.clone()).collect::<Vec<_>>(), device)?;
-        let predicted = detector.detect(images, &names, tokenizer, &det.templates, &options)?;
+        let given: Option<Vec<Vec<BoxXyxy>>> = proposals.map(|all| batch.rows.iter().map(|&r| all[r].clone()).collect());
+        let predicted = detector.detect_in(images, given.as_deref(), &names, tokenizer, &det.templates, &options)?;
         for (&row, predictions) in batch.rows.iter().zip(predicted) {
             let record = &dataset.images[row];
             for annotation in &record.annotations {
@@ -356,6 +377,24 @@ fn scale_box(bbox: &BoxXyxy, record: &ImageRecord, size: usize, flip: bool) -> B
     if flip { [size as f32 - x2, y1, size as f32 - x1, y2] } else { [x1, y1, x2, y2] }
 }
 
+/// The top `per_image` proposals of `detection.proposals` for each image of `dataset`, in
+/// network-input pixels.
+fn file_proposals(dataset: &CocoDataset, det: &DetectionSection, per_image: usize) -> anyhow::Result<Vec<Vec<BoxXyxy>>> {
+    let file = det.proposals.as_deref().context("detection.proposals is not set")?;
+    let proposals = read_proposals(file, dataset)?;
+    Ok(proposals
+        .iter()
+        .zip(&dataset.images)
+        .map(|(boxes, record)| boxes.iter().take(per_image).map(|b| scale_box(b, record, det.image_size, false)).collect())
+        .collect())
+}
+
+/// Boxes of the network input mirrored horizontally with `flip`.
+fn mirrored(boxes: &[BoxXyxy], flip: bool, size: usize) -> Vec<BoxXyxy> {
+    let size = size as f32;
+    boxes.iter().map(|b| if flip { [size - b[2], b[1], size - b[0], b[3]] } else { *b }).collect()
+}
+
 /// The CLIP embeddings ViLD-image distills: for each training image its top proposals (input
 /// pixels) and their crop embeddings, row-aligned.
 struct DistillTargets {
@@ -369,14 +408,7 @@ impl DistillTargets {
     /// Reads the proposals, then the crop embeddings from `cache` when it matches them,
     /// computing (with `clip`, in batches) and caching them otherwise.
     fn load(clip: &Clip, batcher: &DetectionBatcher, det: &DetectionSection, cache: &Path, batch_size: usize, device: &Device) -> anyhow::Result<Self> {
-        let dataset = batcher.dataset();
-        let file = det.proposals.as_deref().context("detection.proposals is needed for ViLD-image")?;
-        let proposals = read_proposals(file, dataset)?;
-        let boxes: Vec<Vec<BoxXyxy>> = proposals
-            .iter()
-            .zip(&dataset.images)
-            .map(|(boxes, record)| boxes.iter().take(det.distill_per_image).map(|b| scale_box(b, record, det.image_size, false)).collect())
-            .collect();
+        let boxes = file_proposals(batcher.dataset(), det, det.distill_per_image)?;
         let mut offsets = vec![0];
         for image in &boxes {
             offsets.push(offsets.last().copied().unwrap_or(0) + image.len());
@@ -421,11 +453,7 @@ impl DistillTargets {
 
     /// The proposals of image `row` (mirrored with `flip`) and the rows of their embeddings.
     fn of(&self, row: usize, flip: bool, size: usize) -> (Vec<BoxXyxy>, &[f32]) {
-        let boxes = self.boxes[row]
-            .iter()
-            .map(|b| if flip { [size as f32 - b[2], b[1], size as f32 - b[0], b[3]] } else { *b })
-            .collect();
-        (boxes, &self.embeddings[self.offsets[row] * self.dim..self.offsets[row + 1] * self.dim])
+        (mirrored(&self.boxes[row], flip, size), &self.embeddings[self.offsets[row] * self.dim..self.offsets[row + 1] * self.dim])
     }
 }
 
@@ -459,6 +487,7 @@ pub(crate) fn train_detection(run: &Run, device: &Device, train_device: &Device)
             } else {
                 None
             };
+            let given = if det.file_proposals { Some(file_proposals(batcher.dataset(), det, det.proposals_per_image)?) } else { None };
             let to_batch = |batch: DetectionBatch| -> anyhow::Result<VildBatch> {
                 let labels = batch
                     .samples
@@ -483,6 +512,9 @@ pub(crate) fn train_detection(run: &Run, device: &Device, train_device: &Device)
                     class_embeddings: class_embeddings.clone(),
                     distill_boxes,
                     distill_targets,
+                    proposals: given.as_ref().map(|given| {
+                        batch.rows.iter().zip(&batch.flipped).map(|(&row, &flip)| mirrored(&given[row], flip, det.image_size)).collect()
+                    }),
                 })
             };
             let fitted = run.fit(&VildObjective::new(&model_config, config.run.seed), model, &batcher, to_batch)?;
@@ -531,7 +563,13 @@ pub(crate) fn train_detection(run: &Run, device: &Device, train_device: &Device)
         other => bail!("train.objective = {other:?} is not a detection method: use \"vild\" or \"glip\""),
     };
     let eval = match &val {
-        Some(val) => Some(evaluate_detection(&fitted_detector, val, &tokenizer, &split, det, config.eval.batch_size, device)?),
+        Some(val) => {
+            let proposals = match (&fitted_detector, det.file_proposals) {
+                (OpenDetector::Vild(..), true) => Some(file_proposals(val.dataset(), det, det.proposals_per_image)?),
+                _ => None,
+            };
+            Some(evaluate_detection(&fitted_detector, val, proposals.as_deref(), &tokenizer, &split, det, config.eval.batch_size, device)?)
+        }
         None => None,
     };
     run.finish(outcome, eval)

@@ -698,6 +698,18 @@ fn vild_learns_the_shapes_and_detects_in_photographs() {
     let cache = out.join("vild_crop_embeddings.safetensors");
     assert!(cache.is_file(), "ViLD-image caches the crop embeddings");
     detect_photographs(&out, &out.join("detected"), "person,cat,rocket,cup");
+
+    // The box head can train and evaluate on the precomputed proposals instead of the RPN's;
+    // the crop embeddings come from the cache given.
+    let fixed = out.join("file-proposals");
+    let cached = format!("detection.distill_cache={}", cache.display());
+    let output = run(&[
+        "train", "configs/vild.toml", "--output", fixed.to_str().unwrap(), "--set", "detection.file_proposals=true",
+        "--set", &cached, "--set", "train.max_steps=2",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("proposals from"), "the cache is reused: {}", stderr(&output));
+    assert!(summary_of(&fixed)["eval"]["ap"].is_number());
 }
 
 #[test]
