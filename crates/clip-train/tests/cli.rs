@@ -746,7 +746,8 @@ fn glip_grounds_the_shapes_and_pseudo_labels_captions() {
     let train = format!("data.train={}", pseudo.display());
     let output = run(&[
         "train", "configs/glip.toml", "--output", retrained.to_str().unwrap(), "--set", &train,
-        "--set", "detection.train_images=datasets/det-shapes/images", "--set", "train.max_steps=2",
+        "--set", "detection.train_images=datasets/det-shapes/images", "--set", "detection.captions=true",
+        "--set", "train.max_steps=2",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
 }
