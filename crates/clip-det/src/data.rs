@@ -13,9 +13,6 @@ use std::path::{Path, PathBuf};
 use clip_core::preprocess::{
     ImageTensorData, Normalize, OPENAI_MEAN, OPENAI_STD, load_image, resize_bicubic,
 };
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::boxes::BoxXyxy;
@@ -433,26 +430,17 @@ impl CocoDataset {
         })
     }
 
-    /// Splits the images at random (seeded) into `(first, rest)` with `round(fraction * n)`
-    /// images in `first`; both keep the file order and all categories.
+    /// Splits off a seeded random `fraction` of the images (see [`clip_core::split_rows`]) as
+    /// `(kept, held_out)`; both keep the file order and all categories.
     pub fn split(self, fraction: f64, seed: u64) -> (Self, Self) {
-        let n = self.images.len();
-        let take = ((fraction.clamp(0.0, 1.0) * n as f64).round() as usize).min(n);
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(seed));
-        let mut in_first = vec![false; n];
-        for &i in &order[..take] {
-            in_first[i] = true;
-        }
-        let (first, rest): (Vec<_>, Vec<_>) =
-            self.images.into_iter().zip(in_first).partition(|(_, f)| *f);
-        let part = |images: Vec<(ImageRecord, bool)>| Self {
+        let (kept, held_out) = clip_core::split_rows(self.images.len(), fraction, seed);
+        let part = |rows: Vec<usize>| Self {
             path: self.path.clone(),
             images_dir: self.images_dir.clone(),
-            images: images.into_iter().map(|(r, _)| r).collect(),
+            images: rows.into_iter().map(|r| self.images[r].clone()).collect(),
             categories: self.categories.clone(),
         };
-        (part(first), part(rest))
+        (part(kept), part(held_out))
     }
 }
 

@@ -224,8 +224,9 @@ fn dataset_split_partitions_images_reproducibly() {
     ids.sort();
     assert_eq!(ids, vec![10, 11]);
     assert_eq!(data.clone().split(0.5, 3), (a, b));
-    let (all, none) = data.split(1.0, 0);
-    assert_eq!((all.images.len(), none.images.len()), (2, 0));
+    // Even a fraction of 1 keeps one image for training.
+    let (kept, held_out) = data.split(1.0, 0);
+    assert_eq!((kept.images.len(), held_out.images.len()), (1, 1));
 }
 
 #[test]

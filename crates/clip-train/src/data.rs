@@ -77,18 +77,12 @@ impl PairTable {
 
     /// Splits off a seeded random `fraction` of the rows as a validation table.
     pub fn split(self, fraction: f64, seed: u64) -> (Self, Self) {
-        let mut order: Vec<usize> = (0..self.pairs.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(seed));
-        let held_out = ((self.pairs.len() as f64 * fraction).round() as usize).clamp(1, self.pairs.len() - 1);
-        let pick = |rows: &[usize]| {
-            let mut rows = rows.to_vec();
-            rows.sort();
-            Self {
-                path: self.path.clone(),
-                pairs: rows.iter().map(|&r| self.pairs[r].clone()).collect(),
-            }
+        let (kept, held_out) = clip_core::split_rows(self.pairs.len(), fraction, seed);
+        let pick = |rows: Vec<usize>| Self {
+            path: self.path.clone(),
+            pairs: rows.into_iter().map(|r| self.pairs[r].clone()).collect(),
         };
-        (pick(&order[held_out..]), pick(&order[..held_out]))
+        (pick(kept), pick(held_out))
     }
 }
 

@@ -4,9 +4,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 
 use super::SegmentationDataError;
 
@@ -180,19 +177,12 @@ impl SegmentationTable {
     /// Splits off a seeded random `fraction` of the samples (at least one, and leaving at
     /// least one when there are two or more) as a second table; both keep the original order.
     pub fn split(self, fraction: f64, seed: u64) -> (Self, Self) {
-        let count = self.samples.len();
-        let mut order: Vec<usize> = (0..count).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(seed));
-        let held_out = ((count as f64 * fraction).round() as usize).clamp(1, count.saturating_sub(1).max(1));
-        let pick = |rows: &[usize]| {
-            let mut rows = rows.to_vec();
-            rows.sort_unstable();
-            Self {
-                path: self.path.clone(),
-                samples: rows.iter().map(|&r| self.samples[r].clone()).collect(),
-            }
+        let (kept, held_out) = clip_core::split_rows(self.samples.len(), fraction, seed);
+        let pick = |rows: Vec<usize>| Self {
+            path: self.path.clone(),
+            samples: rows.into_iter().map(|r| self.samples[r].clone()).collect(),
         };
-        (pick(&order[held_out..]), pick(&order[..held_out]))
+        (pick(kept), pick(held_out))
     }
 }
 

@@ -5,9 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use clip_core::preprocess::{EvalTransform, ImageTensorData};
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde::Deserialize;
 
 use super::{FrameSampler, VideoDataError, VideoSource, load_clip};
@@ -202,19 +200,12 @@ impl VideoTable {
     /// Splits off a seeded random `fraction` of the videos (at least one, and leaving at least
     /// one when there are two or more) as a second table; both keep the original order.
     pub fn split(self, fraction: f64, seed: u64) -> (Self, Self) {
-        let count = self.videos.len();
-        let mut order: Vec<usize> = (0..count).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(seed));
-        let held_out = ((count as f64 * fraction).round() as usize).clamp(1, count.saturating_sub(1).max(1));
-        let pick = |rows: &[usize]| {
-            let mut rows = rows.to_vec();
-            rows.sort_unstable();
-            Self {
-                path: self.path.clone(),
-                videos: rows.iter().map(|&r| self.videos[r].clone()).collect(),
-            }
+        let (kept, held_out) = clip_core::split_rows(self.videos.len(), fraction, seed);
+        let pick = |rows: Vec<usize>| Self {
+            path: self.path.clone(),
+            videos: rows.into_iter().map(|r| self.videos[r].clone()).collect(),
         };
-        (pick(&order[held_out..]), pick(&order[..held_out]))
+        (pick(kept), pick(held_out))
     }
 
     /// [`load_clip`] of video `index`; errors name this table and the video's line.
