@@ -344,7 +344,7 @@ pub fn evaluate_detection(
         for (&row, predictions) in batch.rows.iter().zip(predicted) {
             let record = &dataset.images[row];
             for annotation in &record.annotations {
-                let bbox = scale_box(&annotation.bbox, record, det.image_size, false);
+                let bbox = scale_box(&annotation.bbox, record, det.image_size);
                 ground_truth.push(GroundTruthBox { image: row, category: annotation.category, bbox, iscrowd: annotation.iscrowd });
             }
             detections.extend(predictions.into_iter().map(|p| Detection { image: row, category: p.category, bbox: p.bbox, score: p.score }));
@@ -370,11 +370,10 @@ pub fn evaluate_detection(
     }))
 }
 
-/// A box of `record` (its own pixels) in the `size x size` network input, mirrored with `flip`.
-fn scale_box(bbox: &BoxXyxy, record: &ImageRecord, size: usize, flip: bool) -> BoxXyxy {
+/// A box of `record` (its own pixels) in the `size x size` network input.
+fn scale_box(bbox: &BoxXyxy, record: &ImageRecord, size: usize) -> BoxXyxy {
     let (sx, sy) = (size as f32 / record.width as f32, size as f32 / record.height as f32);
-    let [x1, y1, x2, y2] = [bbox[0] * sx, bbox[1] * sy, bbox[2] * sx, bbox[3] * sy];
-    if flip { [size as f32 - x2, y1, size as f32 - x1, y2] } else { [x1, y1, x2, y2] }
+    [bbox[0] * sx, bbox[1] * sy, bbox[2] * sx, bbox[3] * sy]
 }
 
 /// The top `per_image` proposals of `detection.proposals` for each image of `dataset`, in
@@ -385,7 +384,7 @@ fn file_proposals(dataset: &CocoDataset, det: &DetectionSection, per_image: usiz
     Ok(proposals
         .iter()
         .zip(&dataset.images)
-        .map(|(boxes, record)| boxes.iter().take(per_image).map(|b| scale_box(b, record, det.image_size, false)).collect())
+        .map(|(boxes, record)| boxes.iter().take(per_image).map(|b| scale_box(b, record, det.image_size)).collect())
         .collect())
 }
 
