@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::boxes::{BoxXyxy, area, iou};
+use crate::boxes::BoxXyxy;
 
 /// COCO's `maxDets`: detections kept per image and category, the highest scored.
 pub const MAX_DETECTIONS: usize = 100;
@@ -76,21 +76,40 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| sum / n as f64)
 }
 
-/// IoU threshold `t` of COCO's `np.linspace(0.5, 0.95, 10)`.
-fn threshold(t: usize) -> f64 {
-    0.5 + 0.05 * t as f64
+/// Element `i` of numpy's `np.linspace(start, stop, num)`, bit for bit: COCO's thresholds and
+/// recall points come from it, and `i / 100` differs from `np.linspace(0, 1, 101)[i]` in the
+/// last bit for ten of the points, enough to flip a recall that lands exactly on one.
+fn linspace(start: f64, stop: f64, num: usize, i: usize) -> f64 {
+    if i + 1 == num {
+        stop
+    } else {
+        i as f64 * ((stop - start) / (num - 1) as f64) + start
+    }
 }
 
-/// Overlap of a detection with a ground-truth box; for crowd boxes, the intersection over the
-/// detection's area.
+/// IoU threshold `t` of COCO's `np.linspace(0.5, 0.95, 10)`.
+fn threshold(t: usize) -> f64 {
+    linspace(0.5, 0.95, THRESHOLDS, t)
+}
+
+/// Overlap of a detection with a ground-truth box, in double precision as pycocotools'
+/// `bbIou`; for crowd boxes, the intersection over the detection's area.
 fn overlap(detection: &BoxXyxy, gt: &GroundTruthBox) -> f64 {
-    if !gt.iscrowd {
-        return f64::from(iou(detection, &gt.bbox));
+    let [dx1, dy1, dx2, dy2] = detection.map(f64::from);
+    let [gx1, gy1, gx2, gy2] = gt.bbox.map(f64::from);
+    let w = dx2.min(gx2) - dx1.max(gx1);
+    let h = dy2.min(gy2) - dy1.max(gy1);
+    if w <= 0.0 || h <= 0.0 {
+        return 0.0;
     }
-    let w = (detection[2].min(gt.bbox[2]) - detection[0].max(gt.bbox[0])).max(0.0);
-    let h = (detection[3].min(gt.bbox[3]) - detection[1].max(gt.bbox[1])).max(0.0);
-    let a = area(detection);
-    if a > 0.0 { f64::from(w * h / a) } else { 0.0 }
+    let intersection = w * h;
+    let detection_area = (dx2 - dx1) * (dy2 - dy1);
+    let union = if gt.iscrowd {
+        detection_area
+    } else {
+        detection_area + (gx2 - gx1) * (gy2 - gy1) - intersection
+    };
+    intersection / union
 }
 
 /// What a detection counts as at one IoU threshold.
@@ -168,7 +187,7 @@ fn interpolated_ap(outcomes: &[Outcome], positives: usize) -> f64 {
     }
     let total: f64 = (0..RECALL_POINTS)
         .map(|r| {
-            let point = r as f64 / (RECALL_POINTS - 1) as f64;
+            let point = linspace(0.0, 1.0, RECALL_POINTS, r);
             let first = recall.partition_point(|&x| x < point);
             precision.get(first).copied().unwrap_or(0.0)
         })
