@@ -476,14 +476,7 @@ impl RunConfig {
     /// split off the training table), read from disk.
     pub fn tables(&self) -> Result<(PairTable, Option<PairTable>), DataError> {
         let train = PairTable::read(&self.data.train, &self.data)?;
-        if let Some(val) = &self.data.val {
-            return Ok((train, Some(PairTable::read(val, &self.data)?)));
-        }
-        if self.data.val_fraction > 0.0 && train.pairs.len() > 1 {
-            let (train, val) = train.split(self.data.val_fraction, self.run.seed);
-            return Ok((train, Some(val)));
-        }
-        Ok((train, None))
+        self.with_validation(train, |val| PairTable::read(val, &self.data))
     }
 
     /// Reads `path`, layers `CLIPFORGE_<SECTION>__<KEY>` environment variables and `overrides`

@@ -123,21 +123,17 @@ fn images_dir(json: &Path, images: Option<&PathBuf>) -> PathBuf {
 pub fn detection_datasets(config: &RunConfig) -> anyhow::Result<(CocoDataset, Option<CocoDataset>)> {
     let det = section(config)?;
     let train = CocoDataset::read(&config.data.train, &images_dir(&config.data.train, det.train_images.as_ref()))?;
-    if let Some(val) = &config.data.val {
-        let val = CocoDataset::read(val, &images_dir(val, det.val_images.as_ref()))?;
+    let train_ids: Vec<u64> = train.categories.iter().map(|c| c.id).collect();
+    config.with_validation(train, |path| {
+        let val = CocoDataset::read(path, &images_dir(path, det.val_images.as_ref()))?;
         anyhow::ensure!(
-            val.categories.iter().map(|c| c.id).eq(train.categories.iter().map(|c| c.id)),
+            val.categories.iter().map(|c| c.id).eq(train_ids.iter().copied()),
             "{} and {} list different categories",
             config.data.train.display(),
-            config.data.val.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+            path.display()
         );
-        return Ok((train, Some(val)));
-    }
-    if config.data.val_fraction > 0.0 && train.images.len() > 1 {
-        let (train, val) = train.split(config.data.val_fraction, config.run.seed);
-        return Ok((train, Some(val)));
-    }
-    Ok((train, None))
+        Ok(val)
+    })
 }
 
 /// The base/novel split of `[detection]`: the `novel` names, plus LVIS rare categories with

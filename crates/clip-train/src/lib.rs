@@ -19,4 +19,5 @@ pub mod objectives;
 pub mod segment;
 pub mod segmentation;
 pub mod trainer;
+pub mod validation;
 pub mod video;

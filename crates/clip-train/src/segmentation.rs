@@ -176,14 +176,7 @@ pub fn segmentation_tables(config: &RunConfig) -> anyhow::Result<(SegmentationTa
         })
     };
     let train = read(&config.data.train, seg.train_masks.as_ref(), seg.train_list.as_ref())?;
-    if let Some(val) = &config.data.val {
-        return Ok((train, Some(read(val, seg.val_masks.as_ref(), seg.val_list.as_ref())?)));
-    }
-    if config.data.val_fraction > 0.0 && train.samples.len() > 1 {
-        let (train, val) = train.split(config.data.val_fraction, config.run.seed);
-        return Ok((train, Some(val)));
-    }
-    Ok((train, None))
+    config.with_validation(train, |val| read(val, seg.val_masks.as_ref(), seg.val_list.as_ref()))
 }
 
 /// mIoU, per-label IoU and pixel accuracy of `segmenter` on the table of `batcher`.

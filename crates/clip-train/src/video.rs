@@ -159,14 +159,7 @@ fn read_table(path: &Path, video: &VideoSection, labelled: bool) -> anyhow::Resu
 fn video_tables(config: &RunConfig, labelled: bool) -> anyhow::Result<(VideoTable, Option<VideoTable>)> {
     let video = section(config)?;
     let train = read_table(&config.data.train, video, labelled)?;
-    if let Some(val) = &config.data.val {
-        return Ok((train, Some(read_table(val, video, labelled)?)));
-    }
-    if config.data.val_fraction > 0.0 && train.videos.len() > 1 {
-        let (train, val) = train.split(config.data.val_fraction, config.run.seed);
-        return Ok((train, Some(val)));
-    }
-    Ok((train, None))
+    config.with_validation(train, |val| read_table(val, video, labelled))
 }
 
 /// Frames `[B, T, 3, H, W]` of a chunk of clips, their texts and their table rows.
