@@ -402,6 +402,9 @@ pub struct TrainSection {
     pub grad_clip_norm: f64,
     /// Parameter path prefixes to freeze (`visual` locks the image tower as in LiT).
     pub freeze: Vec<String>,
+    /// Parameters with their own peak learning rate (a pretrained backbone slower than new
+    /// heads); later groups win where prefixes overlap.
+    pub lr_groups: Vec<LrGroup>,
     /// Write a checkpoint every this many steps (0: only at the end).
     pub checkpoint_every: usize,
     /// Checkpoints to keep.
@@ -431,12 +434,24 @@ impl Default for TrainSection {
             schedule: "cosine".into(),
             grad_clip_norm: 0.0,
             freeze: Vec::new(),
+            lr_groups: Vec::new(),
             checkpoint_every: 0,
             keep_checkpoints: 2,
             log_every: 10,
             max_steps: 0,
         }
     }
+}
+
+/// `[[train.lr_groups]]`: parameters trained at their own peak learning rate, which follows
+/// the run's warm-up and schedule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrGroup {
+    /// Parameter path prefixes, as `train.freeze` (`clip` is the whole CLIP of CLIP4Clip).
+    pub prefixes: Vec<String>,
+    /// Peak learning rate of these parameters.
+    pub lr: f64,
 }
 
 /// `[eval]`: zero-shot classification and retrieval on the validation table.
@@ -675,6 +690,14 @@ impl RunConfig {
         ];
         if let Some((_, message)) = checks.into_iter().find(|(ok, _)| !ok) {
             return Err(message);
+        }
+        for (i, group) in t.lr_groups.iter().enumerate() {
+            if !(group.lr.is_finite() && group.lr >= 0.0) {
+                return Err(format!("train.lr_groups[{i}].lr = {} must not be negative", group.lr));
+            }
+            if group.prefixes.is_empty() || group.prefixes.iter().any(|p| p.is_empty()) {
+                return Err(format!("train.lr_groups[{i}].prefixes must list non-empty parameter path prefixes"));
+            }
         }
         match t.objective.as_str() {
             "contrastive" => {}

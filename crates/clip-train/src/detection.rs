@@ -23,7 +23,8 @@ use clip_det::vild::{Vild, VildBatch, VildConfig, VildObjective, crop_embeddings
 
 use crate::config::{DetectionSection, RunConfig};
 use crate::data::{BatchSource, DataError, LoadedBatch, load_on_workers, sample_rng};
-use crate::trainer::{Run, Summary, freeze, load_model};
+use crate::params::freeze;
+use crate::trainer::{Run, Summary, load_model};
 
 /// Images and boxes of one batch, ready to become tensors.
 #[derive(Debug)]

@@ -16,6 +16,7 @@ pub mod embeddings_file;
 pub mod eval;
 pub mod lr;
 pub mod objectives;
+pub mod params;
 pub mod segment;
 pub mod segmentation;
 pub mod trainer;

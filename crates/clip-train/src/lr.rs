@@ -1,6 +1,13 @@
 //! The learning-rate schedule: linear warm-up, then cosine decay to zero or a constant rate
 //! (open_clip's `cosine_lr` and `const_lr`), as a pure function of the step so that resuming
-//! needs nothing but the step.
+//! needs nothing but the step; parameter groups (`train.lr_groups`) follow it scaled to their
+//! own peak rate.
+
+use burn::module::{Module, ParamGroup};
+use burn::optim::lr_scheduler::module_lr_scheduler::{ModuleLearningRate, ModuleLrScheduler};
+
+use crate::config::TrainSection;
+use crate::params::prefix_group;
 
 /// Learning rate at `step` (0-based) of `total` steps.
 pub fn learning_rate(base: f64, step: usize, warmup: usize, total: usize, cosine: bool) -> f64 {
@@ -15,9 +22,44 @@ pub fn learning_rate(base: f64, step: usize, warmup: usize, total: usize, cosine
     0.5 * (1.0 + (std::f64::consts::PI * progress).cos()) * base
 }
 
+/// Each parameter's learning rate: `train.lr`'s schedule, and for the parameters of each
+/// `train.lr_groups` entry the same schedule scaled to that entry's peak.
+pub struct LrPolicy {
+    base: f64,
+    groups: Vec<(ParamGroup, f64)>,
+}
+
+impl LrPolicy {
+    /// The policy of `train` for `model`; a group prefix that names no parameter is an error.
+    pub fn new<M: Module>(model: &M, train: &TrainSection) -> anyhow::Result<Self> {
+        let groups = train
+            .lr_groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| Ok((prefix_group(model, &g.prefixes, &format!("train.lr_groups[{i}].prefixes"))?, g.lr)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { base: train.lr, groups })
+    }
+
+    /// The rates when the base schedule is at `lr`.
+    pub fn at(&self, lr: f64) -> ModuleLearningRate {
+        let scale = lr / self.base;
+        self.groups
+            .iter()
+            .fold(ModuleLrScheduler::new(lr), |policy, (group, peak)| policy.with_group(group.clone(), peak * scale))
+            .step()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::learning_rate;
+    use burn::module::Param;
+    use burn::optim::{GradientsParams, SgdConfig};
+    use burn::tensor::{Device, Tensor};
+
+    use super::*;
+    use crate::config::LrGroup;
+    use crate::params::tests::{TwoLayers, two_layers};
 
     #[test]
     fn warms_up_linearly_then_follows_a_half_cosine() {
@@ -27,5 +69,46 @@ mod tests {
         assert!((learning_rate(1.0, 54, 4, 104, true) - 0.5).abs() < 1e-12);
         assert!(learning_rate(1.0, 103, 4, 104, true) < 1e-3);
         assert_eq!(learning_rate(2.0, 50, 4, 104, false), 2.0);
+    }
+
+    /// How far one plain SGD step with unit gradients moves `param`: its learning rate.
+    fn moved(before: &Param<Tensor<2>>, after: &Param<Tensor<2>>) -> f32 {
+        (before.val() - after.val()).abs().max().into_scalar::<f32>()
+    }
+
+    #[test]
+    fn groups_train_at_their_own_scaled_rate() {
+        let device = Device::flex().autodiff();
+        let model = two_layers(&device);
+        let train = TrainSection {
+            lr: 0.1,
+            lr_groups: vec![LrGroup {
+                prefixes: vec!["backbone".into()],
+                lr: 0.001,
+            }],
+            ..TrainSection::default()
+        };
+        let policy = LrPolicy::new(&model, &train).unwrap();
+        let loss = model.backbone.weight.val().sum() + model.head.weight.val().sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut optimizer = SgdConfig::new().init();
+        // Halfway down the schedule, both rates are halved.
+        let stepped: TwoLayers = optimizer.step(policy.at(0.05), model.clone(), grads);
+        assert!((moved(&model.head.weight, &stepped.head.weight) - 0.05).abs() < 1e-6);
+        assert!((moved(&model.backbone.weight, &stepped.backbone.weight) - 0.0005).abs() < 1e-7);
+    }
+
+    #[test]
+    fn a_group_naming_no_parameter_is_an_error() {
+        let model = two_layers(&Device::flex());
+        let train = TrainSection {
+            lr_groups: vec![LrGroup {
+                prefixes: vec!["clip".into()],
+                lr: 1e-7,
+            }],
+            ..TrainSection::default()
+        };
+        let error = LrPolicy::new(&model, &train).err().unwrap().to_string();
+        assert!(error.starts_with("train.lr_groups[0].prefixes: \"clip\" names no parameter"), "{error}");
     }
 }

@@ -20,7 +20,8 @@ use crate::checkpoint::Checkpoints;
 use crate::embeddings_file::read_lines;
 use crate::config::{RunConfig, SegmentationSection};
 use crate::data::{BatchSource, DataError, LoadedBatch, Pair, PairBatch, PairTable, load_on_workers, sample_rng};
-use crate::trainer::{Run, Summary, freeze, load_model};
+use crate::params::freeze;
+use crate::trainer::{Run, Summary, load_model};
 
 /// Images and masks of one batch, ready to become tensors.
 #[derive(Debug)]

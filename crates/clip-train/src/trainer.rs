@@ -25,11 +25,12 @@ use crate::config::RunConfig;
 use crate::data::{BatchSource, Batcher, LoadedBatch, PairBatch, PairTable, Schedule, Transform, prefetch};
 use crate::embeddings_file::write_embeddings;
 use crate::eval::{class_indices, class_names, evaluate, templates};
-use crate::lr::learning_rate;
+use crate::lr::{LrPolicy, learning_rate};
 use crate::objectives::{
     ContrastiveBatch, ContrastiveLoss, ContrastiveObjective, DistillationBatch, DistillationLoss, DistillationObjective, ImageClassifier,
     LabelledBatch, SupervisedObjective,
 };
+use crate::params::freeze;
 
 /// Parameters open_clip trains without weight decay: every one-dimensional parameter.
 const NO_WEIGHT_DECAY: &str = r"(\.bias|\.gamma|\.beta|class_embedding|logit_scale)$";
@@ -240,16 +241,6 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
 }
 
 /// Freezes the parameters under each path prefix of `prefixes`.
-pub(crate) fn freeze<M: Module>(model: M, prefixes: &[String]) -> anyhow::Result<M> {
-    if prefixes.is_empty() {
-        return Ok(model);
-    }
-    let escaped: Vec<String> = prefixes.iter().map(|p| p.replace('.', r"\.")).collect();
-    let group = ParamGroup::from_regex(format!(r"^({})(\.|$)", escaped.join("|")))
-        .map_err(|e| anyhow::anyhow!("train.freeze: {e:?}"))?;
-    Ok(model.freeze_group(group))
-}
-
 pub(crate) fn train_batcher(config: &RunConfig, table: PairTable, tokenizer: &ClipTokenizer, image_size: usize) -> anyhow::Result<Batcher> {
     let transform = TrainTransformConfig::new()
         .with_image_size(image_size)
@@ -400,6 +391,8 @@ impl Run<'_> {
         let no_decay = ParamGroup::from_regex(NO_WEIGHT_DECAY).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let mut optimizer: ModuleOptimizer = adamw.init().with_group(no_decay, adamw.with_weight_decay(0.0).build(), None);
 
+        let lr_policy = LrPolicy::new(&model, t)?;
+
         let checkpoints = Checkpoints::new(output, t.keep_checkpoints);
         let mut state = TrainState::default();
         if self.resume {
@@ -502,7 +495,7 @@ impl Run<'_> {
                 clip_global_norm(&model, &mut grads, t.grad_clip_norm);
             }
             let lr = learning_rate(t.lr, step, t.warmup_steps, total_steps, t.schedule == "cosine");
-            model = objective.after_update(optimizer.step(lr, model, grads));
+            model = objective.after_update(optimizer.step(lr_policy.at(lr), model, grads));
 
             state.step = step + 1;
             state.samples += samples;

@@ -18,7 +18,8 @@ use rand::Rng;
 
 use crate::config::{RunConfig, VideoSection};
 use crate::data::{BatchSource, DataError, LoadedBatch, load_on_workers, sample_rng};
-use crate::trainer::{Run, Summary, freeze, load_model};
+use crate::params::freeze;
+use crate::trainer::{Run, Summary, load_model};
 
 /// Temperature of the dual softmax at inference (CAMoE's and CLIP4Clip's follow-ups' value).
 const DUAL_SOFTMAX_TEMPERATURE: f64 = 0.01;

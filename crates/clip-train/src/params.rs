@@ -1,0 +1,102 @@
+//! Parameters named by path prefixes, as `train.freeze` and `train.lr_groups` take them:
+//! `visual` is every parameter of the image tower, `visual.transformer.resblocks.0` one block.
+
+use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
+use burn::tensor::Tensor;
+
+/// The parameters under any of `prefixes`. Each prefix must name at least one parameter of
+/// `model`, so that a typo is an error rather than a silent no-op; `key` (the config key)
+/// heads the error.
+pub fn prefix_group<M: Module>(model: &M, prefixes: &[String], key: &str) -> anyhow::Result<ParamGroup> {
+    let paths = parameter_paths(model);
+    for prefix in prefixes {
+        if !paths.iter().any(|path| under(path, prefix)) {
+            let mut top: Vec<&str> = paths.iter().map(|p| p.split('.').next().unwrap_or(p)).collect();
+            top.dedup();
+            anyhow::bail!("{key}: {prefix:?} names no parameter of the model (its top-level modules: {})", top.join(", "));
+        }
+    }
+    let escaped: Vec<String> = prefixes.iter().map(|p| p.replace('.', r"\.")).collect();
+    ParamGroup::from_regex(format!(r"^({})(\.|$)", escaped.join("|"))).map_err(|e| anyhow::anyhow!("{key}: {e:?}"))
+}
+
+/// `model` with the parameters under `prefixes` (`train.freeze`) frozen.
+pub fn freeze<M: Module>(model: M, prefixes: &[String]) -> anyhow::Result<M> {
+    if prefixes.is_empty() {
+        return Ok(model);
+    }
+    let group = prefix_group(&model, prefixes, "train.freeze")?;
+    Ok(model.freeze_group(group))
+}
+
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
+/// Dot-joined paths of the float parameters of `model`, in module order.
+pub fn parameter_paths<M: Module>(model: &M) -> Vec<String> {
+    #[derive(Default)]
+    struct Paths {
+        stack: Vec<String>,
+        found: Vec<String>,
+    }
+    impl ModuleVisitor for Paths {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.stack.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.stack.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<D>>) {
+            self.found.push(self.stack.join("."));
+        }
+    }
+    let mut paths = Paths::default();
+    model.visit(&mut paths);
+    paths.found
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::Device;
+
+    use super::*;
+
+    /// Two linear layers, `backbone` and `head`.
+    #[derive(Module, Debug)]
+    pub(crate) struct TwoLayers {
+        pub backbone: Linear,
+        pub head: Linear,
+    }
+
+    pub(crate) fn two_layers(device: &Device) -> TwoLayers {
+        TwoLayers {
+            backbone: LinearConfig::new(2, 2).init(device),
+            head: LinearConfig::new(2, 1).init(device),
+        }
+    }
+
+    #[test]
+    fn paths_name_every_parameter() {
+        let paths = parameter_paths(&two_layers(&Device::flex()));
+        assert_eq!(paths, ["backbone.weight", "backbone.bias", "head.weight", "head.bias"]);
+    }
+
+    #[test]
+    fn prefixes_match_whole_path_segments_and_typos_are_errors() {
+        let model = two_layers(&Device::flex());
+        assert!(under("backbone.weight", "backbone") && under("backbone.weight", "backbone.weight"));
+        assert!(!under("backbone.weight", "back") && !under("backbone.weight", "backbone.w"));
+        let error = prefix_group(&model, &["head".into(), "heads".into()], "train.freeze").unwrap_err().to_string();
+        assert!(error.contains("train.freeze: \"heads\" names no parameter") && error.contains("backbone, head"), "{error}");
+    }
+
+    #[test]
+    fn freeze_stops_only_the_named_parameters() {
+        let device = Device::flex().autodiff();
+        let model = freeze(two_layers(&device), &["backbone".into()]).unwrap();
+        assert!(!model.backbone.weight.is_require_grad() && !model.backbone.bias.as_ref().unwrap().is_require_grad());
+        assert!(model.head.weight.is_require_grad());
+    }
+}
