@@ -13,6 +13,7 @@ pub mod model;
 pub mod objective;
 pub mod preprocess;
 pub mod split;
+pub mod table;
 pub mod text;
 pub mod tokenizer;
 pub mod transformer;

@@ -6,6 +6,7 @@ use std::sync::mpsc::{Receiver, sync_channel};
 
 use clip_core::ClipTokenizer;
 use clip_core::preprocess::{EvalTransform, ImageTensorData, TrainTransform, load_image};
+use clip_core::table::read_columns;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -50,7 +51,7 @@ pub struct DataError {
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff", "pnm", "ppm", "pgm"];
 
 impl PairTable {
-    /// Reads a table: a `.tsv` (tab-separated) or `.csv` (comma-separated) file with a header
+    /// Reads a table: a `.tsv` (tab-separated, unquoted) or `.csv` (comma-separated) file with a header
     /// row naming the configured columns, a `.jsonl` file of objects with those keys, or a
     /// folder with one subfolder of images per class (captions `caption_template` filled with
     /// the class name, labels the class names).
@@ -87,45 +88,23 @@ impl PairTable {
 }
 
 fn read_delimited(path: &Path, data: &DataSection) -> Result<Vec<Pair>, DataError> {
-    let error = |line: Option<usize>, message: String| DataError {
-        path: path.to_path_buf(),
-        line,
-        message,
-    };
-    let delimiter = if path.extension().is_some_and(|e| e == "tsv") { b'\t' } else { b',' };
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .from_path(path)
-        .map_err(|e| error(None, e.to_string()))?;
-    let headers = reader.headers().map_err(|e| error(Some(1), e.to_string()))?.clone();
-    let column = |name: &str| {
-        headers.iter().position(|h| h == name).ok_or_else(|| {
-            let found: Vec<&str> = headers.iter().collect();
-            error(Some(1), format!("no column {name:?} (columns: {})", found.join(", ")))
-        })
-    };
-    let image_column = column(&data.image_column)?;
-    let caption_column = column(&data.caption_column)?;
-    let label_column = data.label_column.as_deref().map(column).transpose()?;
+    let mut columns = vec![data.image_column.as_str(), data.caption_column.as_str()];
+    columns.extend(data.label_column.as_deref());
+    let rows = read_columns(path, &columns).map_err(|e| DataError {
+        path: e.path,
+        line: e.line,
+        message: e.message,
+    })?;
     let folder = path.parent().unwrap_or(Path::new("."));
-    let mut pairs = Vec::new();
-    for (index, record) in reader.records().enumerate() {
-        let line = index + 2;
-        let record = record.map_err(|e| error(Some(line), e.to_string()))?;
-        let field = |column: usize, name: &str| {
-            record
-                .get(column)
-                .map(str::to_string)
-                .ok_or_else(|| error(Some(line), format!("missing {name:?} field")))
-        };
-        pairs.push(Pair {
-            image: folder.join(field(image_column, &data.image_column)?),
-            caption: field(caption_column, &data.caption_column)?,
-            label: label_column.map(|c| field(c, "label")).transpose()?,
+    Ok(rows
+        .into_iter()
+        .map(|(line, mut values)| Pair {
+            label: (values.len() == 3).then(|| values.remove(2)),
+            caption: values.remove(1),
+            image: folder.join(&values[0]),
             line,
-        });
-    }
-    Ok(pairs)
+        })
+        .collect())
 }
 
 fn read_jsonl(path: &Path, data: &DataSection) -> Result<Vec<Pair>, DataError> {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use clip_core::table::read_columns;
 
 use super::SegmentationDataError;
 
@@ -55,46 +56,22 @@ pub struct SegmentationTable {
 }
 
 impl SegmentationTable {
-    /// Reads a `.tsv` (tab-separated) or other (comma-separated) table with a header row
-    /// naming `columns`; paths are relative to the table's folder.
+    /// Reads a `.tsv` (tab-separated, unquoted) or other (comma-separated) table with a header
+    /// row naming `columns`; paths are relative to the table's folder.
     pub fn read(path: &Path, columns: &SegmentationColumns) -> Result<Self, SegmentationDataError> {
-        let error = |line: Option<usize>, message: String| SegmentationDataError::table(path, line, message);
-        let delimiter = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("tsv")) {
-            b'\t'
-        } else {
-            b','
-        };
-        let mut reader = csv::ReaderBuilder::new()
-            .delimiter(delimiter)
-            .from_path(path)
-            .map_err(|e| error(None, e.to_string()))?;
-        let headers = reader.headers().map_err(|e| error(Some(1), e.to_string()))?.clone();
-        let column = |name: &str| {
-            headers.iter().position(|h| h == name).ok_or_else(|| {
-                let found: Vec<&str> = headers.iter().collect();
-                error(Some(1), format!("no column {name:?} (columns: {})", found.join(", ")))
-            })
-        };
-        let image_column = column(columns.image)?;
-        let mask_column = column(columns.mask)?;
-        let caption_column = columns.caption.map(column).transpose()?;
+        let mut names = vec![columns.image, columns.mask];
+        names.extend(columns.caption);
+        let rows = read_columns(path, &names).map_err(|e| SegmentationDataError::table(&e.path, e.line, e.message))?;
         let folder = path.parent().unwrap_or(Path::new("."));
-        let mut samples = Vec::new();
-        for (index, record) in reader.records().enumerate() {
-            let line = index + 2;
-            let record = record.map_err(|e| error(Some(line), e.to_string()))?;
-            let field = |column: usize| record.get(column).unwrap_or_default().to_string();
-            let (image, mask) = (field(image_column), field(mask_column));
-            if image.is_empty() || mask.is_empty() {
-                return Err(error(Some(line), "empty image or mask path".into()));
-            }
-            samples.push(SegmentationSample {
-                image: folder.join(image),
-                mask: folder.join(mask),
-                caption: caption_column.map(field),
+        let samples = rows
+            .into_iter()
+            .map(|(line, mut values)| SegmentationSample {
+                caption: (values.len() == 3).then(|| values.remove(2)),
+                mask: folder.join(&values[1]),
+                image: folder.join(&values[0]),
                 line,
-            });
-        }
+            })
+            .collect();
         Self::new(path, samples)
     }
 

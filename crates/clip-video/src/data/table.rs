@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use clip_core::preprocess::{EvalTransform, ImageTensorData};
+use clip_core::table::read_columns;
 use rand::Rng;
 use serde::Deserialize;
 
@@ -235,39 +236,14 @@ impl VideoTable {
     }
 }
 
-/// Reads the rows of a table with a header naming (at least) `columns`, calling `row` with each
-/// row's 1-based line and its (non-empty) values of `columns`.
+/// Calls `row` with the line and the values of `columns` of every row of the table at `path`.
 fn read_rows<const N: usize>(
     path: &Path,
     columns: [&str; N],
     mut row: impl FnMut(usize, [String; N]),
 ) -> Result<(), VideoDataError> {
-    let error = |line: Option<usize>, message: String| VideoDataError::table(path, line, message);
-    let tsv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("tsv"));
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(if tsv { b'\t' } else { b',' })
-        .quoting(!tsv)
-        .from_path(path)
-        .map_err(|e| error(None, e.to_string()))?;
-    let headers = reader.headers().map_err(|e| error(Some(1), e.to_string()))?.clone();
-    let mut positions = [0; N];
-    for (position, name) in positions.iter_mut().zip(columns) {
-        *position = headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
-            let found: Vec<&str> = headers.iter().collect();
-            error(Some(1), format!("no column {name:?} (columns: {})", found.join(", ")))
-        })?;
-    }
-    for (index, record) in reader.records().enumerate() {
-        let line = index + 2;
-        let record = record.map_err(|e| error(Some(line), e.to_string()))?;
-        let mut values = Vec::with_capacity(N);
-        for (&position, name) in positions.iter().zip(columns) {
-            let value = record.get(position).unwrap_or_default().trim();
-            if value.is_empty() {
-                return Err(error(Some(line), format!("empty {name}")));
-            }
-            values.push(value.to_string());
-        }
+    let rows = read_columns(path, &columns).map_err(|e| VideoDataError::table(&e.path, e.line, e.message))?;
+    for (line, values) in rows {
         row(line, values.try_into().expect("one value per column"));
     }
     Ok(())
