@@ -100,34 +100,51 @@ impl TextTransformer {
         features.matmul(self.text_projection.val().unsqueeze())
     }
 
-    /// Runs the tower and returns its intermediate features. Sequences may be shorter than
-    /// the context length. Pooling takes the first occurrence of the largest id in each row,
-    /// which is the end-of-text token for CLIP's tokenizer (open_clip's `argmax` pooling).
+    /// Runs the tower and returns its intermediate features (see [`causal_text_features`]).
     pub fn forward_features(&self, tokens: Tensor<2, Int>, keep_hidden_states: bool) -> TextFeatures {
-        let [batch, seq] = tokens.dims();
-        let device = tokens.device();
-        let eot = end_of_text_positions(&tokens.to_data());
-        let x = self.token_embedding.forward(tokens);
-        let width = x.dims()[2];
-        let x = x + self
-            .positional_embedding
-            .val()
-            .narrow(0, 0, seq)
-            .unsqueeze();
-        let (x, hidden_states) = if keep_hidden_states {
-            self.transformer.forward_with_hidden_states(x, true)
-        } else {
-            (self.transformer.forward(x, true), Vec::new())
-        };
-        let x = self.ln_final.forward(x);
-        let index = Tensor::<1, Int>::from_data(TensorData::new(eot, [batch]), &device)
-            .reshape([batch, 1, 1])
-            .expand([batch, 1, width]);
-        TextFeatures {
-            pooled: x.clone().gather(1, index).squeeze_dim(1),
-            tokens: x,
-            hidden_states,
-        }
+        causal_text_features(
+            &self.token_embedding,
+            &self.positional_embedding,
+            &self.transformer,
+            &self.ln_final,
+            tokens,
+            keep_hidden_states,
+        )
+    }
+}
+
+/// The body of CLIP-style text towers (CLIP's and GroupViT's): token plus positional embeddings,
+/// the causal transformer, the final norm, and pooling at each row's end-of-text token.
+/// Sequences may be shorter than the context length. Pooling takes the first occurrence of the
+/// largest id in each row, which is the end-of-text token for CLIP's tokenizer (open_clip's
+/// `argmax` pooling).
+pub fn causal_text_features(
+    token_embedding: &Embedding,
+    positional_embedding: &Param<Tensor<2>>,
+    transformer: &Transformer,
+    ln_final: &LayerNorm,
+    tokens: Tensor<2, Int>,
+    keep_hidden_states: bool,
+) -> TextFeatures {
+    let [batch, seq] = tokens.dims();
+    let device = tokens.device();
+    let eot = end_of_text_positions(&tokens.to_data());
+    let x = token_embedding.forward(tokens);
+    let width = x.dims()[2];
+    let x = x + positional_embedding.val().narrow(0, 0, seq).unsqueeze();
+    let (x, hidden_states) = if keep_hidden_states {
+        transformer.forward_with_hidden_states(x, true)
+    } else {
+        (transformer.forward(x, true), Vec::new())
+    };
+    let x = ln_final.forward(x);
+    let index = Tensor::<1, Int>::from_data(TensorData::new(eot, [batch]), &device)
+        .reshape([batch, 1, 1])
+        .expand([batch, 1, width]);
+    TextFeatures {
+        pooled: x.clone().gather(1, index).squeeze_dim(1),
+        tokens: x,
+        hidden_states,
     }
 }
 

@@ -3,8 +3,8 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use clip_core::text::end_of_text_positions;
+use burn::tensor::{Device, Int, Tensor};
+use clip_core::text::causal_text_features;
 use clip_core::transformer::{Transformer, TransformerConfig};
 
 use super::config::GroupVitTextConfig;
@@ -55,20 +55,14 @@ impl GroupVitText {
     /// Token ids `[batch, seq]` (seq at most the context length) to the final-norm features at
     /// each row's end-of-text token (its first largest id): `[batch, width]`.
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<2> {
-        let [batch, seq] = tokens.dims();
-        let device = tokens.device();
-        let eot = end_of_text_positions(&tokens.to_data());
-        let x = self.token_embedding.forward(tokens);
-        let width = x.dims()[2];
-        let x = x + self
-            .positional_embedding
-            .val()
-            .narrow(0, 0, seq)
-            .unsqueeze();
-        let x = self.ln_final.forward(self.transformer.forward(x, true));
-        let index = Tensor::<1, Int>::from_data(TensorData::new(eot, [batch]), &device)
-            .reshape([batch, 1, 1])
-            .expand([batch, 1, width]);
-        x.gather(1, index).squeeze_dim(1)
+        causal_text_features(
+            &self.token_embedding,
+            &self.positional_embedding,
+            &self.transformer,
+            &self.ln_final,
+            tokens,
+            false,
+        )
+        .pooled
     }
 }
