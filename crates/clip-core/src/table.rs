@@ -1,5 +1,6 @@
-//! Tables with a header row, as open_clip's CSV datasets: `.tsv` files are tab-separated and
-//! unquoted (a caption keeps its quotes), any other file is comma-separated with CSV quoting.
+//! Tables with a header row, read as open_clip's `pd.read_csv(sep=...)` reads them: `.tsv`
+//! files are tab-separated, any other file is comma-separated, and both decode CSV quoting (a
+//! field that starts with `"` runs to its closing quote, `""` inside it being one quote).
 
 use std::path::{Path, PathBuf};
 
@@ -29,7 +30,6 @@ pub fn read_columns(path: &Path, columns: &[&str]) -> Result<Vec<TableRow>, Tabl
     let tsv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("tsv"));
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(if tsv { b'\t' } else { b',' })
-        .quoting(!tsv)
         .from_path(path)
         .map_err(|e| error(None, e.to_string()))?;
     let headers = reader.headers().map_err(|e| error(Some(1), e.to_string()))?.clone();
@@ -73,9 +73,9 @@ mod tests {
 
     #[test]
     fn columns_in_the_asked_order_with_lines() {
-        let path = write("a.tsv", "title\tfilepath\textra\n\"a\" dog \t 1.png\tx\ncat\t2.png\ty\n");
+        let path = write("a.tsv", "title\tfilepath\textra\n\"he said \"\"hi\"\"\" \t 1.png\tx\ncat\t2.png\ty\n");
         let rows = read_columns(&path, &["filepath", "title"]).unwrap();
-        assert_eq!(rows, [(2, vec!["1.png".to_string(), "\"a\" dog".to_string()]), (3, vec!["2.png".into(), "cat".into()])]);
+        assert_eq!(rows, [(2, vec!["1.png".to_string(), "he said \"hi\"".to_string()]), (3, vec!["2.png".into(), "cat".into()])]);
         let path = write("b.csv", "filepath,title\n1.png,\"a dog, running\"\n");
         assert_eq!(read_columns(&path, &["title"]).unwrap(), [(2, vec!["a dog, running".to_string()])]);
     }

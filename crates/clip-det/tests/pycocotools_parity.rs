@@ -243,6 +243,7 @@ fn coco_ap_matches_pycocotools() {
         let scene = scene(seed);
         write_coco(&scene, &dir);
         let Some((stats, per_category)) = pycocotools(&dir) else {
+            let _ = std::fs::remove_dir_all(&dir);
             return;
         };
         let categories: Vec<usize> = (0..CATEGORIES).collect();

@@ -448,7 +448,8 @@ impl Default for TrainSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LrGroup {
-    /// Parameter path prefixes, as `train.freeze` (`clip` is the whole CLIP of CLIP4Clip).
+    /// Parameter path prefixes in the trained model, matched as `train.freeze` matches them
+    /// (`clip` is the whole CLIP of CLIP4Clip).
     pub prefixes: Vec<String>,
     /// Peak learning rate of these parameters.
     pub lr: f64,
@@ -693,7 +694,7 @@ impl RunConfig {
         }
         for (i, group) in t.lr_groups.iter().enumerate() {
             if !(group.lr.is_finite() && group.lr >= 0.0) {
-                return Err(format!("train.lr_groups[{i}].lr = {} must not be negative", group.lr));
+                return Err(format!("train.lr_groups[{i}].lr = {} must be a finite, non-negative number", group.lr));
             }
             if group.prefixes.is_empty() || group.prefixes.iter().any(|p| p.is_empty()) {
                 return Err(format!("train.lr_groups[{i}].prefixes must list non-empty parameter path prefixes"));

@@ -51,7 +51,7 @@ pub struct DataError {
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff", "pnm", "ppm", "pgm"];
 
 impl PairTable {
-    /// Reads a table: a `.tsv` (tab-separated, unquoted) or `.csv` (comma-separated) file with a header
+    /// Reads a table: a `.tsv` (tab-separated) or `.csv` (comma-separated) file with a header
     /// row naming the configured columns, a `.jsonl` file of objects with those keys, or a
     /// folder with one subfolder of images per class (captions `caption_template` filled with
     /// the class name, labels the class names).
@@ -119,12 +119,10 @@ fn read_jsonl(path: &Path, data: &DataSection) -> Result<Vec<Pair>, DataError> {
     for (index, json) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let line = index + 1;
         let value: serde_json::Value = serde_json::from_str(json).map_err(|e| error(Some(line), e.to_string()))?;
-        let field = |key: &str| {
-            value
-                .get(key)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| error(Some(line), format!("no string {key:?}")))
+        let field = |key: &str| match value.get(key).and_then(|v| v.as_str()).map(str::trim) {
+            Some(text) if !text.is_empty() => Ok(text.to_string()),
+            Some(_) => Err(error(Some(line), format!("empty {key}"))),
+            None => Err(error(Some(line), format!("no string {key:?}"))),
         };
         pairs.push(Pair {
             image: folder.join(field(&data.image_column)?),

@@ -13,7 +13,7 @@ pub fn prefix_group<M: Module>(model: &M, prefixes: &[String], key: &str) -> any
         if !paths.iter().any(|path| under(path, prefix)) {
             let mut top: Vec<&str> = paths.iter().map(|p| p.split('.').next().unwrap_or(p)).collect();
             top.dedup();
-            anyhow::bail!("{key}: {prefix:?} names no parameter of the model (its top-level modules: {})", top.join(", "));
+            anyhow::bail!("{key}: {prefix:?} names no parameter of the model (its top-level names: {})", top.join(", "));
         }
     }
     let escaped: Vec<String> = prefixes.iter().map(|p| p.replace('.', r"\.")).collect();

@@ -164,20 +164,17 @@ pub fn label_set(seg: &SegmentationSection) -> anyhow::Result<LabelSet> {
 /// tables with image and mask columns, or folders of images with `segmentation.*_masks` folders.
 pub fn segmentation_tables(config: &RunConfig) -> anyhow::Result<(SegmentationTable, Option<SegmentationTable>)> {
     let seg = section(config)?;
-    let columns = SegmentationColumns {
-        image: &config.data.image_column,
-        mask: &seg.mask_column,
-        caption: (config.train.objective == "groupvit").then_some(config.data.caption_column.as_str()),
-    };
-    let read = |data: &Path, masks: Option<&PathBuf>, list: Option<&PathBuf>| -> anyhow::Result<SegmentationTable> {
+    // GroupViT trains on captions; validation only scores the masks.
+    let captions = (config.train.objective == "groupvit").then_some(config.data.caption_column.as_str());
+    let read = |data: &Path, masks: Option<&PathBuf>, list: Option<&PathBuf>, caption: Option<&str>| -> anyhow::Result<SegmentationTable> {
         Ok(match (masks.filter(|_| data.is_dir()), list) {
             (Some(masks), Some(list)) => SegmentationTable::from_list(data, masks, list)?,
             (Some(masks), None) => SegmentationTable::from_folders(data, masks)?,
-            (None, _) => SegmentationTable::read(data, &columns)?,
+            (None, _) => SegmentationTable::read(data, &SegmentationColumns { image: &config.data.image_column, mask: &seg.mask_column, caption })?,
         })
     };
-    let train = read(&config.data.train, seg.train_masks.as_ref(), seg.train_list.as_ref())?;
-    config.with_validation(train, |val| read(val, seg.val_masks.as_ref(), seg.val_list.as_ref()))
+    let train = read(&config.data.train, seg.train_masks.as_ref(), seg.train_list.as_ref(), captions)?;
+    config.with_validation(train, |val| read(val, seg.val_masks.as_ref(), seg.val_list.as_ref(), None))
 }
 
 /// mIoU, per-label IoU and pixel accuracy of `segmenter` on the table of `batcher`.

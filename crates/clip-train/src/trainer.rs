@@ -240,7 +240,7 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
     }
 }
 
-/// Freezes the parameters under each path prefix of `prefixes`.
+/// A batcher over `table` with the training transform.
 pub(crate) fn train_batcher(config: &RunConfig, table: PairTable, tokenizer: &ClipTokenizer, image_size: usize) -> anyhow::Result<Batcher> {
     let transform = TrainTransformConfig::new()
         .with_image_size(image_size)

@@ -56,7 +56,7 @@ pub struct SegmentationTable {
 }
 
 impl SegmentationTable {
-    /// Reads a `.tsv` (tab-separated, unquoted) or other (comma-separated) table with a header
+    /// Reads a `.tsv` (tab-separated) or other (comma-separated) table with a header
     /// row naming `columns`; paths are relative to the table's folder.
     pub fn read(path: &Path, columns: &SegmentationColumns) -> Result<Self, SegmentationDataError> {
         let mut names = vec![columns.image, columns.mask];

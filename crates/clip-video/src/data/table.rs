@@ -109,7 +109,7 @@ impl VideoTable {
         Self::new(json, videos)
     }
 
-    /// Reads a `.tsv` (tab-separated, unquoted) or other (comma-separated) table with a header
+    /// Reads a `.tsv` (tab-separated) or other (comma-separated) table with a header
     /// row naming the columns `video` and `caption`, one row per caption; rows of one video are
     /// grouped (in the order of their first row). Video paths are relative to the table's folder.
     pub fn read_captions(path: &Path) -> Result<Self, VideoDataError> {
@@ -134,7 +134,7 @@ impl VideoTable {
     }
 
     /// Reads labelled videos from either
-    /// - a `.tsv` (tab-separated, unquoted) or other (comma-separated) table with a header row
+    /// - a `.tsv` (tab-separated) or other (comma-separated) table with a header row
     ///   naming the columns `video` and `label` (Kinetics-style), video paths relative to the
     ///   table's folder; or
     /// - a folder with one subfolder per class, each holding that class's videos as video
