@@ -329,6 +329,13 @@ pub fn evaluate_detection(
     let names: Vec<String> = dataset.categories.iter().map(|c| c.name.clone()).collect();
     let options = detect_options(det);
     let (mut detections, mut ground_truth) = (Vec::new(), Vec::new());
+    // COCOeval ranks detections of equal score by image id, so images are indexed by id order.
+    let mut by_id: Vec<usize> = (0..dataset.images.len()).collect();
+    by_id.sort_by_key(|&row| dataset.images[row].id);
+    let mut id_rank = vec![0; by_id.len()];
+    for (rank, row) in by_id.into_iter().enumerate() {
+        id_rank[row] = rank;
+    }
     let rows: Vec<usize> = (0..batcher.rows()).collect();
     for chunk in rows.chunks(batch_size.max(1)) {
         let batch = batcher.batch(chunk, 0)?;
@@ -342,9 +349,10 @@ pub fn evaluate_detection(
             let record = &dataset.images[row];
             for annotation in &record.annotations {
                 let bbox = scale_box(&annotation.bbox, record, det.image_size);
-                ground_truth.push(GroundTruthBox { image: row, category: annotation.category, bbox, iscrowd: annotation.iscrowd });
+                ground_truth.push(GroundTruthBox { image: id_rank[row], category: annotation.category, bbox, iscrowd: annotation.iscrowd });
             }
-            detections.extend(predictions.into_iter().map(|p| Detection { image: row, category: p.category, bbox: p.bbox, score: p.score }));
+            let image = id_rank[row];
+            detections.extend(predictions.into_iter().map(|p| Detection { image, category: p.category, bbox: p.bbox, score: p.score }));
         }
     }
     anyhow::ensure!(!ground_truth.is_empty(), "{}: no box to evaluate against", dataset.path.display());
