@@ -1,5 +1,6 @@
 //! The key tables of the supported checkpoint layouts: open_clip/OpenAI and Hugging Face
-//! `CLIPModel`. Each is read in both directions (import and export).
+//! `CLIPModel`. Each is read in both directions (import and export). The entry builders are
+//! public for the layouts of models built from the same parts (GroupViT's).
 
 use super::mapping::{Entry, Layout, Transform};
 use crate::config::ClipConfig;
@@ -7,13 +8,13 @@ use crate::config::ClipConfig;
 use Transform::{Identity, PositionalEmbedding, Scalar, Transpose};
 
 /// Entries of a LayerNorm: `weight`/`bias` in PyTorch, `gamma`/`beta` in burn.
-fn layer_norm(entries: &mut Vec<Entry>, checkpoint: &str, ours: &str) {
+pub fn layer_norm(entries: &mut Vec<Entry>, checkpoint: &str, ours: &str) {
     entries.push(Entry::new(format!("{checkpoint}.weight"), format!("{ours}.gamma"), Identity));
     entries.push(Entry::new(format!("{checkpoint}.bias"), format!("{ours}.beta"), Identity));
 }
 
 /// Entries of a PyTorch Linear with bias.
-fn linear(entries: &mut Vec<Entry>, checkpoint: &str, ours: &str) {
+pub fn linear(entries: &mut Vec<Entry>, checkpoint: &str, ours: &str) {
     entries.push(Entry::new(format!("{checkpoint}.weight"), format!("{ours}.weight"), Transpose));
     entries.push(Entry::new(format!("{checkpoint}.bias"), format!("{ours}.bias"), Identity));
 }
@@ -91,23 +92,12 @@ pub fn hugging_face(config: &ClipConfig) -> Layout {
         PositionalEmbedding,
     ));
     layer_norm(&mut e, &format!("{v}.pre_layrnorm"), "visual.ln_pre");
-    hf_layers(&mut e, &format!("{v}.encoder"), "visual.transformer", config.vision.layers);
+    hugging_face_layers(&mut e, &format!("{v}.encoder.layers"), "visual.transformer", config.vision.layers);
     layer_norm(&mut e, &format!("{v}.post_layernorm"), "visual.ln_post");
     e.push(Entry::new("visual_projection.weight", "visual.proj", Transpose));
 
     let t = "text_model";
-    e.push(Entry::new(
-        format!("{t}.embeddings.token_embedding.weight"),
-        "text.token_embedding.weight",
-        Identity,
-    ));
-    e.push(Entry::new(
-        format!("{t}.embeddings.position_embedding.weight"),
-        "text.positional_embedding",
-        Identity,
-    ));
-    hf_layers(&mut e, &format!("{t}.encoder"), "text.transformer", config.text.layers);
-    layer_norm(&mut e, &format!("{t}.final_layer_norm"), "text.ln_final");
+    hugging_face_text(&mut e, config.text.layers);
     e.push(Entry::new("text_projection.weight", "text.text_projection", Transpose));
     e.push(Entry::new("logit_scale", "logit_scale", Scalar));
     Layout {
@@ -120,9 +110,21 @@ pub fn hugging_face(config: &ClipConfig) -> Layout {
     }
 }
 
-fn hf_layers(e: &mut Vec<Entry>, checkpoint: &str, ours: &str, layers: usize) {
+/// Entries of transformers' `text_model` (embeddings, encoder, final norm) onto a text tower
+/// `text` with clip-core's field names, without the projection.
+pub fn hugging_face_text(e: &mut Vec<Entry>, layers: usize) {
+    let t = "text_model";
+    e.push(Entry::new(format!("{t}.embeddings.token_embedding.weight"), "text.token_embedding.weight", Identity));
+    e.push(Entry::new(format!("{t}.embeddings.position_embedding.weight"), "text.positional_embedding", Identity));
+    hugging_face_layers(e, &format!("{t}.encoder.layers"), "text.transformer", layers);
+    layer_norm(e, &format!("{t}.final_layer_norm"), "text.ln_final");
+}
+
+/// Entries of transformers' encoder layers `{checkpoint}.{i}` (separate q/k/v/out projections,
+/// `layer_norm1/2`, `mlp.fc1/2`) onto the residual blocks of clip-core's [`Transformer`](crate::transformer::Transformer) `ours`.
+pub fn hugging_face_layers(e: &mut Vec<Entry>, checkpoint: &str, ours: &str, layers: usize) {
     for i in 0..layers {
-        let c = format!("{checkpoint}.layers.{i}");
+        let c = format!("{checkpoint}.{i}");
         let o = format!("{ours}.resblocks.{i}");
         for (hf, name) in [("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"), ("out_proj", "out_proj")] {
             linear(e, &format!("{c}.self_attn.{hf}"), &format!("{o}.attn.{name}"));

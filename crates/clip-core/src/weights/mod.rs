@@ -11,10 +11,10 @@
 //! ```
 
 mod checkpoint;
-mod layouts;
+pub mod layouts;
 mod mapping;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
@@ -72,21 +72,24 @@ pub fn load_clip(path: &Path, config: &ClipConfig, device: &Device) -> Result<Cl
 /// `model.safetensors` (or `pytorch_model.bin`), or from the weights file with `config.json`
 /// beside it. Returns the model and the configuration read from `config.json`.
 pub fn load_hugging_face(path: &Path, device: &Device) -> Result<(Clip, ClipConfig)> {
-    let (dir, weights) = if path.is_dir() {
-        let weights = ["model.safetensors", "pytorch_model.bin"]
-            .iter()
-            .map(|name| path.join(name))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                ClipError::checkpoint(path, "no model.safetensors or pytorch_model.bin in this directory")
-            })?;
-        (path.to_path_buf(), weights)
-    } else {
-        (path.parent().unwrap_or(Path::new(".")).to_path_buf(), path.to_path_buf())
-    };
-    let config = ClipConfig::from_json_file(&dir.join("config.json"))?;
+    let (config_file, weights) = hugging_face_files(path)?;
+    let config = ClipConfig::from_json_file(&config_file)?;
     let model = load_clip(&weights, &config, device)?;
     Ok((model, config))
+}
+
+/// The `config.json` and weights file of a Hugging Face model given as its directory (holding
+/// `model.safetensors` or `pytorch_model.bin`) or as its weights file (`config.json` beside it).
+pub fn hugging_face_files(path: &Path) -> Result<(PathBuf, PathBuf)> {
+    if !path.is_dir() {
+        return Ok((path.with_file_name("config.json"), path.to_path_buf()));
+    }
+    let weights = ["model.safetensors", "pytorch_model.bin"]
+        .iter()
+        .map(|name| path.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| ClipError::checkpoint(path, "no model.safetensors or pytorch_model.bin in this directory"))?;
+    Ok((path.join("config.json"), weights))
 }
 
 /// Writes the model in open_clip's layout as safetensors (loadable by

@@ -4,41 +4,14 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::Device;
-use clip_core::weights::{Checkpoint, Entry, Layout, Transform, export, import, write_atomically};
+use clip_core::weights::layouts::{hugging_face_layers, hugging_face_text, layer_norm, linear};
+use clip_core::weights::{Checkpoint, Entry, Layout, Transform, export, hugging_face_files, import, write_atomically};
 use clip_core::{ClipError, Result};
 
 use super::config::GroupVitConfig;
 use super::model::GroupVit;
 
-use Transform::{Identity, Scalar, Transpose};
-
-/// A LayerNorm: `weight`/`bias` in PyTorch, `gamma`/`beta` in burn.
-fn layer_norm(e: &mut Vec<Entry>, checkpoint: &str, ours: &str) {
-    e.push(Entry::new(
-        format!("{checkpoint}.weight"),
-        format!("{ours}.gamma"),
-        Identity,
-    ));
-    e.push(Entry::new(
-        format!("{checkpoint}.bias"),
-        format!("{ours}.beta"),
-        Identity,
-    ));
-}
-
-/// A Linear with bias (PyTorch `[out, in]`, burn `[in, out]`).
-fn linear(e: &mut Vec<Entry>, checkpoint: &str, ours: &str) {
-    e.push(Entry::new(
-        format!("{checkpoint}.weight"),
-        format!("{ours}.weight"),
-        Transpose,
-    ));
-    e.push(Entry::new(
-        format!("{checkpoint}.bias"),
-        format!("{ours}.bias"),
-        Identity,
-    ));
-}
+use Transform::{Identity, Scalar};
 
 /// A two-layer MLP: `fc1`/`fc2` in transformers, `c_fc`/`c_proj` in clip-core.
 fn mlp(e: &mut Vec<Entry>, checkpoint: &str, ours: &str) {
@@ -55,17 +28,6 @@ fn attention(e: &mut Vec<Entry>, checkpoint: &str, ours: &str) {
         ("out_proj", "out_proj"),
     ] {
         linear(e, &format!("{checkpoint}.{hf}"), &format!("{ours}.{name}"));
-    }
-}
-
-/// transformers' `GroupViTEncoderLayer`s onto clip-core's residual attention blocks.
-fn encoder_layers(e: &mut Vec<Entry>, checkpoint: &str, ours: &str, layers: usize) {
-    for i in 0..layers {
-        let (c, o) = (format!("{checkpoint}.{i}"), format!("{ours}.resblocks.{i}"));
-        layer_norm(e, &format!("{c}.layer_norm1"), &format!("{o}.ln_1"));
-        attention(e, &format!("{c}.self_attn"), &format!("{o}.attn"));
-        layer_norm(e, &format!("{c}.layer_norm2"), &format!("{o}.ln_2"));
-        mlp(e, &format!("{c}.mlp"), &format!("{o}.mlp"));
     }
 }
 
@@ -129,12 +91,7 @@ pub fn hugging_face_layout(config: &GroupVitConfig) -> Layout {
                 Identity,
             ));
         }
-        encoder_layers(
-            &mut e,
-            &format!("{c}.layers"),
-            &format!("{o}.layers"),
-            v.depths[i],
-        );
+        hugging_face_layers(&mut e, &format!("{c}.layers"), &format!("{o}.layers"), v.depths[i]);
         if groups > 0 {
             let (c, o) = (format!("{c}.downsample"), format!("{o}.downsample"));
             layer_norm(
@@ -194,24 +151,7 @@ pub fn hugging_face_layout(config: &GroupVitConfig) -> Layout {
     }
     layer_norm(&mut e, "vision_model.layernorm", "vision.layernorm");
 
-    let t = "text_model";
-    e.push(Entry::new(
-        format!("{t}.embeddings.token_embedding.weight"),
-        "text.token_embedding.weight",
-        Identity,
-    ));
-    e.push(Entry::new(
-        format!("{t}.embeddings.position_embedding.weight"),
-        "text.positional_embedding",
-        Identity,
-    ));
-    encoder_layers(
-        &mut e,
-        &format!("{t}.encoder.layers"),
-        "text.transformer",
-        config.text.num_hidden_layers,
-    );
-    layer_norm(&mut e, &format!("{t}.final_layer_norm"), "text.ln_final");
+    hugging_face_text(&mut e, config.text.num_hidden_layers);
 
     projection(&mut e, &mut ignored, "visual_projection");
     projection(&mut e, &mut ignored, "text_projection");
@@ -237,25 +177,8 @@ pub fn load_groupvit(path: &Path, config: &GroupVitConfig, device: &Device) -> R
 /// `model.safetensors` (or `pytorch_model.bin`), or from the weights file with `config.json`
 /// beside it (as `nvidia/groupvit-gcc-yfcc` on the hub). Returns the model and its configuration.
 pub fn load_hugging_face(path: &Path, device: &Device) -> Result<(GroupVit, GroupVitConfig)> {
-    let (dir, weights) = if path.is_dir() {
-        let weights = ["model.safetensors", "pytorch_model.bin"]
-            .iter()
-            .map(|name| path.join(name))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                ClipError::checkpoint(
-                    path,
-                    "no model.safetensors or pytorch_model.bin in this directory",
-                )
-            })?;
-        (path.to_path_buf(), weights)
-    } else {
-        (
-            path.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            path.to_path_buf(),
-        )
-    };
-    let config = GroupVitConfig::from_file(&dir.join("config.json"))?;
+    let (config_file, weights) = hugging_face_files(path)?;
+    let config = GroupVitConfig::from_file(&config_file)?;
     let model = load_groupvit(&weights, &config, device)?;
     Ok((model, config))
 }
