@@ -8,6 +8,17 @@ use crate::config::ClipConfig;
 /// The largest logit scale CLIP allows: `exp(ln 100) = 100`.
 pub const MAX_LOG_LOGIT_SCALE: f64 = 4.605_170_185_988_092; // ln(100)
 
+/// A log logit scale clamped to `[0, ln 100]`, as open_clip clamps it after every optimizer
+/// step (CLIP, GroupViT and LSeg call this from their `clamp_logit_scale`).
+pub fn clamp_log_logit_scale(logit_scale: Param<Tensor<1>>) -> Param<Tensor<1>> {
+    // The clamp is not part of any loss: detach it so the parameter stays a graph leaf.
+    logit_scale.map(|scale| {
+        let trainable = scale.is_require_grad();
+        let clamped = scale.clamp(0.0, MAX_LOG_LOGIT_SCALE).detach();
+        if trainable { clamped.require_grad() } else { clamped }
+    })
+}
+
 impl ClipConfig {
     /// Builds a CLIP model with freshly initialized weights.
     pub fn init(&self, device: &Device) -> Clip {
@@ -67,12 +78,7 @@ impl Clip {
     /// Clamps the log logit scale to `[0, ln 100]`; the trainer calls this after every
     /// optimizer step, as open_clip does.
     pub fn clamp_logit_scale(mut self) -> Self {
-        // The clamp is not part of any loss: detach it so the parameter stays a graph leaf.
-        self.logit_scale = self.logit_scale.map(|scale| {
-            let trainable = scale.is_require_grad();
-            let clamped = scale.clamp(0.0, MAX_LOG_LOGIT_SCALE).detach();
-            if trainable { clamped.require_grad() } else { clamped }
-        });
+        self.logit_scale = clamp_log_logit_scale(self.logit_scale);
         self
     }
 

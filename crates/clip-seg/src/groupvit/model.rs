@@ -5,7 +5,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Int, Tensor};
 use clip_core::l2_normalize;
-use clip_core::model::MAX_LOG_LOGIT_SCALE;
+use clip_core::model::clamp_log_logit_scale;
 
 use super::assign::AssignMode;
 use super::config::GroupVitConfig;
@@ -104,15 +104,7 @@ impl GroupVit {
 
     /// Clamps the log logit scale to `[0, ln 100]` (called after every optimizer step).
     pub fn clamp_logit_scale(mut self) -> Self {
-        self.logit_scale = self.logit_scale.map(|scale| {
-            let trainable = scale.is_require_grad();
-            let clamped = scale.clamp(0.0, MAX_LOG_LOGIT_SCALE).detach();
-            if trainable {
-                clamped.require_grad()
-            } else {
-                clamped
-            }
-        });
+        self.logit_scale = clamp_log_logit_scale(self.logit_scale);
         self
     }
 

@@ -8,7 +8,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::activation::leaky_relu;
 use burn::tensor::{Device, Int, Tensor};
 use clip_core::l2_normalize;
-use clip_core::model::MAX_LOG_LOGIT_SCALE;
+use clip_core::model::clamp_log_logit_scale;
 use clip_core::text::TextTransformer;
 use clip_core::vision::VisionTransformer;
 
@@ -153,15 +153,7 @@ impl Lseg {
 
     /// Clamps the log logit scale to `[0, ln 100]`, as CLIP does after each optimizer step.
     pub fn clamp_logit_scale(mut self) -> Self {
-        self.logit_scale = self.logit_scale.map(|scale| {
-            let trainable = scale.is_require_grad();
-            let clamped = scale.clamp(0.0, MAX_LOG_LOGIT_SCALE).detach();
-            if trainable {
-                clamped.require_grad()
-            } else {
-                clamped
-            }
-        });
+        self.logit_scale = clamp_log_logit_scale(self.logit_scale);
         self
     }
 }
@@ -317,6 +309,6 @@ mod tests {
             .logit_scale
             .val()
             .into_scalar::<f32>();
-        assert!((scale as f64 - MAX_LOG_LOGIT_SCALE).abs() < 1e-6);
+        assert!((scale as f64 - clip_core::model::MAX_LOG_LOGIT_SCALE).abs() < 1e-6);
     }
 }
