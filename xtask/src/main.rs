@@ -5,7 +5,7 @@
 //! - `shapes`: regenerate `datasets/shapes`, a tiny generated segmentation set.
 //! - `det-shapes`: regenerate `datasets/det-shapes`, a tiny generated COCO detection set.
 //! - `videos`: regenerate `datasets/moving-shapes`, a tiny generated video set.
-//! - `bench`: throughput of ViT-B-32 (image and text encoding, a training step) on the CPU.
+//! - `bench`: throughput of ViT-B-32 and RN50 (image and text encoding, a training step) on the CPU.
 
 mod det_shapes;
 mod digits;
@@ -22,7 +22,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   shapes          regenerate datasets/shapes (generated shapes with label masks and captions)
   det-shapes      regenerate datasets/det-shapes (generated shapes with COCO boxes, captions and proposals)
   videos          regenerate datasets/moving-shapes (generated moving-shape clips with captions and labels)
-  bench           ViT-B-32 encode and train-step throughput (CPU)";
+  bench           ViT-B-32 and RN50 encode and train-step throughput (CPU)";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,7 +1,8 @@
-//! Throughput of ViT-B-32: image and text encoding at batch 8 and 32, and one training step
-//! (forward, backward, AdamW) at batch 32. Run with `cargo bench -p clip-core`; the device is
-//! burn's default (`flex` on CPU unless `BURN_DEVICE` names another compiled-in backend).
-//! `CLIP_BENCH_MODEL` picks another named architecture, `CLIP_BENCH_ITERS` the timed repeats.
+//! Throughput of ViT-B-32 and RN50: image and text encoding at batch 8 and 32, and one training
+//! step (forward, backward, AdamW) at batch 32. Run with `cargo bench -p clip-core`; the device
+//! is burn's default (`flex` on CPU unless `BURN_DEVICE` names another compiled-in backend).
+//! `CLIP_BENCH_MODEL` picks other named architectures (comma-separated), `CLIP_BENCH_ITERS` the
+//! timed repeats.
 
 use std::time::Instant;
 
@@ -39,12 +40,18 @@ fn items_per_second(items: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let name = std::env::var("CLIP_BENCH_MODEL").unwrap_or_else(|_| "ViT-B-32".into());
-    let config = ClipConfig::named(&name).expect("a named model config");
+    let names = std::env::var("CLIP_BENCH_MODEL").unwrap_or_else(|_| "ViT-B-32,RN50".into());
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        bench(name);
+    }
+}
+
+fn bench(name: &str) {
+    let config = ClipConfig::named(name).expect("a named model config");
     let device = Device::default();
     println!("model {name}, device {device:?}, {} timed iterations", iterations());
     let model = config.init(&device);
-    let size = config.vision.image_size;
+    let size = config.vision.image_size();
     let context = config.text.context_length;
 
     for batch in [8, 32] {

@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     let tokenizer = ClipTokenizer::new();
     let classifier = ZeroShotClassifier::build(&model, &tokenizer, &labels, &imagenet_templates(), &device)?;
 
-    let transform = EvalTransformConfig::new().with_image_size(config.vision.image_size).init();
+    let transform = EvalTransformConfig::new().with_image_size(config.vision.image_size()).init();
     let pixels = images.iter().map(|p| transform.load(Path::new(p))).collect::<Result<Vec<_>, _>>()?;
     let embeddings = model.encode_image(stack_images(&pixels, &device)?, true);
     for (image, top) in images.iter().zip(classifier.top_k(embeddings, 3)) {

@@ -7,6 +7,8 @@ use burn::config::Config;
 use serde::Deserialize;
 
 use crate::error::ClipError;
+use crate::image_tower::ImageTowerConfig;
+use crate::resnet::ModifiedResNetConfig;
 use crate::text::TextTransformerConfig;
 use crate::transformer::Activation;
 use crate::vision::VisionTransformerConfig;
@@ -19,8 +21,8 @@ pub const DEFAULT_LOG_LOGIT_SCALE: f64 = 2.659_260_036_932_778_5;
 pub struct ClipConfig {
     /// Size of the joint image-text embedding.
     pub embed_dim: usize,
-    /// The image tower.
-    pub vision: VisionTransformerConfig,
+    /// The image tower (a ViT or a ModifiedResNet).
+    pub vision: ImageTowerConfig,
     /// The text tower.
     pub text: TextTransformerConfig,
     /// Initial value of the learnable log logit scale.
@@ -46,6 +48,16 @@ const NAMED_CONFIGS: &[(&str, &str)] = &[
         include_str!("../model_configs/ViT-L-14-336-quickgelu.json"),
     ),
     ("ViT-H-14", include_str!("../model_configs/ViT-H-14.json")),
+    ("RN50", include_str!("../model_configs/RN50.json")),
+    ("RN50-quickgelu", include_str!("../model_configs/RN50-quickgelu.json")),
+    ("RN101", include_str!("../model_configs/RN101.json")),
+    ("RN101-quickgelu", include_str!("../model_configs/RN101-quickgelu.json")),
+    ("RN50x4", include_str!("../model_configs/RN50x4.json")),
+    ("RN50x4-quickgelu", include_str!("../model_configs/RN50x4-quickgelu.json")),
+    ("RN50x16", include_str!("../model_configs/RN50x16.json")),
+    ("RN50x16-quickgelu", include_str!("../model_configs/RN50x16-quickgelu.json")),
+    ("RN50x64", include_str!("../model_configs/RN50x64.json")),
+    ("RN50x64-quickgelu", include_str!("../model_configs/RN50x64-quickgelu.json")),
 ];
 
 impl ClipConfig {
@@ -54,7 +66,7 @@ impl ClipConfig {
         NAMED_CONFIGS.iter().map(|(name, _)| *name)
     }
 
-    /// A shipped architecture by its open_clip name (`ViT-B-32`, `ViT-L-14-336`, ...).
+    /// A shipped architecture by its open_clip name (`ViT-B-32`, `ViT-L-14-336`, `RN50`, ...).
     pub fn named(name: &str) -> crate::Result<Self> {
         let (_, json) = NAMED_CONFIGS
             .iter()
@@ -124,19 +136,28 @@ impl ClipConfig {
 
     /// This configuration in open_clip's JSON model-config layout.
     pub fn to_open_clip_json(&self) -> serde_json::Value {
-        let v = &self.vision;
         let t = &self.text;
-        let mut json = serde_json::json!({
-            "embed_dim": self.embed_dim,
-            "quick_gelu": v.activation == Activation::QuickGelu,
-            "vision_cfg": {
+        let vision_cfg = match &self.vision {
+            ImageTowerConfig::Vit(v) => serde_json::json!({
                 "image_size": v.image_size,
                 "layers": v.layers,
                 "width": v.width,
                 "head_width": v.width / v.heads,
                 "patch_size": v.patch_size,
                 "mlp_ratio": v.mlp_width as f64 / v.width as f64,
-            },
+            }),
+            ImageTowerConfig::ResNet(v) => serde_json::json!({
+                "image_size": v.image_size,
+                "layers": v.layers,
+                "width": v.width,
+                "head_width": v.feature_width() / v.heads,
+                "patch_size": null,
+            }),
+        };
+        let mut json = serde_json::json!({
+            "embed_dim": self.embed_dim,
+            "quick_gelu": t.activation == Activation::QuickGelu,
+            "vision_cfg": vision_cfg,
             "text_cfg": {
                 "context_length": t.context_length,
                 "vocab_size": t.vocab_size,
@@ -152,11 +173,17 @@ impl ClipConfig {
         json
     }
 
-    /// This configuration as a Hugging Face `CLIPConfig` (`config.json`).
-    pub fn to_hf_json(&self) -> serde_json::Value {
-        let v = &self.vision;
+    /// This configuration as a Hugging Face `CLIPConfig` (`config.json`); an error for a ResNet
+    /// image tower, which transformers' `CLIPModel` does not have.
+    pub fn to_hf_json(&self) -> crate::Result<serde_json::Value> {
+        let v = self.vision.vit("a Hugging Face CLIPModel").map_err(|_| {
+            ClipError::config(
+                "model.name",
+                "a ResNet image tower has no Hugging Face CLIPModel layout; export it as open_clip",
+            )
+        })?;
         let t = &self.text;
-        serde_json::json!({
+        Ok(serde_json::json!({
             "architectures": ["CLIPModel"],
             "model_type": "clip",
             "projection_dim": self.embed_dim,
@@ -189,7 +216,7 @@ impl ClipConfig {
                 "layer_norm_eps": v.layer_norm_eps,
                 "projection_dim": self.embed_dim,
             },
-        })
+        }))
     }
 }
 
@@ -226,13 +253,22 @@ struct OpenClipModelConfig {
 #[serde(deny_unknown_fields)]
 struct OpenClipVisionConfig {
     image_size: usize,
-    layers: usize,
+    layers: OpenClipLayers,
     width: usize,
-    patch_size: usize,
+    #[serde(default)]
+    patch_size: Option<usize>,
     #[serde(default = "default_head_width")]
     head_width: usize,
     #[serde(default = "default_mlp_ratio")]
     mlp_ratio: f64,
+}
+
+/// `vision_cfg.layers`: a block count (ViT) or four stage depths (ModifiedResNet).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OpenClipLayers {
+    Vit(usize),
+    ResNet(Vec<usize>),
 }
 
 #[derive(Deserialize)]
@@ -258,25 +294,66 @@ impl OpenClipModelConfig {
         };
         let v = self.vision_cfg;
         let t = self.text_cfg;
-        if v.head_width == 0 || !v.width.is_multiple_of(v.head_width) {
-            return Err(ClipError::config(
-                origin,
-                format!(
-                    "vision_cfg.width {} is not a multiple of vision_cfg.head_width {}",
-                    v.width, v.head_width
-                ),
-            ));
-        }
-        let vision = VisionTransformerConfig::new(
-            v.image_size,
-            v.patch_size,
-            v.width,
-            v.layers,
-            v.width / v.head_width,
-            (v.width as f64 * v.mlp_ratio) as usize,
-            self.embed_dim,
-        )
-        .with_activation(activation);
+        let vision = match v.layers {
+            OpenClipLayers::Vit(layers) => {
+                if v.head_width == 0 || !v.width.is_multiple_of(v.head_width) {
+                    return Err(ClipError::config(
+                        origin,
+                        format!(
+                            "vision_cfg.width {} is not a multiple of vision_cfg.head_width {}",
+                            v.width, v.head_width
+                        ),
+                    ));
+                }
+                let patch_size = v.patch_size.ok_or_else(|| {
+                    ClipError::config(origin, "vision_cfg.patch_size is required for a ViT (vision_cfg.layers a number)")
+                })?;
+                ImageTowerConfig::Vit(
+                    VisionTransformerConfig::new(
+                        v.image_size,
+                        patch_size,
+                        v.width,
+                        layers,
+                        v.width / v.head_width,
+                        (v.width as f64 * v.mlp_ratio) as usize,
+                        self.embed_dim,
+                    )
+                    .with_activation(activation),
+                )
+            }
+            OpenClipLayers::ResNet(layers) => {
+                let layers: [usize; 4] = layers.try_into().map_err(|layers: Vec<usize>| {
+                    ClipError::config(
+                        origin,
+                        format!("vision_cfg.layers lists {} stages; a ModifiedResNet has 4", layers.len()),
+                    )
+                })?;
+                if v.patch_size.is_some() {
+                    return Err(ClipError::config(
+                        origin,
+                        "vision_cfg.patch_size must be null for a ModifiedResNet (vision_cfg.layers a list)",
+                    ));
+                }
+                let features = v.width * 32;
+                if v.head_width == 0 || !features.is_multiple_of(v.head_width) {
+                    return Err(ClipError::config(
+                        origin,
+                        format!(
+                            "the ResNet feature width 32 x vision_cfg.width = {features} is not a multiple of \
+                             vision_cfg.head_width {}",
+                            v.head_width
+                        ),
+                    ));
+                }
+                ImageTowerConfig::ResNet(ModifiedResNetConfig::new(
+                    v.image_size,
+                    layers,
+                    v.width,
+                    features / v.head_width,
+                    self.embed_dim,
+                ))
+            }
+        };
         let text = TextTransformerConfig::new(
             t.context_length,
             t.vocab_size,
@@ -383,7 +460,8 @@ impl HfClipConfig {
                 format!("vision_config.num_channels = {} (only 3 is supported)", v.num_channels),
             ));
         }
-        let vision = VisionTransformerConfig::new(
+        let vision = ImageTowerConfig::Vit(
+            VisionTransformerConfig::new(
             v.image_size,
             v.patch_size,
             v.hidden_size,
@@ -393,7 +471,8 @@ impl HfClipConfig {
             self.projection_dim,
         )
         .with_activation(Activation::from_hf_name(&v.hidden_act, origin, "vision_config.hidden_act")?)
-        .with_layer_norm_eps(v.layer_norm_eps);
+        .with_layer_norm_eps(v.layer_norm_eps),
+        );
         let text = TextTransformerConfig::new(
             t.max_position_embeddings,
             t.vocab_size,
@@ -415,24 +494,36 @@ impl HfClipConfig {
 impl ClipConfig {
     /// Checks that the sizes fit together (heads divide widths, patches tile the image).
     pub fn validate(&self, origin: &str) -> crate::Result<()> {
-        let v = &self.vision;
         let t = &self.text;
+        let vision_checks = match &self.vision {
+            ImageTowerConfig::Vit(v) => [
+                (v.heads > 0 && v.width.is_multiple_of(v.heads), "vision width must be a multiple of vision heads"),
+                (
+                    v.patch_size > 0 && v.image_size.is_multiple_of(v.patch_size),
+                    "vision image_size must be a multiple of patch_size",
+                ),
+                (v.layers > 0, "the image tower needs at least one layer"),
+            ],
+            ImageTowerConfig::ResNet(v) => [
+                (
+                    v.heads > 0 && v.width > 1 && v.feature_width().is_multiple_of(v.heads),
+                    "the ResNet feature width (32 x width) must be a multiple of its attention-pool heads",
+                ),
+                (v.image_size >= 32, "a ResNet's image_size must be at least 32 (its feature map is 1/32 of it)"),
+                (v.layers.iter().all(|&blocks| blocks > 0), "every ResNet stage needs at least one block"),
+            ],
+        };
         let checks = [
-            (v.heads > 0 && v.width.is_multiple_of(v.heads), "vision width must be a multiple of vision heads"),
             (t.heads > 0 && t.width.is_multiple_of(t.heads), "text width must be a multiple of text heads"),
-            (
-                v.patch_size > 0 && v.image_size.is_multiple_of(v.patch_size),
-                "vision image_size must be a multiple of patch_size",
-            ),
             (self.embed_dim > 0, "embed_dim must be positive"),
             (t.context_length > 0, "text context_length must be positive"),
-            (v.layers > 0 && t.layers > 0, "both towers need at least one layer"),
+            (t.layers > 0, "the text tower needs at least one layer"),
             (
-                v.embed_dim == self.embed_dim && t.embed_dim == self.embed_dim,
+                self.vision.embed_dim() == self.embed_dim && t.embed_dim == self.embed_dim,
                 "tower embed_dim must equal the model's embed_dim",
             ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
+        match vision_checks.iter().chain(&checks).find(|(ok, _)| !ok) {
             Some((_, message)) => Err(ClipError::config(origin, *message)),
             None => Ok(()),
         }
@@ -447,13 +538,42 @@ mod tests {
     fn every_named_config_parses() {
         for name in ClipConfig::names() {
             let config = ClipConfig::named(name).unwrap();
-            assert_eq!(config.vision.activation == Activation::QuickGelu, name.ends_with("quickgelu"));
+            assert_eq!(config.text.activation == Activation::QuickGelu, name.ends_with("quickgelu"));
         }
         let b32 = ClipConfig::named("ViT-B-32").unwrap();
-        assert_eq!((b32.vision.width, b32.vision.heads, b32.vision.patch_size), (768, 12, 32));
-        assert_eq!(b32.vision.mlp_width, 3072);
+        let v = b32.vision.vit("test").unwrap();
+        assert_eq!((v.width, v.heads, v.patch_size), (768, 12, 32));
+        assert_eq!(v.mlp_width, 3072);
         let h14 = ClipConfig::named("ViT-H-14").unwrap();
-        assert_eq!(h14.vision.heads, 16);
+        assert_eq!(h14.vision.vit("test").unwrap().heads, 16);
+    }
+
+    #[test]
+    fn resnet_names_give_open_clip_towers() {
+        let resnet = |name: &str| match ClipConfig::named(name).unwrap().vision {
+            ImageTowerConfig::ResNet(config) => config,
+            other => panic!("{name}: {other:?}"),
+        };
+        let rn50 = resnet("RN50");
+        assert_eq!((rn50.layers, rn50.width, rn50.heads, rn50.embed_dim), ([3, 4, 6, 3], 64, 32, 1024));
+        assert_eq!(resnet("RN101").layers, [3, 4, 23, 3]);
+        let x64 = resnet("RN50x64");
+        assert_eq!((x64.image_size, x64.width, x64.heads), (448, 128, 64));
+        // A ViT-only method gets an error naming it.
+        let err = ClipConfig::named("RN50").unwrap().vision.vit("LSeg").unwrap_err().to_string();
+        assert!(err.contains("LSeg") && err.contains("ResNet"), "{err}");
+    }
+
+    #[test]
+    fn resnet_config_round_trips_and_has_no_hugging_face_layout() {
+        let config = ClipConfig::named("RN50x4-quickgelu").unwrap();
+        let back = ClipConfig::from_open_clip_value(config.to_open_clip_json(), "rt").unwrap();
+        assert_eq!(back, config);
+        assert!(config.to_hf_json().unwrap_err().to_string().contains("open_clip"));
+        let json = r#"{"embed_dim": 8, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1], "width": 8},
+            "text_cfg": {"width": 8, "heads": 1, "layers": 1}}"#;
+        let err = ClipConfig::from_open_clip_json(json, "three.json").unwrap_err().to_string();
+        assert!(err.contains("three.json") && err.contains("4"), "{err}");
     }
 
     #[test]
@@ -475,7 +595,7 @@ mod tests {
         let config = ClipConfig::named("ViT-B-16-quickgelu").unwrap();
         let back = ClipConfig::from_open_clip_value(config.to_open_clip_json(), "rt").unwrap();
         assert_eq!(back, config);
-        let back = ClipConfig::from_hf_value(config.to_hf_json(), "rt").unwrap();
+        let back = ClipConfig::from_hf_value(config.to_hf_json().unwrap(), "rt").unwrap();
         assert_eq!(back.vision, config.vision);
         assert_eq!(back.text, config.text);
     }

@@ -49,8 +49,17 @@ impl ModelFixture {
 
 /// Every model fixture under `root/models`, sorted by folder name.
 pub fn model_fixtures(root: &Path) -> Result<Vec<ModelFixture>> {
-    let models = root.join("models");
-    let entries = std::fs::read_dir(&models).map_err(|e| ClipError::io(&models, e))?;
+    fixtures_in(&root.join("models"))
+}
+
+/// Every ResNet CLIP fixture under `root/resnet` (the layout of `models/`), sorted by name.
+pub fn resnet_fixtures(root: &Path) -> Result<Vec<ModelFixture>> {
+    fixtures_in(&root.join("resnet"))
+}
+
+/// Every fixture folder (one holding `fixture.json`) directly under `dir`, sorted by name.
+fn fixtures_in(models: &Path) -> Result<Vec<ModelFixture>> {
+    let entries = std::fs::read_dir(models).map_err(|e| ClipError::io(models, e))?;
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())

@@ -1,17 +1,20 @@
 //! # clip-core
 //!
-//! CLIP on [burn](https://burn.dev): the ViT image tower and causal text tower, the CLIP BPE
-//! tokenizer, image preprocessing, the contrastive losses (InfoNCE and SigLIP), zero-shot
-//! classification, and weight import/export for open_clip/OpenAI and Hugging Face checkpoints.
+//! CLIP on [burn](https://burn.dev): the ViT and ModifiedResNet image towers and the causal
+//! text tower, the CLIP BPE tokenizer, image preprocessing, the contrastive losses (InfoNCE and
+//! SigLIP), zero-shot classification, and weight import/export for open_clip/OpenAI and Hugging Face checkpoints.
 //! Outputs match open_clip and transformers to 1e-4 on the reference fixtures.
 
+pub mod batch_norm;
 pub mod config;
 pub mod error;
 pub mod fixtures;
+pub mod image_tower;
 pub mod loss;
 pub mod model;
 pub mod objective;
 pub mod preprocess;
+pub mod resnet;
 pub mod split;
 pub mod table;
 pub mod text;
@@ -23,6 +26,7 @@ pub mod zero_shot;
 
 pub use config::ClipConfig;
 pub use error::{ClipError, Result};
+pub use image_tower::{ImageTower, ImageTowerConfig};
 pub use loss::{ClipLoss, SigLipLoss};
 pub use model::{Clip, ClipLogits, l2_normalize};
 pub use objective::{Objective, StepOutput};

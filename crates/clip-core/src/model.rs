@@ -36,8 +36,8 @@ impl ClipConfig {
 /// CLIP: an image tower, a text tower and a learnable log logit scale.
 #[derive(Module, Debug)]
 pub struct Clip {
-    /// The image tower.
-    pub visual: crate::vision::VisionTransformer,
+    /// The image tower (ViT or ModifiedResNet).
+    pub visual: crate::image_tower::ImageTower,
     /// The text tower.
     pub text: crate::text::TextTransformer,
     /// Log of the logit scale, `[1]`.

@@ -1,15 +1,18 @@
 //! Numerical parity with open_clip and Hugging Face transformers on every model fixture under
-//! `$CLIP_FIXTURES/models` (default `../shared/fixtures`). Expected values are read from the
-//! fixture files, never written here.
+//! `$CLIP_FIXTURES/models` and every ResNet CLIP fixture under `$CLIP_FIXTURES/resnet` (default
+//! `../shared/fixtures`). Expected values are read from the fixture files, never written here:
+//! every tensor of each `expected.safetensors` is compared with the output of the same name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clip_core::fixtures::{self, ModelFixture, abs_diff};
-use std::path::{Path, PathBuf};
-
 use clip_core::weights::{self, CheckpointFormat, RawTensor};
-use clip_core::{Clip, ClipConfig};
+use clip_core::{Clip, ClipConfig, ImageTower};
 
-/// Embeddings and logits must agree to this absolute tolerance (the fixtures' README).
+/// Embeddings, logits and feature maps must agree to this absolute tolerance (the fixtures'
+/// README).
 const TOLERANCE: f32 = 1e-4;
 
 /// Formats handled by other crates' parity tests.
@@ -24,26 +27,59 @@ fn token_ids(raw: &RawTensor, device: &Device) -> Tensor<2, Int> {
     Tensor::from_data(TensorData::new(ids, raw.shape.clone()), device)
 }
 
-fn check(fixture: &ModelFixture, what: &str, got: Tensor<2>, expected: &RawTensor) {
-    assert_eq!(got.dims().to_vec(), expected.shape, "{}: {what} shape", fixture.dir.display());
-    let got: Vec<f32> = got.into_data().iter::<f32>().collect();
-    let (max, mean) = abs_diff(&got, &expected.values);
-    eprintln!("{}: {what}: max abs diff {max:.3e}, mean {mean:.3e}", fixture.dir.display());
-    assert!(max <= TOLERANCE, "{}: {what} differs by {max:e} (> {TOLERANCE:e})", fixture.dir.display());
+fn raw<const D: usize>(t: Tensor<D>) -> RawTensor {
+    let data = t.into_data();
+    RawTensor {
+        shape: data.shape().to_vec(),
+        values: data.iter::<f32>().collect(),
+    }
 }
 
-/// Runs a CLIP fixture; `normalized` says whether the expected embeddings are L2-normalized.
-fn check_clip(fixture: &ModelFixture, model: &Clip, normalized: bool, device: &Device) {
+/// Our outputs for a CLIP fixture's inputs, named as `expected.safetensors` names them;
+/// `normalized` says whether the expected embeddings are L2-normalized.
+fn clip_outputs(fixture: &ModelFixture, model: &Clip, normalized: bool, device: &Device) -> BTreeMap<String, RawTensor> {
     let inputs = fixture.tensors("inputs").unwrap();
-    let expected = fixture.tensors("expected").unwrap();
     let images = tensor::<4>(&inputs["pixel_values"], device);
     let tokens = token_ids(&inputs["input_ids"], device);
-    let image_embeds = model.encode_image(images, normalized);
+    let image_embeds = model.encode_image(images.clone(), normalized);
     let text_embeds = model.encode_text(tokens, normalized);
     let logits = model.logits_from_embeddings(image_embeds.clone(), text_embeds.clone());
-    check(fixture, "image_embeds", image_embeds, &expected["image_embeds"]);
-    check(fixture, "text_embeds", text_embeds, &expected["text_embeds"]);
-    check(fixture, "logits_per_image", logits.per_image, &expected["logits_per_image"]);
+    let mut outputs = BTreeMap::from([
+        ("image_embeds".to_string(), raw(image_embeds)),
+        ("text_embeds".to_string(), raw(text_embeds)),
+        ("logits_per_image".to_string(), raw(logits.per_image)),
+    ]);
+    if let ImageTower::ResNet(tower) = &model.visual {
+        let features = tower.forward_features(images);
+        outputs.insert("visual_stem".into(), raw(features.stem));
+        for (index, stage) in features.stages.into_iter().enumerate() {
+            outputs.insert(format!("visual_layer{}", index + 1), raw(stage));
+        }
+    }
+    outputs
+}
+
+/// Compares every expected tensor with our output of the same name; prints one line with the
+/// largest error and returns the tensors beyond the tolerance.
+fn compare(fixture: &ModelFixture, outputs: &BTreeMap<String, RawTensor>) -> Vec<String> {
+    let expected = fixture.tensors("expected").unwrap();
+    let dir = fixture.dir.display();
+    let (mut largest, mut worst, mut failures) = (0.0f32, String::new(), Vec::new());
+    for (name, want) in &expected {
+        let got = outputs
+            .get(name)
+            .unwrap_or_else(|| panic!("{dir}: expected.safetensors holds '{name}', which this test does not compute"));
+        assert_eq!(got.shape, want.shape, "{dir}: {name} shape");
+        let (max, _) = abs_diff(&got.values, &want.values);
+        if max > largest || worst.is_empty() {
+            (largest, worst) = (max, name.clone());
+        }
+        if max > TOLERANCE {
+            failures.push(format!("{dir}: {name} differs by {max:e} (> {TOLERANCE:e})"));
+        }
+    }
+    eprintln!("{dir}: largest abs error {largest:.3e} ({worst}) over {} tensors", expected.len());
+    failures
 }
 
 fn config_of(fixture: &ModelFixture) -> ClipConfig {
@@ -54,20 +90,29 @@ fn config_of(fixture: &ModelFixture) -> ClipConfig {
     }
 }
 
+/// The fixtures of `models/` and `resnet/`.
+fn all_fixtures(root: &Path) -> Vec<ModelFixture> {
+    let models = fixtures::model_fixtures(root)
+        .unwrap_or_else(|e| panic!("cannot read fixtures under {} ({e}); set CLIP_FIXTURES", root.display()));
+    let resnets = fixtures::resnet_fixtures(root)
+        .unwrap_or_else(|e| panic!("cannot read ResNet fixtures under {} ({e}); set CLIP_FIXTURES", root.display()));
+    models.into_iter().chain(resnets).collect()
+}
+
 #[test]
 fn every_model_fixture_matches_its_reference() {
     let device = Device::flex();
     let root = fixtures::root();
-    let all = fixtures::model_fixtures(&root)
-        .unwrap_or_else(|e| panic!("cannot read fixtures under {} ({e}); set CLIP_FIXTURES", root.display()));
-    let mut checked = 0;
-    for fixture in &all {
+    let (mut checked, mut resnets, mut failures) = (0, 0, Vec::new());
+    for fixture in &all_fixtures(&root) {
         match fixture.format.as_str() {
             "open_clip" | "hf_clip" => {
                 let config = config_of(fixture);
                 let model = weights::load_clip(&fixture.file("model"), &config, &device).unwrap();
-                check_clip(fixture, &model, fixture.format == "hf_clip", &device);
+                let outputs = clip_outputs(fixture, &model, fixture.format == "hf_clip", &device);
+                failures.extend(compare(fixture, &outputs));
                 checked += 1;
+                resnets += usize::from(model.visual.as_resnet().is_some());
             }
             other => match FORMATS_OF_OTHER_CRATES.iter().find(|(format, _)| *format == other) {
                 Some((_, owner)) => eprintln!("{}: format {other} is checked by {owner}", fixture.dir.display()),
@@ -78,7 +123,9 @@ fn every_model_fixture_matches_its_reference() {
             },
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(checked > 0, "no open_clip or hf_clip fixture found under {}", root.display());
+    assert!(resnets > 0, "no ResNet CLIP fixture found under {}", root.join("resnet").display());
 }
 
 /// Saves `model` in `format` under `dir` and returns the weights file written.
@@ -96,11 +143,18 @@ fn save(format: CheckpointFormat, model: &Clip, config: &ClipConfig, dir: &Path)
     }
 }
 
+/// Keys and safetensors dtypes of a file.
+fn dtypes(path: &Path) -> BTreeMap<String, String> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors().into_iter().map(|(key, view)| (key, format!("{:?}", view.dtype()))).collect()
+}
+
 #[test]
 fn export_then_import_gives_identical_tensors() {
     let device = Device::flex();
     let out = std::env::temp_dir().join(format!("clip-core-roundtrip-{}", std::process::id()));
-    for fixture in fixtures::model_fixtures(&fixtures::root()).unwrap() {
+    for fixture in all_fixtures(&fixtures::root()) {
         let (own, other) = match fixture.format.as_str() {
             "open_clip" => (CheckpointFormat::OpenClip, CheckpointFormat::HuggingFace),
             "hf_clip" => (CheckpointFormat::HuggingFace, CheckpointFormat::OpenClip),
@@ -111,9 +165,21 @@ fn export_then_import_gives_identical_tensors() {
         let model = weights::load_clip(&fixture.file("model"), &config, &device).unwrap();
         let dir = out.join(fixture.dir.file_name().unwrap());
 
-        // Exported in the fixture's own layout, every tensor comes back bit for bit.
+        // Exported in the fixture's own layout, every tensor comes back bit for bit, with its
+        // dtype (BatchNorm's num_batches_tracked stays int64).
         let same = save(own, &model, &config, &dir.join("same"));
         assert_eq!(fixtures::read_tensors(&same).unwrap(), original, "{}", fixture.dir.display());
+        assert_eq!(dtypes(&same), dtypes(&fixture.file("model")), "{}", fixture.dir.display());
+        let reimported = weights::load_clip(&same, &config, &device).unwrap();
+        let back = save(own, &reimported, &config, &dir.join("again"));
+        assert_eq!(fixtures::read_tensors(&back).unwrap(), original, "{}", fixture.dir.display());
+
+        if model.visual.as_resnet().is_some() {
+            // Hugging Face's CLIPModel has no ResNet tower: exporting to it is an error.
+            let err = weights::save_hugging_face(&model, &config, &dir.join("hf")).unwrap_err().to_string();
+            assert!(err.contains("ResNet") && err.contains("open_clip"), "{err}");
+            continue;
+        }
 
         // Through the other layout and back, nothing changes either.
         let crossed = save(other, &model, &config, &dir.join("other"));
@@ -159,7 +225,7 @@ fn logit_bias_round_trips_through_the_open_clip_layout() {
     let saved = fixtures::read_tensors(&path).unwrap();
     assert_eq!(saved["logit_bias"].values, vec![-10.0]);
     let back = weights::load_clip(&path, &config, &device).unwrap();
-    let layout = CheckpointFormat::OpenClip.layout(&config);
+    let layout = CheckpointFormat::OpenClip.layout(&config).unwrap();
     assert_eq!(weights::export(&back, &layout).unwrap(), weights::export(&model, &layout).unwrap());
     // The exported JSON config carries the bias, so the model is rebuilt with one.
     let json: serde_json::Value =

@@ -536,7 +536,7 @@ pub(crate) mod tests {
     }
 
     fn tiny_detector(device: &Device) -> Detector {
-        tiny_detector_config().init_with_visual(tiny_clip().vision.init(device), device)
+        tiny_detector_config().init_with_visual(tiny_clip().vision.vit("test").unwrap().init(device), device)
     }
 
     #[test]

@@ -51,12 +51,13 @@ pub struct VildConfig {
 
 impl VildConfig {
     /// ViLD on a copy of `clip`'s image tower, with fresh RPN, box head, projection and
-    /// background embedding.
-    pub fn init_with_clip(&self, clip: &Clip, device: &Device) -> Vild {
-        let embed_dim = clip.visual.proj.dims()[1];
+    /// background embedding; an error when the tower is not a ViT (the detector reads its
+    /// patch tokens).
+    pub fn init_with_clip(&self, clip: &Clip, device: &Device) -> clip_core::Result<Vild> {
+        let embed_dim = clip.visual.embed_dim();
         let std = 1.0 / (embed_dim as f64).sqrt();
-        Vild {
-            detector: self.detector.init_with_visual(clip.visual.clone(), device),
+        Ok(Vild {
+            detector: self.detector.init_with_visual(clip.visual.vit("ViLD")?.clone(), device),
             projection: LinearConfig::new(self.detector.hidden, embed_dim).init(device),
             background: Param::from_tensor(Tensor::random(
                 [embed_dim],
@@ -64,7 +65,7 @@ impl VildConfig {
                 device,
             )),
             temperature: self.temperature,
-        }
+        })
     }
 }
 
@@ -368,9 +369,9 @@ pub fn crop_embeddings_at(
     let device = images.device();
     let count: usize = boxes.iter().map(Vec::len).sum();
     if count == 0 {
-        return Tensor::zeros([0, clip.visual.proj.dims()[1]], &device);
+        return Tensor::zeros([0, clip.visual.embed_dim()], &device);
     }
-    let size = clip_image_size(clip);
+    let size = clip.visual.image_size();
     let scaled: Vec<Vec<BoxXyxy>> = boxes
         .iter()
         .map(|image_boxes| {
@@ -386,13 +387,6 @@ pub fn crop_embeddings_at(
         .collect();
     let crops = roi_align(images, &scaled, 1.0, [size, size], 0);
     clip.encode_image(crops, true)
-}
-
-/// The input side CLIP's image tower was configured for: grid side times patch size.
-fn clip_image_size(clip: &Clip) -> usize {
-    let tokens = clip.visual.positional_embedding.dims()[0];
-    let grid = ((tokens - 1) as f64).sqrt().round() as usize;
-    grid * clip.visual.patch_size
 }
 
 #[cfg(test)]
@@ -435,7 +429,7 @@ mod tests {
     fn text_logits_and_loss_match_hand_values() {
         let device = Device::flex();
         let clip = tiny_clip().init(&device);
-        let mut vild = tiny_config().init_with_clip(&clip, &device);
+        let mut vild = tiny_config().init_with_clip(&clip, &device).unwrap();
         // Background along axis 0 (scaled: it is normalized before use), classes along 1, 2.
         let mut background = vec![0.0f32; 16];
         background[0] = 3.0;
@@ -469,7 +463,7 @@ mod tests {
         let clip = tiny_clip().init(&device);
         let batch = tiny_batch(&clip, &device);
         let config = tiny_config();
-        let mut model = config.init_with_clip(&clip, &device);
+        let mut model = config.init_with_clip(&clip, &device).unwrap();
         let objective = VildObjective::new(&config, 5);
         let mut optimizer = AdamWConfig::new().init();
         let mut losses = Vec::new();
@@ -491,7 +485,7 @@ mod tests {
     fn detect_returns_bounded_predictions_of_known_classes() {
         let device = Device::flex();
         let clip = tiny_clip().init(&device);
-        let vild = tiny_config().init_with_clip(&clip, &device);
+        let vild = tiny_config().init_with_clip(&clip, &device).unwrap();
         let images = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
         let options = DetectOptions {
             score_threshold: 0.0,
@@ -514,7 +508,7 @@ mod tests {
     fn given_proposals_replace_the_rpn_in_training_and_detection() {
         let device = Device::flex();
         let clip = tiny_clip().init(&device);
-        let vild = tiny_config().init_with_clip(&clip, &device);
+        let vild = tiny_config().init_with_clip(&clip, &device).unwrap();
         let mut batch = tiny_batch(&clip, &device);
         let proposals = vec![vec![[1.0, 1.0, 15.0, 15.0], [17.0, 13.0, 29.0, 31.0], [0.0, 16.0, 10.0, 30.0]]];
         batch.proposals = Some(proposals.clone());

@@ -292,7 +292,7 @@ pub fn build_detector(config: &RunConfig, checkpoint: Option<&Path>, device: &De
     let tokenizer = ClipTokenizer::new().with_context_length(clip_config.text.context_length)?;
     let detector = match config.train.objective.as_str() {
         "vild" => {
-            let model = load_checkpoint(vild_config(det).init_with_clip(&clip, device), checkpoint)?;
+            let model = load_checkpoint(vild_config(det).init_with_clip(&clip, device)?, checkpoint)?;
             OpenDetector::Vild(Box::new(model), Box::new(clip))
         }
         "glip" => {
@@ -418,7 +418,7 @@ impl DistillTargets {
             offsets.push(offsets.last().copied().unwrap_or(0) + image.len());
         }
         let total = *offsets.last().unwrap_or(&0);
-        let dim = clip.visual.proj.val().dims()[1];
+        let dim = clip.visual.embed_dim();
         let counts: Vec<f32> = boxes.iter().map(|b| b.len() as f32).collect();
         if cache.is_file() {
             let tensors = Checkpoint::read(cache)?.tensors;
@@ -482,7 +482,7 @@ pub(crate) fn train_detection(run: &Run, device: &Device, train_device: &Device)
     let (fitted_detector, outcome) = match config.train.objective.as_str() {
         "vild" => {
             let model_config = vild_config(det);
-            let model = freeze(model_config.init_with_clip(&clip, train_device), &config.train.freeze)?;
+            let model = freeze(model_config.init_with_clip(&clip, train_device)?, &config.train.freeze)?;
             let class_embeddings = class_text_embeddings(|t| frozen.encode_text(t, true), &tokenizer, &base_names, &det.templates, device)?;
             let class_embeddings = Tensor::<2>::from_data(class_embeddings.into_data(), train_device);
             let targets = if det.image_weight > 0.0 {

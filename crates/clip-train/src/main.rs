@@ -212,7 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let device = trainer::select_device(&config.run.device)?;
             let (model, clip) = trainer::load_model(&config.model.name, Some(&weights), &device)?;
             let tokenizer = ClipTokenizer::new().with_context_length(clip.text.context_length)?;
-            let batcher = trainer::eval_batcher(&config, val, &tokenizer, clip.vision.image_size);
+            let batcher = trainer::eval_batcher(&config, val, &tokenizer, clip.vision.image_size());
             let report = eval::evaluate(&model, &batcher, &tokenizer, &config.eval, &device)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
@@ -223,7 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::ensure!(!labels.is_empty(), "--labels: give at least one class name");
             let tokenizer = ClipTokenizer::new().with_context_length(clip.text.context_length)?;
             let classifier = ZeroShotClassifier::build(&model, &tokenizer, &labels, &imagenet_templates(), &device)?;
-            let transform = EvalTransformConfig::new().with_image_size(clip.vision.image_size).init();
+            let transform = EvalTransformConfig::new().with_image_size(clip.vision.image_size()).init();
             let pixels = images.iter().map(|p| transform.load(p)).collect::<Result<Vec<_>, _>>()?;
             let embeddings = model.encode_image(stack_images(&pixels, &device)?, true);
             for (image, ranked) in images.iter().zip(classifier.top_k(embeddings, top)) {
@@ -247,7 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             } else {
                 anyhow::ensure!(!images.is_empty(), "give --images or --texts");
-                let transform = EvalTransformConfig::new().with_image_size(clip.vision.image_size).init();
+                let transform = EvalTransformConfig::new().with_image_size(clip.vision.image_size()).init();
                 for chunk in images.chunks(batch_size) {
                     let pixels = chunk.iter().map(|p| transform.load(p)).collect::<Result<Vec<_>, _>>()?;
                     chunks.push(model.encode_image(stack_images(&pixels, &device)?, true));

@@ -1,23 +1,31 @@
 //! Parameters named by path prefixes, as `train.freeze` and `train.lr_groups` take them:
 //! `visual` is every parameter of the image tower, `visual.transformer.resblocks.0` one block.
+//! Paths leave out enum variants (the image tower's `Vit`/`ResNet`), as checkpoint layouts do.
 
-use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
+use burn::module::{Flag, Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::tensor::Tensor;
 
 /// The parameters under any of `prefixes`. Each prefix must name at least one parameter of
 /// `model`, so that a typo is an error rather than a silent no-op; `key` (the config key)
 /// heads the error.
 pub fn prefix_group<M: Module>(model: &M, prefixes: &[String], key: &str) -> anyhow::Result<ParamGroup> {
-    let paths = parameter_paths(model);
+    let Paths { parameters, flags, .. } = Paths::of(model);
     for prefix in prefixes {
-        if !paths.iter().any(|path| under(path, prefix)) {
-            let mut top: Vec<&str> = paths.iter().map(|p| p.split('.').next().unwrap_or(p)).collect();
+        if !parameters.iter().any(|(path, _)| under(path, prefix)) {
+            let mut top: Vec<&str> = parameters.iter().map(|(p, _)| p.split('.').next().unwrap_or(p)).collect();
             top.dedup();
             anyhow::bail!("{key}: {prefix:?} names no parameter of the model (its top-level names: {})", top.join(", "));
         }
     }
-    let escaped: Vec<String> = prefixes.iter().map(|p| p.replace('.', r"\.")).collect();
-    ParamGroup::from_regex(format!(r"^({})(\.|$)", escaped.join("|"))).map_err(|e| anyhow::anyhow!("{key}: {e:?}"))
+    // The group holds the parameters and the training flags (BatchNorm's, dropout's) under the
+    // prefixes, so that freezing a tower also stops its BatchNorm statistics.
+    let ids = parameters
+        .into_iter()
+        .chain(flags)
+        .filter(|(path, _)| prefixes.iter().any(|prefix| under(path, prefix)))
+        .map(|(_, id)| id)
+        .collect();
+    Ok(ParamGroup::from_ids(ids))
 }
 
 /// `model` with the parameters under `prefixes` (`train.freeze`) frozen.
@@ -35,25 +43,44 @@ fn under(path: &str, prefix: &str) -> bool {
 
 /// Dot-joined paths of the float parameters of `model`, in module order.
 pub fn parameter_paths<M: Module>(model: &M) -> Vec<String> {
-    #[derive(Default)]
-    struct Paths {
-        stack: Vec<String>,
-        found: Vec<String>,
+    Paths::of(model).parameters.into_iter().map(|(path, _)| path).collect()
+}
+
+/// Paths (enum variants left out) and ids of a model's float parameters and training flags,
+/// in module order.
+#[derive(Default)]
+struct Paths {
+    stack: Vec<Option<String>>,
+    parameters: Vec<(String, ParamId)>,
+    flags: Vec<(String, ParamId)>,
+}
+
+impl Paths {
+    fn of<M: Module>(model: &M) -> Self {
+        let mut paths = Self::default();
+        model.visit(&mut paths);
+        paths
     }
-    impl ModuleVisitor for Paths {
-        fn enter_module(&mut self, name: &str, _container_type: &str) {
-            self.stack.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.stack.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<D>>) {
-            self.found.push(self.stack.join("."));
-        }
+
+    fn path(&self) -> String {
+        let path: Vec<&str> = self.stack.iter().flatten().map(String::as_str).collect();
+        path.join(".")
     }
-    let mut paths = Paths::default();
-    model.visit(&mut paths);
-    paths.found
+}
+
+impl ModuleVisitor for Paths {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.push((!container_type.starts_with("Enum:")).then(|| name.to_string()));
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.parameters.push((self.path(), param.id));
+    }
+    fn visit_flag(&mut self, flag: &Param<Flag>) {
+        self.flags.push((self.path(), flag.id));
+    }
 }
 
 #[cfg(test)]

@@ -221,7 +221,7 @@ pub fn build_segmenter(config: &RunConfig, checkpoint: Option<&Path>, device: &D
     let (segmenter, context_length, image_size) = match config.train.objective.as_str() {
         "lseg" => {
             let (clip, clip_config) = load_model(&config.model.name, weights, device)?;
-            let (context_length, image_size) = (clip_config.text.context_length, clip_config.vision.image_size);
+            let (context_length, image_size) = (clip_config.text.context_length, clip_config.vision.image_size());
             let model = lseg_config(seg, clip_config)?.init_with_clip(clip, device)?;
             (Segmenter::Lseg(Box::new(model)), context_length, image_size)
         }

@@ -14,7 +14,6 @@ use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use clip_core::preprocess::{EvalTransformConfig, TrainTransformConfig, stack_images};
-use clip_core::vision::VisionTransformer;
 use clip_core::{Clip, ClipConfig, ClipTokenizer, Objective, ZeroShotClassifier, weights};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -141,7 +140,7 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
     let (model, clip_config) = load_model(&config.model.name, config.model.weights.as_deref(), &train_device)?;
     let model = freeze(model, &config.train.freeze)?;
     let tokenizer = ClipTokenizer::new().with_context_length(clip_config.text.context_length)?;
-    let image_size = clip_config.vision.image_size;
+    let image_size = clip_config.vision.image_size();
     let (train_table, val_table) = config.tables()?;
     let batcher = train_batcher(config, train_table.clone(), &tokenizer, image_size)?;
 
@@ -213,7 +212,7 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
                 clip_config.embed_dim
             );
             let cache = distill.cache.clone().unwrap_or_else(|| output.join("teacher_embeddings.safetensors"));
-            let teacher_batcher = eval_batcher(config, train_table, &tokenizer, teacher_config.vision.image_size);
+            let teacher_batcher = eval_batcher(config, train_table, &tokenizer, teacher_config.vision.image_size());
             let targets = teacher_embeddings(&teacher, &teacher_batcher, &cache, config.eval.batch_size, &device)?;
             let dim = clip_config.embed_dim;
             let to_batch = |batch: PairBatch| -> anyhow::Result<DistillationBatch> {
@@ -229,7 +228,7 @@ pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<
                 Some(val) => {
                     let student = fitted.model.valid();
                     let batcher = eval_batcher(config, val.clone(), &tokenizer, image_size);
-                    let teacher_batcher = eval_batcher(config, val, &tokenizer, teacher_config.vision.image_size);
+                    let teacher_batcher = eval_batcher(config, val, &tokenizer, teacher_config.vision.image_size());
                     Some(evaluate_distillation(&student, &teacher, &batcher, &teacher_batcher, config, &device)?)
                 }
                 None => None,
@@ -269,7 +268,7 @@ pub fn eval_batcher(config: &RunConfig, table: PairTable, tokenizer: &ClipTokeni
 }
 
 /// Normalized image embeddings of every row of `batcher`'s table, `[rows * dim]`.
-fn image_embeddings(visual: &VisionTransformer, batcher: &Batcher, batch_size: usize, device: &Device) -> anyhow::Result<Vec<f32>> {
+fn image_embeddings(visual: &clip_core::ImageTower, batcher: &Batcher, batch_size: usize, device: &Device) -> anyhow::Result<Vec<f32>> {
     let rows: Vec<usize> = (0..batcher.table().pairs.len()).collect();
     let mut values = Vec::new();
     for chunk in rows.chunks(batch_size.max(1)) {
@@ -335,7 +334,7 @@ fn evaluate_classifier(
 
 /// Mean cosine similarity between student and teacher embeddings of the validation images.
 fn evaluate_distillation(
-    student: &VisionTransformer,
+    student: &clip_core::ImageTower,
     teacher: &Clip,
     batcher: &Batcher,
     teacher_batcher: &Batcher,

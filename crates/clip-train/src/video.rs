@@ -257,7 +257,7 @@ pub(crate) fn train_video(run: &Run, device: &Device, train_device: &Device) -> 
     let video = section(config)?;
     let (clip, clip_config) = load_model(&config.model.name, config.model.weights.as_deref(), train_device)?;
     let tokenizer = ClipTokenizer::new().with_context_length(clip_config.text.context_length)?;
-    let image_size = clip_config.vision.image_size;
+    let image_size = clip_config.vision.image_size();
     let context = tokenizer.context_length();
     let tokens = |texts: &[String], device: &Device| -> anyhow::Result<Tensor<2, Int>> {
         let ids: Vec<i64> = texts.iter().map(|t| tokenizer.tokenize(t)).collect::<Result<Vec<_>, _>>()?.concat();

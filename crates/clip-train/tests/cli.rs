@@ -397,7 +397,7 @@ fn frozen_tower_is_left_untouched_by_fine_tuning() {
     let model_config = workspace().join("configs/models/tiny-digits.json");
     let load = |dir: &Path| {
         let (model, config) = clip_train::trainer::load_model(model_config.to_str().unwrap(), Some(dir), &device).unwrap();
-        clip_core::weights::export(&model, &clip_core::weights::CheckpointFormat::OpenClip.layout(&config)).unwrap()
+        clip_core::weights::export(&model, &clip_core::weights::CheckpointFormat::OpenClip.layout(&config).unwrap()).unwrap()
     };
     let (before, after) = (load(&start), load(&tuned.join("checkpoints/step-00000003")));
     for (key, tensor) in &before {
@@ -406,6 +406,80 @@ fn frozen_tower_is_left_untouched_by_fine_tuning() {
         }
     }
     assert_ne!(after["ln_final.weight"], before["ln_final.weight"], "the text tower should train");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A ResNet image tower (`configs/models/tiny-digits-rn.json`) goes through the same commands
+/// as a ViT: train, eval, zero-shot, embed, export, and fine-tuning with a frozen tower.
+#[test]
+fn resnet_tower_trains_evaluates_and_exports_like_a_vit() {
+    let out = scratch("resnet");
+    let model = "configs/models/tiny-digits-rn.json";
+    let name = format!("model.name={model}");
+    let run_dir = out.join("run");
+    let mut args = vec!["train", "configs/quickstart.toml", "--output", run_dir.to_str().unwrap(), "--set", &name,
+        "--set", "train.max_steps=6"];
+    args.extend(FAST);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let losses = losses(&run_dir);
+    assert!(losses[&6] < losses[&1], "the loss went from {} to {}", losses[&1], losses[&6]);
+    let checkpoint = run_dir.join("checkpoints/step-00000006");
+
+    let output = run(&["eval", "configs/quickstart.toml", "--set", &name, "--weights", checkpoint.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["zero_shot_top1"], summary_of(&run_dir)["zero_shot_top1"], "eval reproduces the run's numbers");
+
+    let image = workspace().join("datasets/digits/images/0000.png");
+    let output = run(&["zero-shot", "--model", model, "--weights", checkpoint.to_str().unwrap(), "--labels", "zero, one",
+        image.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let embeddings = out.join("images.safetensors");
+    let output = run(&["embed", "--model", model, "--weights", checkpoint.to_str().unwrap(), "--images",
+        image.to_str().unwrap(), "--output", embeddings.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(clip_core::fixtures::read_tensors(&embeddings).unwrap()["embeddings"].shape, vec![1, 32]);
+
+    // The open_clip export carries the BatchNorm statistics the six training steps accumulated.
+    let exported = out.join("open_clip.safetensors");
+    let output = run(&["export", "--model", model, "--weights", checkpoint.to_str().unwrap(), "--format", "open_clip",
+        "--output", exported.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let tensors = clip_core::fixtures::read_tensors(&exported).unwrap();
+    assert_eq!(tensors["visual.layer1.0.bn1.num_batches_tracked"].values, [6.0]);
+    assert!(tensors["visual.bn1.running_mean"].values.iter().any(|&v| v != 0.0));
+    let output = run(&["export", "--model", model, "--weights", checkpoint.to_str().unwrap(), "--format", "hf",
+        "--output", out.join("hf").to_str().unwrap()]);
+    assert!(!output.status.success() && stderr(&output).contains("open_clip"), "{}", stderr(&output));
+
+    // Fine-tuning with the image tower frozen leaves its weights and statistics untouched.
+    // Everything but the stem's second and third convolutions: their BatchNorms go on training.
+    let frozen = ["visual.conv1", "visual.bn1", "visual.layer1", "visual.layer2", "visual.layer3", "visual.layer4",
+        "visual.attnpool"];
+    let config = out.join("frozen.toml");
+    let quickstart = std::fs::read_to_string(workspace().join("configs/quickstart.toml")).unwrap();
+    let model_section = format!("name = \"{model}\"\nweights = \"{}\"", exported.display());
+    let freeze = format!("[train]\nfreeze = {frozen:?}");
+    let text = quickstart.replace("name = \"configs/models/tiny-digits.json\"", &model_section).replace("[train]", &freeze);
+    std::fs::write(&config, text).unwrap();
+    let tuned = out.join("frozen");
+    let mut args = vec!["train", config.to_str().unwrap(), "--output", tuned.to_str().unwrap(), "--set", "train.max_steps=3"];
+    args.extend(FAST);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let device = burn::tensor::Device::flex();
+    let (tuned_model, config) =
+        clip_train::trainer::load_model(workspace().join(model).to_str().unwrap(), Some(&tuned.join("checkpoints/step-00000003")), &device).unwrap();
+    let layout = clip_core::weights::CheckpointFormat::OpenClip.layout(&config).unwrap();
+    let after = clip_core::weights::export(&tuned_model, &layout).unwrap();
+    for (key, tensor) in &tensors {
+        if frozen.iter().any(|prefix| key.starts_with(&format!("{prefix}."))) {
+            assert_eq!(&after[key], tensor, "{key} changed although frozen");
+        }
+    }
+    assert_ne!(after["visual.bn2.running_mean"], tensors["visual.bn2.running_mean"], "unfrozen BatchNorm trains");
+    assert_ne!(after["ln_final.weight"], tensors["ln_final.weight"], "the text tower should train");
     let _ = std::fs::remove_dir_all(&out);
 }
 

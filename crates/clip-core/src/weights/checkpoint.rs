@@ -1,6 +1,6 @@
 //! Reading and writing checkpoint files as plain named f32 tensors.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn_store::pytorch::PytorchReader;
@@ -99,17 +99,31 @@ impl Checkpoint {
 
     /// Writes the tensors as f32 safetensors, through a temporary file renamed into place.
     pub fn write_safetensors(tensors: &BTreeMap<String, RawTensor>, path: &Path) -> Result<()> {
-        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        Self::write_safetensors_with_integers(tensors, &BTreeSet::new(), path)
+    }
+
+    /// As [`write_safetensors`](Self::write_safetensors), writing the tensors named in
+    /// `integers` (counters such as BatchNorm's `num_batches_tracked`) as int64.
+    pub fn write_safetensors_with_integers(
+        tensors: &BTreeMap<String, RawTensor>,
+        integers: &BTreeSet<String>,
+        path: &Path,
+    ) -> Result<()> {
+        let bytes: Vec<(String, Dtype, Vec<u8>, Vec<usize>)> = tensors
             .iter()
             .map(|(key, t)| {
-                let bytes = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (key.clone(), bytes, t.shape.clone())
+                let (dtype, bytes) = if integers.contains(key) {
+                    (Dtype::I64, t.values.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect())
+                } else {
+                    (Dtype::F32, t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+                };
+                (key.clone(), dtype, bytes, t.shape.clone())
             })
             .collect();
         let views = bytes
             .iter()
-            .map(|(key, bytes, shape)| {
-                TensorView::new(Dtype::F32, shape.clone(), bytes)
+            .map(|(key, dtype, bytes, shape)| {
+                TensorView::new(*dtype, shape.clone(), bytes)
                     .map(|view| (key.clone(), view))
                     .map_err(|e| ClipError::checkpoint(path, format!("{key}: {e}")))
             })

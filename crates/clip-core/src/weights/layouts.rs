@@ -1,11 +1,15 @@
-//! The key tables of the supported checkpoint layouts: open_clip/OpenAI and Hugging Face
-//! `CLIPModel`. Each is read in both directions (import and export). The entry builders are
+//! The key tables of the supported checkpoint layouts: open_clip/OpenAI (ViT and ModifiedResNet
+//! image towers) and Hugging Face `CLIPModel`. Each is read in both directions (import and export). The entry builders are
 //! public for the layouts of models built from the same parts (GroupViT's).
 
 use super::mapping::{Entry, Layout, Transform};
 use crate::config::ClipConfig;
+use crate::error::{ClipError, Result};
+use crate::image_tower::ImageTowerConfig;
+use crate::resnet::ModifiedResNetConfig;
+use crate::vision::VisionTransformerConfig;
 
-use Transform::{Identity, PositionalEmbedding, Scalar, Transpose};
+use Transform::{Count, Identity, PositionalEmbedding, Scalar, Transpose};
 
 /// Entries of a LayerNorm: `weight`/`bias` in PyTorch, `gamma`/`beta` in burn.
 pub fn layer_norm(entries: &mut Vec<Entry>, checkpoint: &str, ours: &str) {
@@ -19,20 +23,29 @@ pub fn linear(entries: &mut Vec<Entry>, checkpoint: &str, ours: &str) {
     entries.push(Entry::new(format!("{checkpoint}.bias"), format!("{ours}.bias"), Identity));
 }
 
-/// open_clip/OpenAI layout (`visual.conv1.weight`, fused `in_proj_weight`, `x @ proj`).
+/// Entries of a PyTorch `BatchNorm2d`: `weight`/`bias` become `gamma`/`beta`; the running
+/// statistics and the integer batch counter keep their names.
+pub fn batch_norm(entries: &mut Vec<Entry>, checkpoint: &str, ours: &str) {
+    entries.push(Entry::new(format!("{checkpoint}.weight"), format!("{ours}.gamma"), Identity));
+    entries.push(Entry::new(format!("{checkpoint}.bias"), format!("{ours}.beta"), Identity));
+    for buffer in ["running_mean", "running_var"] {
+        entries.push(Entry::new(format!("{checkpoint}.{buffer}"), format!("{ours}.{buffer}"), Identity));
+    }
+    entries.push(Entry::new(
+        format!("{checkpoint}.num_batches_tracked"),
+        format!("{ours}.num_batches_tracked"),
+        Count,
+    ));
+}
+
+/// open_clip/OpenAI layout (`visual.conv1.weight`, fused `in_proj_weight`, `x @ proj`; for a
+/// ResNet tower `visual.layer1.0.conv1.weight`, `visual.attnpool.q_proj.weight`, ...).
 pub fn open_clip(config: &ClipConfig) -> Layout {
     let mut e = Vec::new();
-    e.push(Entry::new("visual.conv1.weight", "visual.conv1.weight", Identity));
-    e.push(Entry::new("visual.class_embedding", "visual.class_embedding", Identity));
-    e.push(Entry::new(
-        "visual.positional_embedding",
-        "visual.positional_embedding",
-        PositionalEmbedding,
-    ));
-    layer_norm(&mut e, "visual.ln_pre", "visual.ln_pre");
-    open_clip_blocks(&mut e, "visual.transformer", "visual.transformer", config.vision.layers);
-    layer_norm(&mut e, "visual.ln_post", "visual.ln_post");
-    e.push(Entry::new("visual.proj", "visual.proj", Identity));
+    match &config.vision {
+        ImageTowerConfig::Vit(vision) => open_clip_vit(&mut e, vision),
+        ImageTowerConfig::ResNet(vision) => open_clip_resnet(&mut e, vision),
+    }
 
     e.push(Entry::new("token_embedding.weight", "text.token_embedding.weight", Identity));
     e.push(Entry::new("positional_embedding", "text.positional_embedding", Identity));
@@ -47,6 +60,52 @@ pub fn open_clip(config: &ClipConfig) -> Layout {
         entries: e,
         // OpenAI's released state dicts carry these three scalars besides the weights.
         ignored: vec!["input_resolution".into(), "context_length".into(), "vocab_size".into()],
+    }
+}
+
+fn open_clip_vit(e: &mut Vec<Entry>, vision: &VisionTransformerConfig) {
+    e.push(Entry::new("visual.conv1.weight", "visual.conv1.weight", Identity));
+    e.push(Entry::new("visual.class_embedding", "visual.class_embedding", Identity));
+    e.push(Entry::new(
+        "visual.positional_embedding",
+        "visual.positional_embedding",
+        PositionalEmbedding,
+    ));
+    layer_norm(e, "visual.ln_pre", "visual.ln_pre");
+    open_clip_blocks(e, "visual.transformer", "visual.transformer", vision.layers);
+    layer_norm(e, "visual.ln_post", "visual.ln_post");
+    e.push(Entry::new("visual.proj", "visual.proj", Identity));
+}
+
+/// open_clip's `ModifiedResNet` state dict; the shortcut's `downsample.0`/`.1` are our
+/// `downsample.conv`/`.bn`, the attention pool's `q_proj`..`c_proj` our `attn.query`..`out_proj`.
+fn open_clip_resnet(e: &mut Vec<Entry>, vision: &ModifiedResNetConfig) {
+    for i in 1..=3 {
+        e.push(Entry::new(format!("visual.conv{i}.weight"), format!("visual.conv{i}.weight"), Identity));
+        batch_norm(e, &format!("visual.bn{i}"), &format!("visual.bn{i}"));
+    }
+    for (stage, &blocks) in vision.layers.iter().enumerate() {
+        for block in 0..blocks {
+            let b = format!("visual.layer{}.{block}", stage + 1);
+            for i in 1..=3 {
+                e.push(Entry::new(format!("{b}.conv{i}.weight"), format!("{b}.conv{i}.weight"), Identity));
+                batch_norm(e, &format!("{b}.bn{i}"), &format!("{b}.bn{i}"));
+            }
+            // Only the first block of a stage strides or widens, and so has a shortcut.
+            if block == 0 {
+                e.push(Entry::new(format!("{b}.downsample.0.weight"), format!("{b}.downsample.conv.weight"), Identity));
+                batch_norm(e, &format!("{b}.downsample.1"), &format!("{b}.downsample.bn"));
+            }
+        }
+    }
+    let pool = "visual.attnpool";
+    e.push(Entry::new(
+        format!("{pool}.positional_embedding"),
+        format!("{pool}.positional_embedding"),
+        PositionalEmbedding,
+    ));
+    for (theirs, ours) in [("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"), ("c_proj", "out_proj")] {
+        linear(e, &format!("{pool}.{theirs}"), &format!("{pool}.attn.{ours}"));
     }
 }
 
@@ -76,8 +135,15 @@ fn open_clip_blocks(e: &mut Vec<Entry>, checkpoint: &str, ours: &str, layers: us
     }
 }
 
-/// Hugging Face `CLIPModel` layout (`vision_model.encoder.layers.N.self_attn.q_proj`, ...).
-pub fn hugging_face(config: &ClipConfig) -> Layout {
+/// Hugging Face `CLIPModel` layout (`vision_model.encoder.layers.N.self_attn.q_proj`, ...);
+/// an error for a ResNet image tower, which `CLIPModel` does not have.
+pub fn hugging_face(config: &ClipConfig) -> Result<Layout> {
+    let vision = config.vision.vit("a Hugging Face CLIPModel").map_err(|_| {
+        ClipError::config(
+            "model.name",
+            "a ResNet image tower has no Hugging Face CLIPModel layout; use the open_clip layout",
+        )
+    })?;
     let mut e = Vec::new();
     let v = "vision_model";
     e.push(Entry::new(
@@ -92,7 +158,7 @@ pub fn hugging_face(config: &ClipConfig) -> Layout {
         PositionalEmbedding,
     ));
     layer_norm(&mut e, &format!("{v}.pre_layrnorm"), "visual.ln_pre");
-    hugging_face_layers(&mut e, &format!("{v}.encoder.layers"), "visual.transformer", config.vision.layers);
+    hugging_face_layers(&mut e, &format!("{v}.encoder.layers"), "visual.transformer", vision.layers);
     layer_norm(&mut e, &format!("{v}.post_layernorm"), "visual.ln_post");
     e.push(Entry::new("visual_projection.weight", "visual.proj", Transpose));
 
@@ -100,14 +166,14 @@ pub fn hugging_face(config: &ClipConfig) -> Layout {
     hugging_face_text(&mut e, config.text.layers);
     e.push(Entry::new("text_projection.weight", "text.text_projection", Transpose));
     e.push(Entry::new("logit_scale", "logit_scale", Scalar));
-    Layout {
+    Ok(Layout {
         entries: e,
         // Older transformers versions persisted these index buffers.
         ignored: vec![
             format!("{v}.embeddings.position_ids"),
             format!("{t}.embeddings.position_ids"),
         ],
-    }
+    })
 }
 
 /// Entries of transformers' `text_model` (embeddings, encoder, final norm) onto a text tower

@@ -32,6 +32,9 @@ pub enum Transform {
     PositionalEmbedding,
     /// A scalar (shape `[]`) stored by us as `[1]`, like the logit scale.
     Scalar,
+    /// An integer counter (int64 shape `[]`, BatchNorm's `num_batches_tracked`) stored by us
+    /// as an f32 `[1]`; written back as int64.
+    Count,
 }
 
 /// One row of a layout table.
@@ -65,6 +68,17 @@ pub struct Layout {
     pub ignored: Vec<String>,
 }
 
+impl Layout {
+    /// Checkpoint keys that hold integers ([`Transform::Count`]), to be written as int64.
+    pub fn integer_keys(&self) -> BTreeSet<String> {
+        self.entries
+            .iter()
+            .filter(|entry| entry.transform == Transform::Count)
+            .map(|entry| entry.checkpoint.clone())
+            .collect()
+    }
+}
+
 /// The checkpoint-layout shape a parameter of `our_shape` has under `transform`.
 fn checkpoint_shape(transform: Transform, our_shape: &[usize]) -> Vec<usize> {
     match transform {
@@ -81,18 +95,19 @@ fn checkpoint_shape(transform: Transform, our_shape: &[usize]) -> Vec<usize> {
             shape[0] *= count;
             shape
         }
-        Transform::Scalar => Vec::new(),
+        Transform::Scalar | Transform::Count => Vec::new(),
     }
 }
 
-/// Loads `checkpoint` into `model` (any module: CLIP, GroupViT, ...) through `layout`. Every
-/// model parameter must be covered,
+/// Loads `checkpoint` into `model` (any module: CLIP, GroupViT, ...) through `layout`. Our
+/// parameter paths leave out enum variants (`visual.conv1.weight`, whichever tower `visual`
+/// is). Every model parameter must be covered,
 /// every checkpoint tensor used (or ignored by the layout) and every shape must agree; the
 /// error names the checkpoint key and both shapes.
 pub fn import<M: Module>(model: M, checkpoint: &Checkpoint, layout: &Layout) -> Result<M> {
     let path = &checkpoint.path;
     let expected: BTreeMap<String, Vec<usize>> = model
-        .collect(None, None, false)
+        .collect(None, None, true)
         .into_iter()
         .map(|t| (t.name, t.shape.to_vec()))
         .collect();
@@ -152,7 +167,7 @@ pub fn import<M: Module>(model: M, checkpoint: &Checkpoint, layout: &Layout) -> 
         ));
     }
     let mut model = model;
-    let result = model.apply(tensors, None, None, false);
+    let result = model.apply(tensors, None, None, true);
     if let Some(error) = result.errors.first() {
         return Err(ClipError::checkpoint(path, error.to_string()));
     }
@@ -162,7 +177,7 @@ pub fn import<M: Module>(model: M, checkpoint: &Checkpoint, layout: &Layout) -> 
 /// The parameters of `model` (any module) in the checkpoint layout of `layout`.
 pub fn export<M: Module>(model: &M, layout: &Layout) -> Result<BTreeMap<String, RawTensor>> {
     let ours: BTreeMap<String, RawTensor> = model
-        .collect(None, None, false)
+        .collect(None, None, true)
         .into_iter()
         .map(|t| {
             let name = t.name.clone();
@@ -186,7 +201,7 @@ pub fn export<M: Module>(model: &M, layout: &Layout) -> Result<BTreeMap<String, 
             Transform::Transpose => {
                 out.insert(entry.checkpoint.clone(), ours.transposed());
             }
-            Transform::Scalar => {
+            Transform::Scalar | Transform::Count => {
                 let scalar = RawTensor {
                     shape: Vec::new(),
                     values: ours.values.clone(),
@@ -221,7 +236,7 @@ fn to_ours(raw: &RawTensor, transform: Transform, our_shape: &[usize]) -> RawTen
             let chunk = raw.chunk(index, count);
             if transpose { chunk.transposed() } else { chunk }
         }
-        Transform::Scalar => RawTensor {
+        Transform::Scalar | Transform::Count => RawTensor {
             shape: our_shape.to_vec(),
             values: raw.values.clone(),
         },

@@ -1,4 +1,5 @@
-//! Weight import and export: open_clip/OpenAI and Hugging Face `CLIPModel` checkpoints.
+//! Weight import and export: open_clip/OpenAI (ViT and ResNet towers) and Hugging Face
+//! `CLIPModel` checkpoints.
 //!
 //! ```no_run
 //! # fn main() -> clip_core::Result<()> {
@@ -51,10 +52,11 @@ impl CheckpointFormat {
         }
     }
 
-    /// The key table of this layout for `config`.
-    pub fn layout(self, config: &ClipConfig) -> Layout {
+    /// The key table of this layout for `config`; an error where the layout cannot hold the
+    /// model (a ResNet tower in Hugging Face's `CLIPModel`).
+    pub fn layout(self, config: &ClipConfig) -> Result<Layout> {
         match self {
-            Self::OpenClip => layouts::open_clip(config),
+            Self::OpenClip => Ok(layouts::open_clip(config)),
             Self::HuggingFace => layouts::hugging_face(config),
         }
     }
@@ -65,7 +67,8 @@ impl CheckpointFormat {
 pub fn load_clip(path: &Path, config: &ClipConfig, device: &Device) -> Result<Clip> {
     let checkpoint = Checkpoint::read(path)?;
     let format = CheckpointFormat::detect(&checkpoint)?;
-    mapping::import(config.init(device), &checkpoint, &format.layout(config))
+    let layout = format.layout(config).map_err(|e| ClipError::checkpoint(path, e.to_string()))?;
+    mapping::import(config.init(device), &checkpoint, &layout)
 }
 
 /// Loads a Hugging Face `CLIPModel` from a directory holding `config.json` and
@@ -95,8 +98,9 @@ pub fn hugging_face_files(path: &Path) -> Result<(PathBuf, PathBuf)> {
 /// Writes the model in open_clip's layout as safetensors (loadable by
 /// `open_clip.create_model(..., pretrained=path)`), plus `open_clip_config.json` beside it.
 pub fn save_open_clip(model: &Clip, config: &ClipConfig, path: &Path) -> Result<()> {
-    let tensors = mapping::export(model, &CheckpointFormat::OpenClip.layout(config))?;
-    Checkpoint::write_safetensors(&tensors, path)?;
+    let layout = CheckpointFormat::OpenClip.layout(config)?;
+    let tensors = mapping::export(model, &layout)?;
+    Checkpoint::write_safetensors_with_integers(&tensors, &layout.integer_keys(), path)?;
     let config_path = path.with_file_name("open_clip_config.json");
     let json = serde_json::json!({ "model_cfg": config.to_open_clip_json() });
     write_atomically(&config_path, serde_json::to_string_pretty(&json).unwrap_or_default().as_bytes())
@@ -111,8 +115,8 @@ pub fn save_hugging_face(model: &Clip, config: &ClipConfig, dir: &Path) -> Resul
             "a model with a logit bias (SigLIP) has no Hugging Face CLIPModel layout; export it as open_clip",
         ));
     }
-    let tensors = mapping::export(model, &CheckpointFormat::HuggingFace.layout(config))?;
+    let json = serde_json::to_string_pretty(&config.to_hf_json()?).unwrap_or_default();
+    let tensors = mapping::export(model, &CheckpointFormat::HuggingFace.layout(config)?)?;
     Checkpoint::write_safetensors(&tensors, &dir.join("model.safetensors"))?;
-    let json = serde_json::to_string_pretty(&config.to_hf_json()).unwrap_or_default();
     write_atomically(&dir.join("config.json"), json.as_bytes())
 }

@@ -106,12 +106,13 @@ impl GlipConfig {
     /// GLIP on copies of `clip`'s towers, with fresh projections, fusion layers and heads.
     pub fn init_with_clip(&self, clip: &Clip, device: &Device) -> clip_core::Result<Glip> {
         self.validate()?;
-        let image_width = clip.visual.conv1.weight.dims()[0];
+        let visual = clip.visual.vit("GLIP")?;
+        let image_width = visual.conv1.weight.dims()[0];
         let text_width = clip.text.token_embedding.weight.dims()[1];
         let anchors = self.anchors_per_location();
         let bias = -((1.0 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY).ln();
         Ok(Glip {
-            visual: clip.visual.clone(),
+            visual: visual.clone(),
             text: clip.text.clone(),
             image_projection: LinearConfig::new(image_width, self.hidden).init(device),
             text_projection: LinearConfig::new(text_width, self.hidden).init(device),

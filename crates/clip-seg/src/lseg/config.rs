@@ -62,10 +62,15 @@ pub struct LsegConfig {
 }
 
 impl LsegConfig {
+    /// Blocks and width of the ViT image tower (zeros for a ResNet, which `validate` rejects).
+    fn vit_size(&self) -> (usize, usize) {
+        self.clip.vision.vit(ORIGIN).map(|v| (v.layers, v.width)).unwrap_or((0, 0))
+    }
+
     /// The hook layers, resolving the default.
     pub fn hooks(&self) -> Vec<usize> {
         self.hooks.clone().unwrap_or_else(|| {
-            let depth = self.clip.vision.layers;
+            let (depth, _) = self.vit_size();
             (1..=4).map(|i| (i * depth / 4).max(1) - 1).collect()
         })
     }
@@ -73,7 +78,7 @@ impl LsegConfig {
     /// The four stage channel counts, resolving the default.
     pub fn stage_channels(&self) -> Vec<usize> {
         self.stage_channels.clone().unwrap_or_else(|| {
-            let width = self.clip.vision.width;
+            let (_, width) = self.vit_size();
             if width >= 1024 {
                 vec![256, 512, 1024, 1024]
             } else {
@@ -85,7 +90,7 @@ impl LsegConfig {
     /// Checks that the hooks exist in the image tower and that every size is positive.
     pub fn validate(&self) -> clip_core::Result<()> {
         self.clip.validate(ORIGIN)?;
-        let depth = self.clip.vision.layers;
+        let depth = self.clip.vision.vit("LSeg")?.layers;
         let hooks = self.hooks();
         if hooks.len() != 4 {
             return Err(ClipError::config(
@@ -131,14 +136,12 @@ impl LsegConfig {
     /// must have the architecture of `self.clip`.
     pub fn init_with_clip(&self, clip: Clip, device: &Device) -> clip_core::Result<Lseg> {
         self.validate()?;
-        let width = clip.visual.conv1.weight.dims()[0];
-        let depth = clip.visual.transformer.resblocks.len();
+        let visual = clip.visual.into_vit("LSeg")?;
+        let width = visual.conv1.weight.dims()[0];
+        let depth = visual.transformer.resblocks.len();
         let embed_dim = clip.text.text_projection.dims()[1];
-        let expected = (
-            self.clip.vision.width,
-            self.clip.vision.layers,
-            self.clip.embed_dim,
-        );
+        let (layers, vision_width) = self.vit_size();
+        let expected = (vision_width, layers, self.clip.embed_dim);
         if (width, depth, embed_dim) != expected {
             return Err(ClipError::config(
                 ORIGIN,
@@ -161,7 +164,7 @@ impl LsegConfig {
         .init(device);
         let hooks = self.hooks();
         Ok(Lseg {
-            visual: clip.visual,
+            visual,
             text: clip.text,
             decoder,
             regularization: self
@@ -195,9 +198,9 @@ pub(crate) mod tests {
     fn default_hooks_are_evenly_spaced() {
         let mut config = tiny_config();
         assert_eq!(config.hooks(), [0, 1, 2, 3]);
-        config.clip.vision.layers = 12;
+        config.clip.vision.vit_mut("test").unwrap().layers = 12;
         assert_eq!(config.hooks(), [2, 5, 8, 11]);
-        config.clip.vision.layers = 24;
+        config.clip.vision.vit_mut("test").unwrap().layers = 24;
         assert_eq!(config.hooks(), [5, 11, 17, 23]);
     }
 
@@ -205,9 +208,9 @@ pub(crate) mod tests {
     fn default_stage_channels_follow_dpt() {
         let mut config = tiny_config();
         assert_eq!(config.stage_channels(), [4, 8, 16, 32]);
-        config.clip.vision.width = 768;
+        config.clip.vision.vit_mut("test").unwrap().width = 768;
         assert_eq!(config.stage_channels(), [96, 192, 384, 768]);
-        config.clip.vision.width = 1024;
+        config.clip.vision.vit_mut("test").unwrap().width = 1024;
         assert_eq!(config.stage_channels(), [256, 512, 1024, 1024]);
     }
 
@@ -252,15 +255,16 @@ pub(crate) mod tests {
     fn init_with_clip_rejects_another_architecture() {
         let device = Device::flex();
         let mut other = tiny_config().clip;
-        other.vision.width = 64;
-        other.vision.mlp_width = 128;
+        let vision = other.vision.vit_mut("test").unwrap();
+        vision.width = 64;
+        vision.mlp_width = 128;
         let err = tiny_config()
             .init_with_clip(other.init(&device), &device)
             .unwrap_err()
             .to_string();
         assert!(err.contains("image width 64"), "{err}");
         let mut shallow = tiny_config().clip;
-        shallow.vision.layers = 2;
+        shallow.vision.vit_mut("test").unwrap().layers = 2;
         let err = tiny_config()
             .init_with_clip(shallow.init(&device), &device)
             .unwrap_err()

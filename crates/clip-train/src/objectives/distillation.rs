@@ -3,8 +3,7 @@
 //! L1 or L2 loss. Teacher embeddings are computed once and cached on disk.
 
 use burn::tensor::Tensor;
-use clip_core::vision::VisionTransformer;
-use clip_core::{Objective, StepOutput, l2_normalize};
+use clip_core::{ImageTower, Objective, StepOutput, l2_normalize};
 
 /// Images and the teacher's embeddings of them.
 #[derive(Debug, Clone)]
@@ -32,10 +31,10 @@ pub struct DistillationObjective {
 }
 
 impl Objective for DistillationObjective {
-    type Model = VisionTransformer;
+    type Model = ImageTower;
     type Batch = DistillationBatch;
 
-    fn forward(&self, model: &VisionTransformer, batch: DistillationBatch) -> StepOutput {
+    fn forward(&self, model: &ImageTower, batch: DistillationBatch) -> StepOutput {
         let student = l2_normalize(model.forward(batch.images));
         let difference = student.clone() - batch.teacher.clone();
         let loss = match self.loss {

@@ -6,8 +6,7 @@ use burn::module::{Module, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor};
-use clip_core::vision::VisionTransformer;
-use clip_core::{Objective, StepOutput, ZeroShotClassifier, l2_normalize};
+use clip_core::{ImageTower, Objective, StepOutput, ZeroShotClassifier, l2_normalize};
 
 /// Images and their class indices.
 #[derive(Debug, Clone)]
@@ -22,14 +21,14 @@ pub struct LabelledBatch {
 #[derive(Module, Debug)]
 pub struct ImageClassifier {
     /// The image tower.
-    pub visual: VisionTransformer,
+    pub visual: ImageTower,
     /// `[embed_dim, classes]` classifier.
     pub head: Linear,
 }
 
 impl ImageClassifier {
     /// A classifier whose head is randomly initialized.
-    pub fn new(visual: VisionTransformer, embed_dim: usize, classes: usize, device: &Device) -> Self {
+    pub fn new(visual: ImageTower, embed_dim: usize, classes: usize, device: &Device) -> Self {
         Self {
             visual,
             head: LinearConfig::new(embed_dim, classes).init(device),
@@ -38,7 +37,7 @@ impl ImageClassifier {
 
     /// A classifier whose head is the zero-shot classifier: class text embeddings times the
     /// logit scale, no bias. Before any training it predicts exactly what zero-shot does.
-    pub fn from_zero_shot(visual: VisionTransformer, zero_shot: &ZeroShotClassifier, device: &Device) -> Self {
+    pub fn from_zero_shot(visual: ImageTower, zero_shot: &ZeroShotClassifier, device: &Device) -> Self {
         let [classes, embed_dim] = zero_shot.weights.dims();
         let weight = zero_shot.weights.clone().transpose().to_device(device) * zero_shot.logit_scale;
         let mut head = LinearConfig::new(embed_dim, classes).init(device);

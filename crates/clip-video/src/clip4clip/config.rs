@@ -126,12 +126,13 @@ impl Clip4ClipConfig {
 
 /// Checks that `clip`'s sizes are those of `config` (image width and depth, embedding size).
 pub(crate) fn check_clip(config: &ClipConfig, clip: &Clip, origin: &str) -> clip_core::Result<()> {
+    let (visual, vision) = (clip.visual.vit(origin)?, config.vision.vit(origin)?);
     let found = (
-        clip.visual.conv1.weight.dims()[0],
-        clip.visual.transformer.resblocks.len(),
+        visual.conv1.weight.dims()[0],
+        visual.transformer.resblocks.len(),
         clip.text.text_projection.dims()[1],
     );
-    let expected = (config.vision.width, config.vision.layers, config.embed_dim);
+    let expected = (vision.width, vision.layers, config.embed_dim);
     if found != expected {
         return Err(ClipError::config(
             origin,
@@ -210,7 +211,7 @@ pub(crate) mod tests {
     fn a_clip_of_another_architecture_is_rejected() {
         let device = burn::tensor::Device::flex();
         let mut other = tiny_clip();
-        other.vision.layers = 1;
+        other.vision.vit_mut("test").unwrap().layers = 1;
         let err = tiny_config(SimilarityHeader::MeanP)
             .init_with_clip(other.init(&device), &device)
             .unwrap_err()
