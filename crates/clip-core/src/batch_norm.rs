@@ -86,8 +86,13 @@ impl BatchNorm2d {
         let samples = (batch * height * width) as f64;
         let device = input.device();
         let result = batch_norm_train(input, self.gamma.val(), self.beta.val(), self.epsilon);
+        if samples < 2.0 {
+            // One value per channel has no variance to track (PyTorch refuses such a batch);
+            // the running statistics are left as they are.
+            return result.output;
+        }
         // PyTorch normalizes with the biased variance but tracks the unbiased one.
-        let correction = if samples > 1.0 { samples / (samples - 1.0) } else { 1.0 };
+        let correction = samples / (samples - 1.0);
         let mean = self.running_mean.value_sync().to_device(&device);
         let var = self.running_var.value_sync().to_device(&device);
         let count = self.num_batches_tracked.value_sync().to_device(&device);

@@ -176,12 +176,7 @@ impl ClipConfig {
     /// This configuration as a Hugging Face `CLIPConfig` (`config.json`); an error for a ResNet
     /// image tower, which transformers' `CLIPModel` does not have.
     pub fn to_hf_json(&self) -> crate::Result<serde_json::Value> {
-        let v = self.vision.vit("a Hugging Face CLIPModel").map_err(|_| {
-            ClipError::config(
-                "model.name",
-                "a ResNet image tower has no Hugging Face CLIPModel layout; export it as open_clip",
-            )
-        })?;
+        let v = self.vision.hugging_face_vit()?;
         let t = &self.text;
         Ok(serde_json::json!({
             "architectures": ["CLIPModel"],

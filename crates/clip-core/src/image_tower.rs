@@ -42,11 +42,32 @@ impl ImageTowerConfig {
         }
     }
 
+    /// The architecture in words (`ViT of width 768 with 12 blocks`), as
+    /// [`ImageTower::architecture`] describes a built tower, to compare the two.
+    pub fn architecture(&self) -> String {
+        match self {
+            Self::Vit(config) => vit_architecture(config.width, config.layers),
+            Self::ResNet(config) => resnet_architecture(config.width, config.layers),
+        }
+    }
+
     /// The ViT configuration, or an error naming `method` (which needs a ViT) for a ResNet.
     pub fn vit(&self, method: &str) -> crate::Result<&VisionTransformerConfig> {
         match self {
             Self::Vit(config) => Ok(config),
             Self::ResNet(_) => Err(needs_vit(method)),
+        }
+    }
+
+    /// The ViT configuration for a Hugging Face `CLIPModel`, which has no ResNet tower; the
+    /// error says to use the open_clip layout.
+    pub fn hugging_face_vit(&self) -> crate::Result<&VisionTransformerConfig> {
+        match self {
+            Self::Vit(config) => Ok(config),
+            Self::ResNet(_) => Err(ClipError::config(
+                "model.name",
+                "a ResNet image tower has no Hugging Face CLIPModel layout; use the open_clip layout",
+            )),
         }
     }
 
@@ -62,8 +83,16 @@ impl ImageTowerConfig {
 fn needs_vit(method: &str) -> ClipError {
     ClipError::config(
         "model.name",
-        format!("{method} reads ViT patch tokens, but this model has a ResNet image tower; use a ViT model"),
+        format!("{method} needs a ViT image tower (it reads patch tokens), but this model has a ResNet one; use a ViT model"),
     )
+}
+
+fn vit_architecture(width: usize, blocks: usize) -> String {
+    format!("ViT of width {width} with {blocks} blocks")
+}
+
+fn resnet_architecture(width: usize, layers: [usize; 4]) -> String {
+    format!("ResNet of width {width} with stages {layers:?}")
 }
 
 /// The image tower of a CLIP model. Parameter paths skip the variant name in checkpoint
@@ -93,14 +122,26 @@ impl ImageTower {
         }
     }
 
-    /// The input side the tower was configured for: its positional grid side times its patch
-    /// size (32 pixels per position for a ResNet's attention pool).
+    /// The input side whose grid matches the stored positional embedding: grid side times patch
+    /// size (32 pixels per position for a ResNet's attention pool, so a ResNet configured for
+    /// 240 pixels gives 224).
     pub fn image_size(&self) -> usize {
         let (positions, stride) = match self {
             Self::Vit(tower) => (tower.positional_embedding.dims()[0], tower.patch_size),
             Self::ResNet(tower) => (tower.attnpool.positional_embedding.dims()[0], 32),
         };
         ((positions - 1) as f64).sqrt().round() as usize * stride
+    }
+
+    /// The architecture in words, as [`ImageTowerConfig::architecture`] gives it.
+    pub fn architecture(&self) -> String {
+        match self {
+            Self::Vit(tower) => vit_architecture(tower.conv1.weight.dims()[0], tower.transformer.resblocks.len()),
+            Self::ResNet(tower) => {
+                let stages = tower.stages().map(<[_]>::len);
+                resnet_architecture(tower.conv3.weight.dims()[0], stages)
+            }
+        }
     }
 
     /// The ViT, if this is one.

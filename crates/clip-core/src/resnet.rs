@@ -68,10 +68,11 @@ impl ModifiedResNetConfig {
         let features = self.feature_width();
         let grid = self.image_size / 32;
         let std = (features as f64).powf(-0.5);
+        // PyTorch's default Linear (its bias too), then open_clip's normal weights.
         let projection = |to: usize| {
-            LinearConfig::new(features, to)
-                .with_initializer(Initializer::Normal { mean: 0.0, std })
-                .init(device)
+            let mut linear = LinearConfig::new(features, to).init(device);
+            linear.weight = Initializer::Normal { mean: 0.0, std }.init([features, to], device);
+            linear
         };
         ModifiedResNet {
             conv1: conv(3, stem_width, 2),
@@ -236,6 +237,11 @@ impl ResNetFeatures {
     }
 }
 
+/// Applies the blocks of one stage in order.
+fn run_stage(x: Tensor<4>, stage: &[Bottleneck]) -> Tensor<4> {
+    stage.iter().fold(x, |x, block| block.forward(x))
+}
+
 /// open_clip's `ModifiedResNet`; parameter names follow its state dict.
 #[derive(Module, Debug)]
 pub struct ModifiedResNet {
@@ -284,22 +290,17 @@ impl ModifiedResNet {
     }
 
     fn trunk(&self, images: Tensor<4>) -> Tensor<4> {
-        let x = self.stem(images);
-        self.stages()
-            .into_iter()
-            .flatten()
-            .fold(x, |x, block| block.forward(x))
+        self.stages().into_iter().fold(self.stem(images), run_stage)
     }
 
     /// Runs the tower and returns the stem's and each stage's feature map and the attention
     /// pool's output at every position.
     pub fn forward_features(&self, images: Tensor<4>) -> ResNetFeatures {
         let stem = self.stem(images);
-        let run = |x: Tensor<4>, stage: &[Bottleneck]| stage.iter().fold(x, |x, block| block.forward(x));
-        let layer1 = run(stem.clone(), &self.layer1);
-        let layer2 = run(layer1.clone(), &self.layer2);
-        let layer3 = run(layer2.clone(), &self.layer3);
-        let layer4 = run(layer3.clone(), &self.layer4);
+        let layer1 = run_stage(stem.clone(), &self.layer1);
+        let layer2 = run_stage(layer1.clone(), &self.layer2);
+        let layer3 = run_stage(layer2.clone(), &self.layer3);
+        let layer4 = run_stage(layer3.clone(), &self.layer4);
         ResNetFeatures {
             positions: self.attnpool.forward_positions(layer4.clone()),
             stem,

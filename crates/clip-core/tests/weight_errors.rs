@@ -34,6 +34,33 @@ fn missing_key_is_named_with_its_shape() {
     assert!(err.to_string().contains("missing.safetensors"), "{err}");
 }
 
+/// A torchvision `FrozenBatchNorm2d` state dict has no `num_batches_tracked`: it loads as 0, as
+/// in PyTorch, while a missing running statistic is an error.
+#[test]
+fn resnet_checkpoint_without_batch_counters_loads() {
+    let fixture = fixtures::resnet_fixtures(&fixtures::root())
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("a ResNet fixture");
+    let config = ClipConfig::from_open_clip_value(fixture.model_config(), "fixture").unwrap();
+    let mut tensors = fixture.tensors("model").unwrap();
+    tensors.retain(|key, _| !key.ends_with("num_batches_tracked"));
+    let path = scratch("frozen-bn.safetensors");
+    Checkpoint::write_safetensors(&tensors, &path).unwrap();
+    let model = weights::load_clip(&path, &config, &Device::flex()).unwrap();
+    let resnet = model.visual.as_resnet().unwrap();
+    assert_eq!(resnet.layer1[0].bn2.num_batches_tracked.value().into_scalar::<f32>(), 0.0);
+    assert_eq!(
+        resnet.layer1[0].bn2.running_var.value().into_data().iter::<f32>().collect::<Vec<_>>(),
+        tensors["visual.layer1.0.bn2.running_var"].values
+    );
+    tensors.remove("visual.layer1.0.bn2.running_var");
+    Checkpoint::write_safetensors(&tensors, &path).unwrap();
+    let err = weights::load_clip(&path, &config, &Device::flex()).unwrap_err();
+    assert!(matches!(&err, ClipError::MissingKey { key, .. } if key == "visual.layer1.0.bn2.running_var"), "{err}");
+}
+
 #[test]
 fn unexpected_key_is_named() {
     let (config, mut tensors) = open_clip_fixture();

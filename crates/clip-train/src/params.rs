@@ -41,11 +41,6 @@ fn under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
-/// Dot-joined paths of the float parameters of `model`, in module order.
-pub fn parameter_paths<M: Module>(model: &M) -> Vec<String> {
-    Paths::of(model).parameters.into_iter().map(|(path, _)| path).collect()
-}
-
 /// Paths (enum variants left out) and ids of a model's float parameters and training flags,
 /// in module order.
 #[derive(Default)]
@@ -104,10 +99,24 @@ pub(crate) mod tests {
         }
     }
 
+    fn parameter_paths<M: Module>(model: &M) -> Vec<String> {
+        Paths::of(model).parameters.into_iter().map(|(path, _)| path).collect()
+    }
+
     #[test]
     fn paths_name_every_parameter() {
         let paths = parameter_paths(&two_layers(&Device::flex()));
         assert_eq!(paths, ["backbone.weight", "backbone.bias", "head.weight", "head.bias"]);
+    }
+
+    #[test]
+    fn paths_leave_out_the_image_tower_variant() {
+        let json = r#"{"embed_dim": 8, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 4,
+            "head_width": 32}, "text_cfg": {"width": 8, "heads": 1, "layers": 1, "context_length": 4}}"#;
+        let model = clip_core::ClipConfig::from_open_clip_json(json, "tiny").unwrap().init(&Device::flex());
+        let paths = parameter_paths(&model);
+        assert!(paths.iter().any(|p| p == "visual.layer1.0.conv1.weight"), "{paths:?}");
+        assert!(!paths.iter().any(|p| p.contains("ResNet")), "{paths:?}");
     }
 
     #[test]

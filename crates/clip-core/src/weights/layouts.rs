@@ -4,7 +4,7 @@
 
 use super::mapping::{Entry, Layout, Transform};
 use crate::config::ClipConfig;
-use crate::error::{ClipError, Result};
+use crate::error::Result;
 use crate::image_tower::ImageTowerConfig;
 use crate::resnet::ModifiedResNetConfig;
 use crate::vision::VisionTransformerConfig;
@@ -138,12 +138,7 @@ fn open_clip_blocks(e: &mut Vec<Entry>, checkpoint: &str, ours: &str, layers: us
 /// Hugging Face `CLIPModel` layout (`vision_model.encoder.layers.N.self_attn.q_proj`, ...);
 /// an error for a ResNet image tower, which `CLIPModel` does not have.
 pub fn hugging_face(config: &ClipConfig) -> Result<Layout> {
-    let vision = config.vision.vit("a Hugging Face CLIPModel").map_err(|_| {
-        ClipError::config(
-            "model.name",
-            "a ResNet image tower has no Hugging Face CLIPModel layout; use the open_clip layout",
-        )
-    })?;
+    let vision = config.vision.hugging_face_vit()?;
     let mut e = Vec::new();
     let v = "vision_model";
     e.push(Entry::new(

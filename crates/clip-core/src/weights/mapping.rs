@@ -33,7 +33,8 @@ pub enum Transform {
     /// A scalar (shape `[]`) stored by us as `[1]`, like the logit scale.
     Scalar,
     /// An integer counter (int64 shape `[]`, BatchNorm's `num_batches_tracked`) stored by us
-    /// as an f32 `[1]`; written back as int64.
+    /// as an f32 `[1]`; written back as int64. Zero when the checkpoint lacks it, as PyTorch
+    /// does (torchvision's `FrozenBatchNorm2d`, which open_clip's frozen towers use, has none).
     Count,
 }
 
@@ -118,14 +119,18 @@ pub fn import<M: Module>(model: M, checkpoint: &Checkpoint, layout: &Layout) -> 
             ClipError::checkpoint(path, format!("internal: no model parameter '{}'", entry.ours))
         })?;
         let want = checkpoint_shape(entry.transform, our_shape);
-        let raw = checkpoint
-            .tensors
-            .get(&entry.checkpoint)
-            .ok_or_else(|| ClipError::MissingKey {
-                path: path.clone(),
-                key: entry.checkpoint.clone(),
-                expected: want.clone(),
-            })?;
+        let zero_count = RawTensor { shape: Vec::new(), values: vec![0.0] };
+        let raw = match checkpoint.tensors.get(&entry.checkpoint) {
+            Some(raw) => raw,
+            None if entry.transform == Transform::Count => &zero_count,
+            None => {
+                return Err(ClipError::MissingKey {
+                    path: path.clone(),
+                    key: entry.checkpoint.clone(),
+                    expected: want,
+                });
+            }
+        };
         used.insert(entry.checkpoint.as_str());
         let converted = match entry.transform {
             Transform::PositionalEmbedding if is_resizable_positional_embedding(raw, our_shape) => {

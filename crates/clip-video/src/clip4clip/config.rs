@@ -126,19 +126,14 @@ impl Clip4ClipConfig {
 
 /// Checks that `clip`'s sizes are those of `config` (image width and depth, embedding size).
 pub(crate) fn check_clip(config: &ClipConfig, clip: &Clip, origin: &str) -> clip_core::Result<()> {
-    let (visual, vision) = (clip.visual.vit(origin)?, config.vision.vit(origin)?);
-    let found = (
-        visual.conv1.weight.dims()[0],
-        visual.transformer.resblocks.len(),
-        clip.text.text_projection.dims()[1],
-    );
-    let expected = (vision.width, vision.layers, config.embed_dim);
+    let found = (clip.visual.architecture(), clip.text.text_projection.dims()[1]);
+    let expected = (config.vision.architecture(), config.embed_dim);
     if found != expected {
         return Err(ClipError::config(
             origin,
             format!(
-                "the CLIP model has image width {}, {} image blocks and embed_dim {}; the config says {}, {} and {}",
-                found.0, found.1, found.2, expected.0, expected.1, expected.2
+                "the CLIP model has a {} image tower and embed_dim {}; the config says a {} and {}",
+                found.0, found.1, expected.0, expected.1
             ),
         ));
     }
@@ -216,6 +211,6 @@ pub(crate) mod tests {
             .init_with_clip(other.init(&device), &device)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("1 image blocks") && err.contains("2"), "{err}");
+        assert!(err.contains("with 1 blocks") && err.contains("with 2 blocks"), "{err}");
     }
 }
