@@ -45,13 +45,6 @@ impl ModifiedResNetConfig {
     /// scale of every bottleneck at zero, so each block starts as its shortcut).
     pub fn init(&self, device: &Device) -> ModifiedResNet {
         let stem_width = self.width / 2;
-        let conv = |from: usize, to: usize, stride: usize| {
-            Conv2dConfig::new([from, to], [3, 3])
-                .with_stride([stride, stride])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .with_bias(false)
-                .init(device)
-        };
         let norm = |channels: usize| BatchNorm2dConfig::new(channels).init(device);
         let mut inplanes = self.width;
         let [layer1, layer2, layer3, layer4] = std::array::from_fn(|index| {
@@ -59,7 +52,8 @@ impl ModifiedResNetConfig {
             let stride = if index == 0 { 1 } else { 2 };
             (0..self.layers[index])
                 .map(|block| {
-                    let block = bottleneck(inplanes, planes, if block == 0 { stride } else { 1 }, device);
+                    let stride = if block == 0 { stride } else { 1 };
+                    let block = bottleneck(inplanes, planes, stride, has_shortcut(block), device);
                     inplanes = planes * BOTTLENECK_EXPANSION;
                     block
                 })
@@ -75,11 +69,11 @@ impl ModifiedResNetConfig {
             linear
         };
         ModifiedResNet {
-            conv1: conv(3, stem_width, 2),
+            conv1: conv3x3(3, stem_width, 2, device),
             bn1: norm(stem_width),
-            conv2: conv(stem_width, stem_width, 1),
+            conv2: conv3x3(stem_width, stem_width, 1, device),
             bn2: norm(stem_width),
-            conv3: conv(stem_width, self.width, 1),
+            conv3: conv3x3(stem_width, self.width, 1, device),
             bn3: norm(self.width),
             layer1,
             layer2,
@@ -100,24 +94,42 @@ impl ModifiedResNetConfig {
     }
 }
 
-fn bottleneck(inplanes: usize, planes: usize, stride: usize, device: &Device) -> Bottleneck {
+/// Whether block `block` of a stage has a projection shortcut: only the first one does, as it
+/// alone strides (stages 2-4) or widens (stage 1, from `width` to `4 * width` channels).
+/// The checkpoint layout lists `downsample` keys by the same rule.
+pub fn has_shortcut(block: usize) -> bool {
+    block == 0
+}
+
+/// A bias-free 3x3 convolution with padding 1.
+fn conv3x3(from: usize, to: usize, stride: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([from, to], [3, 3])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(false)
+        .init(device)
+}
+
+/// A bias-free 1x1 convolution.
+fn conv1x1(from: usize, to: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([from, to], [1, 1]).with_bias(false).init(device)
+}
+
+fn bottleneck(inplanes: usize, planes: usize, stride: usize, shortcut: bool, device: &Device) -> Bottleneck {
     let out = planes * BOTTLENECK_EXPANSION;
-    let pointwise = |from: usize, to: usize| Conv2dConfig::new([from, to], [1, 1]).with_bias(false).init(device);
-    let mut bn3 = BatchNorm2dConfig::new(out).init(device);
+    let norm = |channels: usize| BatchNorm2dConfig::new(channels).init(device);
+    let mut bn3 = norm(out);
     bn3.gamma = Param::from_tensor(Tensor::zeros([out], device));
     Bottleneck {
-        conv1: pointwise(inplanes, planes),
-        bn1: BatchNorm2dConfig::new(planes).init(device),
-        conv2: Conv2dConfig::new([planes, planes], [3, 3])
-            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-            .with_bias(false)
-            .init(device),
-        bn2: BatchNorm2dConfig::new(planes).init(device),
-        conv3: pointwise(planes, out),
+        conv1: conv1x1(inplanes, planes, device),
+        bn1: norm(planes),
+        conv2: conv3x3(planes, planes, 1, device),
+        bn2: norm(planes),
+        conv3: conv1x1(planes, out, device),
         bn3,
-        downsample: (stride > 1 || inplanes != out).then(|| Downsample {
-            conv: pointwise(inplanes, out),
-            bn: BatchNorm2dConfig::new(out).init(device),
+        downsample: shortcut.then(|| Downsample {
+            conv: conv1x1(inplanes, out, device),
+            bn: norm(out),
         }),
         stride,
     }

@@ -14,7 +14,7 @@ use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use clip_core::preprocess::{EvalTransformConfig, TrainTransformConfig, stack_images};
-use clip_core::{Clip, ClipConfig, ClipTokenizer, Objective, ZeroShotClassifier, weights};
+use clip_core::{Clip, ClipConfig, ClipTokenizer, ImageTower, Objective, ZeroShotClassifier, weights};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tensorboard_rs::summary_writer::SummaryWriter;
@@ -268,7 +268,7 @@ pub fn eval_batcher(config: &RunConfig, table: PairTable, tokenizer: &ClipTokeni
 }
 
 /// Normalized image embeddings of every row of `batcher`'s table, `[rows * dim]`.
-fn image_embeddings(visual: &clip_core::ImageTower, batcher: &Batcher, batch_size: usize, device: &Device) -> anyhow::Result<Vec<f32>> {
+fn image_embeddings(visual: &ImageTower, batcher: &Batcher, batch_size: usize, device: &Device) -> anyhow::Result<Vec<f32>> {
     let rows: Vec<usize> = (0..batcher.table().pairs.len()).collect();
     let mut values = Vec::new();
     for chunk in rows.chunks(batch_size.max(1)) {
@@ -334,7 +334,7 @@ fn evaluate_classifier(
 
 /// Mean cosine similarity between student and teacher embeddings of the validation images.
 fn evaluate_distillation(
-    student: &clip_core::ImageTower,
+    student: &ImageTower,
     teacher: &Clip,
     batcher: &Batcher,
     teacher_batcher: &Batcher,

@@ -1,12 +1,13 @@
 //! The key tables of the supported checkpoint layouts: open_clip/OpenAI (ViT and ModifiedResNet
-//! image towers) and Hugging Face `CLIPModel`. Each is read in both directions (import and export). The entry builders are
-//! public for the layouts of models built from the same parts (GroupViT's).
+//! image towers) and Hugging Face `CLIPModel`. Each is read in both directions (import and
+//! export). The entry builders are public for the layouts of models built from the same parts
+//! (GroupViT's).
 
 use super::mapping::{Entry, Layout, Transform};
 use crate::config::ClipConfig;
 use crate::error::Result;
 use crate::image_tower::ImageTowerConfig;
-use crate::resnet::ModifiedResNetConfig;
+use crate::resnet::{ModifiedResNetConfig, has_shortcut};
 use crate::vision::VisionTransformerConfig;
 
 use Transform::{Count, Identity, PositionalEmbedding, Scalar, Transpose};
@@ -91,8 +92,7 @@ fn open_clip_resnet(e: &mut Vec<Entry>, vision: &ModifiedResNetConfig) {
                 e.push(Entry::new(format!("{b}.conv{i}.weight"), format!("{b}.conv{i}.weight"), Identity));
                 batch_norm(e, &format!("{b}.bn{i}"), &format!("{b}.bn{i}"));
             }
-            // Only the first block of a stage strides or widens, and so has a shortcut.
-            if block == 0 {
+            if has_shortcut(block) {
                 e.push(Entry::new(format!("{b}.downsample.0.weight"), format!("{b}.downsample.conv.weight"), Identity));
                 batch_norm(e, &format!("{b}.downsample.1"), &format!("{b}.downsample.bn"));
             }

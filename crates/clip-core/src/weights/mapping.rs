@@ -113,13 +113,13 @@ pub fn import<M: Module>(model: M, checkpoint: &Checkpoint, layout: &Layout) -> 
         .map(|t| (t.name, t.shape.to_vec()))
         .collect();
     let mut used = BTreeSet::new();
+    let zero_count = RawTensor { shape: Vec::new(), values: vec![0.0] };
     let mut tensors = Vec::with_capacity(layout.entries.len());
     for entry in &layout.entries {
         let our_shape = expected.get(&entry.ours).ok_or_else(|| {
             ClipError::checkpoint(path, format!("internal: no model parameter '{}'", entry.ours))
         })?;
         let want = checkpoint_shape(entry.transform, our_shape);
-        let zero_count = RawTensor { shape: Vec::new(), values: vec![0.0] };
         let raw = match checkpoint.tensors.get(&entry.checkpoint) {
             Some(raw) => raw,
             None if entry.transform == Transform::Count => &zero_count,
