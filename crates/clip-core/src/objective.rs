@@ -20,8 +20,9 @@ pub trait Objective {
     /// One batch, already on the training device.
     type Batch;
 
-    /// The loss (and metrics) of `batch` under `model`.
-    fn forward(&self, model: &Self::Model, batch: Self::Batch) -> StepOutput;
+    /// The loss (and metrics) of `batch` under `model`; an error when the batch does not fit
+    /// the model.
+    fn forward(&self, model: &Self::Model, batch: Self::Batch) -> crate::Result<StepOutput>;
 
     /// Called after every optimizer update (CLIP clamps its logit scale here).
     fn after_update(&self, model: Self::Model) -> Self::Model {

@@ -10,6 +10,7 @@
 //! - [`data`]: COCO JSON datasets, base/novel category splits, grounding prompts.
 //! - [`eval`]: COCO-style AP (0.5:0.95), AP50 and AP on novel categories.
 //! - [`draw`]: predicted boxes with labels drawn on images.
+//! - [`task`]: the `vild` and `glip` tasks of the trainer, `clipforge detect` and `pseudo-label`.
 
 pub mod boxes;
 pub mod data;
@@ -18,4 +19,7 @@ pub mod draw;
 pub mod eval;
 pub mod glip;
 pub mod roi_align;
+pub mod task;
 pub mod vild;
+
+pub use task::{GlipTask, VildTask};

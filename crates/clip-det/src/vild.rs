@@ -13,7 +13,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use clip_core::{Clip, Objective, StepOutput, l2_normalize};
+use clip_core::text::TextTransformer;
+use clip_core::{Clip, ClipTokenizer, Objective, StepOutput, class_text_embeddings, l2_normalize};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -65,6 +66,7 @@ impl VildConfig {
                 device,
             )),
             temperature: self.temperature,
+            text: clip.text.clone().no_grad(),
         })
     }
 }
@@ -80,9 +82,17 @@ pub struct Vild {
     pub background: Param<Tensor<1>>,
     /// Softmax temperature of the logits.
     pub temperature: f32,
+    /// CLIP's text tower (frozen), which embeds category names: saved with the detector so
+    /// that inference classifies with the text embeddings training used.
+    pub text: TextTransformer,
 }
 
 impl Vild {
+    /// Normalized CLIP text embeddings `[names, D]` of `names`, averaged over `templates`.
+    pub fn class_embeddings(&self, tokenizer: &ClipTokenizer, names: &[String], templates: &[String], device: &Device) -> clip_core::Result<Tensor<2>> {
+        class_text_embeddings(|tokens| l2_normalize(self.text.forward(tokens)), tokenizer, names, templates, device)
+    }
+
     /// L2-normalized region embeddings `[R, D]` from region features `[R, hidden]`.
     pub fn region_embeddings(&self, features: Tensor<2>) -> Tensor<2> {
         l2_normalize(self.projection.forward(features))
@@ -217,10 +227,10 @@ impl Objective for VildObjective {
     /// # Panics
     /// If the batch is inconsistent (label and box counts, class indices, distillation target
     /// rows): a bug in the caller that builds batches.
-    fn forward(&self, model: &Vild, batch: VildBatch) -> StepOutput {
+    fn forward(&self, model: &Vild, batch: VildBatch) -> clip_core::Result<StepOutput> {
         let [images, _, height, width] = batch.images.dims();
         let [classes, _] = batch.class_embeddings.dims();
-        check_batch(&batch, images, classes);
+        check_batch(&batch, images, classes)?;
         let device = batch.images.device();
         let detector = &model.detector;
         let features = detector.feature_map(batch.images);
@@ -301,43 +311,37 @@ impl Objective for VildObjective {
             + box_loss * config.box_weight
             + text_loss * config.text_weight
             + image_loss * config.image_weight;
-        StepOutput { loss, metrics }
+        Ok(StepOutput { loss, metrics })
     }
 }
 
 /// Panics with a clear message when `batch` does not describe `images` images and `classes`
 /// classes consistently.
-fn check_batch(batch: &VildBatch, images: usize, classes: usize) {
-    assert!(
-        batch.boxes.len() == images
-            && batch.labels.len() == images
-            && batch.distill_boxes.len() == images,
-        "VildBatch: {images} images but {} box lists, {} label lists, {} distill box lists",
-        batch.boxes.len(),
-        batch.labels.len(),
-        batch.distill_boxes.len()
-    );
+fn check_batch(batch: &VildBatch, images: usize, classes: usize) -> clip_core::Result<()> {
+    let error = |message: String| Err(clip_core::ClipError::Shape(format!("VildBatch: {message}")));
+    if !(batch.boxes.len() == images && batch.labels.len() == images && batch.distill_boxes.len() == images) {
+        return error(format!(
+            "{images} images but {} box lists, {} label lists, {} distill box lists",
+            batch.boxes.len(),
+            batch.labels.len(),
+            batch.distill_boxes.len()
+        ));
+    }
     for (i, (boxes, labels)) in batch.boxes.iter().zip(&batch.labels).enumerate() {
-        assert_eq!(
-            boxes.len(),
-            labels.len(),
-            "VildBatch: image {i} has {} boxes but {} labels",
-            boxes.len(),
-            labels.len()
-        );
+        if boxes.len() != labels.len() {
+            return error(format!("image {i} has {} boxes but {} labels", boxes.len(), labels.len()));
+        }
         if let Some(label) = labels.iter().find(|&&l| l >= classes) {
-            panic!("VildBatch: image {i} has label {label} but only {classes} class embeddings");
+            return error(format!("image {i} has label {label} but only {classes} class embeddings"));
         }
     }
     if let Some(targets) = &batch.distill_targets {
         let distilled: usize = batch.distill_boxes.iter().map(Vec::len).sum();
-        assert_eq!(
-            targets.dims()[0],
-            distilled,
-            "VildBatch: {} distill_targets rows for {distilled} distill_boxes",
-            targets.dims()[0]
-        );
+        if targets.dims()[0] != distilled {
+            return error(format!("{} distillation targets for {distilled} distill boxes", targets.dims()[0]));
+        }
     }
+    Ok(())
 }
 
 /// Share of rows of `logits` `[R, K]` whose argmax is their target; `R > 0`.
@@ -468,7 +472,7 @@ mod tests {
         let mut optimizer = AdamWConfig::new().init();
         let mut losses = Vec::new();
         for _ in 0..10 {
-            let output = objective.forward(&model, batch.clone());
+            let output = objective.forward(&model, batch.clone()).unwrap();
             let names: Vec<&str> = output.metrics.iter().map(|(name, _)| *name).collect();
             assert_eq!(names, ["rpn", "box", "text", "image", "accuracy"]);
             assert!(output.metrics.iter().all(|(_, v)| v.is_finite()));
@@ -513,7 +517,7 @@ mod tests {
         let proposals = vec![vec![[1.0, 1.0, 15.0, 15.0], [17.0, 13.0, 29.0, 31.0], [0.0, 16.0, 10.0, 30.0]]];
         batch.proposals = Some(proposals.clone());
         let objective = VildObjective::new(&tiny_config(), 0);
-        let output = objective.forward(&vild, batch.clone());
+        let output = objective.forward(&vild, batch.clone()).unwrap();
         assert!(output.loss.into_scalar::<f32>().is_finite());
         let options = DetectOptions { score_threshold: 0.0, nms_iou: 1.0, max_per_image: 100 };
         let predictions = vild.detect_in_proposals(batch.images, &proposals, unit_rows(&[1, 2, 3], &device), &options);

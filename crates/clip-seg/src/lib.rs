@@ -10,6 +10,7 @@
 //! - [`metrics`]: mIoU and pixel accuracy.
 //! - [`nouns`]: nouns of captions turned into prompts (GroupViT's multi-label loss).
 //! - [`render`]: label maps as color-coded PNGs and overlays.
+//! - [`task`]: the `lseg` and `groupvit` tasks of the trainer and `clipforge segment`.
 
 pub mod data;
 pub mod groupvit;
@@ -17,3 +18,6 @@ pub mod lseg;
 pub mod metrics;
 pub mod nouns;
 pub mod render;
+pub mod task;
+
+pub use task::{GroupVitTask, LsegTask};

@@ -152,7 +152,7 @@ fn missing_and_misshaped_keys_are_named() {
 
     let mut checkpoint = Checkpoint::read(&fixture.file("model")).unwrap();
     let original = checkpoint.tensors.remove(key).unwrap();
-    match import(config.init(&device), &checkpoint, &layout) {
+    match import(config.init(&device).unwrap(), &checkpoint, &layout) {
         Err(ClipError::MissingKey { key: missing, .. }) => assert_eq!(missing, key),
         other => panic!("expected a missing-key error, got {other:?}"),
     }
@@ -162,7 +162,7 @@ fn missing_and_misshaped_keys_are_named() {
         values: original.values[..original.shape[0] * (original.shape[1] - 1)].to_vec(),
     };
     checkpoint.tensors.insert(key.to_string(), wrong);
-    match import(config.init(&device), &checkpoint, &layout) {
+    match import(config.init(&device).unwrap(), &checkpoint, &layout) {
         Err(ClipError::ShapeMismatch {
             key: bad, found, ..
         }) => {
@@ -180,7 +180,7 @@ fn missing_and_misshaped_keys_are_named() {
             values: vec![0.0],
         },
     );
-    match import(config.init(&device), &checkpoint, &layout) {
+    match import(config.init(&device).unwrap(), &checkpoint, &layout) {
         Err(ClipError::UnexpectedKeys { keys, .. }) => {
             assert_eq!(keys, vec!["extra.weight".to_string()])
         }

@@ -90,22 +90,25 @@ impl Checkpoints {
         Ok(self.list()?.pop())
     }
 
-    /// Restores model, optimizer and progress from checkpoint `dir`.
-    pub fn load<M: Module>(dir: &Path, model: M, optimizer: ModuleOptimizer) -> anyhow::Result<(M, ModuleOptimizer, TrainState)> {
+    /// Restores the model and the progress from checkpoint `dir`. The parameters take the
+    /// ids they were saved with, so parameter groups are built after this.
+    pub fn load_model<M: Module>(dir: &Path, model: M) -> anyhow::Result<(M, TrainState)> {
         let model_path = dir.join("model.bpk");
         let model = model
             .try_load_file(&model_path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", model_path.display()))?;
-        let optimizer_path = dir.join("optimizer.bpk");
-        let optimizer = optimizer
-            .load(&optimizer_path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", optimizer_path.display()))?;
         let state_path = dir.join("state.json");
         let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
         let state: TrainState = serde_json::from_str(&text).with_context(|| format!("parsing {}", state_path.display()))?;
         if state.step == 0 {
             bail!("{}: step 0 is not a resumable checkpoint", state_path.display());
         }
-        Ok((model, optimizer, state))
+        Ok((model, state))
+    }
+
+    /// Restores the optimizer state (moments, by parameter id) from checkpoint `dir`.
+    pub fn load_optimizer(dir: &Path, optimizer: ModuleOptimizer) -> anyhow::Result<ModuleOptimizer> {
+        let optimizer_path = dir.join("optimizer.bpk");
+        optimizer.load(&optimizer_path).map_err(|e| anyhow::anyhow!("{}: {e}", optimizer_path.display()))
     }
 }

@@ -1,24 +1,17 @@
 //! # clip-train
 //!
 //! The ClipForge trainer behind the `clipforge` command: runs described by TOML files
-//! ([`config::RunConfig`]), image-caption data ([`data`]), contrastive training with AdamW,
-//! warm-up and cosine schedule, checkpoints with exact resume ([`trainer::train`]), and
-//! zero-shot and retrieval evaluation ([`eval`]), embedding export ([`embeddings_file`]); the
-//! method objectives: segmentation ([`segmentation`], [`segment`]), video ([`video`]) and
-//! detection ([`detection`], [`detect`]).
+//! ([`config::RunConfig`]) layered with environment variables and `--set` overrides; the
+//! training loop for any [`clip_task::Task`] ([`trainer::train_task`]) with AdamW, warm-up and
+//! cosine schedule ([`lr`]), frozen and re-rated parameter groups ([`params`]), checkpoints
+//! with exact resume ([`checkpoint`]), metrics and TensorBoard logs; and the [`registry`] of
+//! tasks that `train.objective` names.
 
 pub mod checkpoint;
 pub mod config;
-pub mod data;
-pub mod detect;
-pub mod detection;
-pub mod embeddings_file;
-pub mod eval;
 pub mod lr;
-pub mod objectives;
 pub mod params;
-pub mod segment;
-pub mod segmentation;
+pub mod registered;
+pub mod registry;
+pub mod runs;
 pub mod trainer;
-pub mod validation;
-pub mod video;

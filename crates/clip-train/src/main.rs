@@ -3,12 +3,15 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use clip_core::preprocess::{EvalTransformConfig, stack_images};
 use clip_core::{ClipTokenizer, ZeroShotClassifier, imagenet_templates, weights};
+use clip_task::clip_model::load_model;
+use clip_task::embeddings_file::{read_lines, write_embeddings};
+use clip_task::eval;
+use clip_task::pairs::Batcher;
 use clip_train::config::RunConfig;
-use clip_train::embeddings_file::{read_lines, write_embeddings};
-use clip_train::{detect, eval, segment, trainer};
+use clip_train::{registry, runs, trainer};
 
 #[derive(Parser)]
 #[command(name = "clipforge", version, about = "Train, fine-tune and use CLIP models")]
@@ -91,84 +94,6 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
-    /// Segment images into any label set with a GroupViT or LSeg model; writes a color-coded
-    /// label map (`<image>.labels.png`), an overlay (`<image>.overlay.png`) and `legend.json`.
-    Segment {
-        /// A run config (TOML) with `train.objective` `groupvit` or `lseg` (its `model.weights`
-        /// or random weights), or a run's output folder (its newest checkpoint).
-        model: PathBuf,
-        /// A run checkpoint folder (`<output>/checkpoints/step-N`) to load instead.
-        #[arg(long)]
-        checkpoint: Option<PathBuf>,
-        /// Comma-separated label names (default: the config's `segmentation.labels` file).
-        #[arg(long)]
-        labels: Option<String>,
-        /// Images to segment.
-        #[arg(required = true)]
-        images: Vec<PathBuf>,
-        /// Output folder.
-        #[arg(long, default_value = "segmented")]
-        output: PathBuf,
-        /// Opacity of the label colors in the overlay.
-        #[arg(long, default_value_t = 0.5)]
-        alpha: f32,
-        /// Override a config key (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
-    },
-    /// Detect any list of categories in images with a ViLD or GLIP model; draws the boxes with
-    /// their labels (`<image>.detections.png`) and writes `detections.json`.
-    Detect {
-        /// A run config (TOML) with `train.objective` `vild` or `glip` (its `model.weights` or
-        /// random weights), or a run's output folder (its newest checkpoint).
-        model: PathBuf,
-        /// A run checkpoint folder (`<output>/checkpoints/step-N`) to load instead.
-        #[arg(long)]
-        checkpoint: Option<PathBuf>,
-        /// Comma-separated category names (default: the categories of the config's `data.train`).
-        #[arg(long)]
-        labels: Option<String>,
-        /// Images to detect in.
-        #[arg(required = true)]
-        images: Vec<PathBuf>,
-        /// Output folder.
-        #[arg(long, default_value = "detected")]
-        output: PathBuf,
-        /// Lowest score drawn (default: the config's `detection.score_threshold`).
-        #[arg(long)]
-        threshold: Option<f32>,
-        /// Override a config key (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
-    },
-    /// Pseudo-label caption data with a trained ViLD or GLIP teacher: boxes for the category
-    /// names (or `--phrases`) found in each image's caption, written as a COCO JSON with
-    /// `tokens_positive` phrase spans (grounding data for GLIP).
-    PseudoLabel {
-        /// The teacher: a run config (TOML) or a run's output folder.
-        model: PathBuf,
-        /// A run checkpoint folder of the teacher to load instead.
-        #[arg(long)]
-        checkpoint: Option<PathBuf>,
-        /// COCO JSON of the images to label; each image needs a `caption`.
-        #[arg(long)]
-        data: PathBuf,
-        /// Folder of its images (default: the JSON's folder).
-        #[arg(long)]
-        images: Option<PathBuf>,
-        /// Comma-separated phrases to look for (default: the JSON's category names).
-        #[arg(long)]
-        phrases: Option<String>,
-        /// Lowest teacher score kept as a pseudo-label.
-        #[arg(long, default_value_t = 0.5)]
-        threshold: f32,
-        /// Output COCO JSON.
-        #[arg(long)]
-        output: PathBuf,
-        /// Override a config key (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
-    },
     /// Write a model in open_clip or Hugging Face layout.
     Export {
         /// Named architecture or JSON config of the model.
@@ -187,10 +112,87 @@ enum Command {
 }
 
 fn main() {
-    if let Err(error) = run(Cli::parse()) {
+    let matches = with_task_commands(Cli::command()).get_matches();
+    let result = match matches.subcommand() {
+        Some((name, args)) if is_task_command(name) => run_task_command(name, args),
+        _ => Cli::from_arg_matches(&matches).map_err(anyhow::Error::from).and_then(run),
+    };
+    if let Err(error) = result {
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }
+}
+
+/// The inference commands of the registered tasks (`segment`, `detect`, ...), each under the
+/// arguments that locate its model.
+fn task_commands() -> Vec<clap::Command> {
+    let mut commands: Vec<clap::Command> = Vec::new();
+    for (_, task) in registry::TASKS {
+        for command in task.commands() {
+            if !commands.iter().any(|c| c.get_name() == command.get_name()) {
+                commands.push(command);
+            }
+        }
+    }
+    commands
+}
+
+fn is_task_command(name: &str) -> bool {
+    task_commands().iter().any(|c| c.get_name() == name)
+}
+
+/// `cli` with every task command, each taking first the run that holds its model.
+fn with_task_commands(cli: clap::Command) -> clap::Command {
+    task_commands().into_iter().fold(cli, |cli, command| {
+        let located = clap::Command::new(command.get_name().to_string())
+            .about(command.get_about().cloned().unwrap_or_default())
+            .arg(
+                clap::Arg::new("model")
+                    .required(true)
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("A run config (TOML; its model.weights or random weights), or a run's output folder (its newest checkpoint)"),
+            )
+            .arg(
+                clap::Arg::new("checkpoint")
+                    .long("checkpoint")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("A run checkpoint folder (<output>/checkpoints/step-N) to load instead"),
+            )
+            .arg(
+                clap::Arg::new("set")
+                    .long("set")
+                    .value_name("KEY=VALUE")
+                    .action(clap::ArgAction::Append)
+                    .help("Override a config key (repeatable)"),
+            )
+            .args(command.get_arguments().cloned());
+        cli.subcommand(located)
+    })
+}
+
+/// Runs task command `name` with the model of the run its arguments name.
+fn run_task_command(name: &str, args: &clap::ArgMatches) -> anyhow::Result<()> {
+    let model = args.get_one::<PathBuf>("model").context("MODEL is required")?;
+    let checkpoint = args.get_one::<PathBuf>("checkpoint").cloned();
+    let overrides: Vec<String> = args.get_many::<String>("set").into_iter().flatten().cloned().collect();
+    let (config, checkpoint) = runs::resolve(model, checkpoint, &overrides)?;
+    let task = registry::task(&config.train.objective).map_err(anyhow::Error::msg)?;
+    if !task.commands().iter().any(|c| c.get_name() == name) {
+        let offering: Vec<&str> = registry::TASKS
+            .iter()
+            .filter(|(_, t)| t.commands().iter().any(|c| c.get_name() == name))
+            .map(|(objective, _)| *objective)
+            .collect();
+        anyhow::bail!(
+            "{}: `{name}` needs a run whose train.objective is {}, not {:?}",
+            model.display(),
+            offering.join(" or "),
+            config.train.objective
+        );
+    }
+    let device = trainer::select_device(&config.run.device)?;
+    let section = task.section().and_then(|key| config.sections.get(key));
+    task.run_command(name, args, section, config.context(&config.run.output), checkpoint.as_deref(), &device)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -208,17 +210,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval { config: path, weights, overrides } => {
             let config = RunConfig::load(&path, &overrides)?;
-            let val = config.tables()?.1.context("neither data.val nor data.val_fraction is set: nothing to evaluate")?;
+            let run = config.context(&config.run.output);
+            let val = run.tables()?.1.context("neither data.val nor data.val_fraction is set: nothing to evaluate")?;
             let device = trainer::select_device(&config.run.device)?;
-            let (model, clip) = trainer::load_model(&config.model.name, Some(&weights), &device)?;
+            let (model, clip) = load_model(&config.model.name, Some(&weights), &device)?;
             let tokenizer = ClipTokenizer::new().with_context_length(clip.text.context_length)?;
-            let batcher = trainer::eval_batcher(&config, val, &tokenizer, clip.vision.image_size());
+            let batcher = Batcher::for_eval(&run, val, &tokenizer, clip.vision.image_size());
             let report = eval::evaluate(&model, &batcher, &tokenizer, &config.eval, &device)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::ZeroShot { model, weights, labels, images, top } => {
             let device = burn::tensor::Device::default();
-            let (model, clip) = trainer::load_model(&model, Some(&weights), &device)?;
+            let (model, clip) = load_model(&model, Some(&weights), &device)?;
             let labels: Vec<&str> = labels.split(',').map(str::trim).filter(|l| !l.is_empty()).collect();
             anyhow::ensure!(!labels.is_empty(), "--labels: give at least one class name");
             let tokenizer = ClipTokenizer::new().with_context_length(clip.text.context_length)?;
@@ -235,7 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Embed { model, weights, images, texts, batch_size, output } => {
             let device = burn::tensor::Device::default();
-            let (model, clip) = trainer::load_model(&model, Some(&weights), &device)?;
+            let (model, clip) = load_model(&model, Some(&weights), &device)?;
             let batch_size = batch_size.max(1);
             let mut chunks = Vec::new();
             if let Some(texts) = texts {
@@ -259,19 +262,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             write_embeddings(&output, values, [rows, dim])?;
             println!("wrote {rows} embeddings of size {dim} to {}", output.display());
         }
-        Command::Segment { model, checkpoint, labels, images, output, alpha, overrides } => {
-            segment::run(&model, checkpoint, labels.as_deref(), &images, &output, alpha, &overrides)?;
-        }
-        Command::Detect { model, checkpoint, labels, images, output, threshold, overrides } => {
-            detect::run(&model, checkpoint, labels.as_deref(), &images, &output, threshold, &overrides)?;
-        }
-        Command::PseudoLabel { model, checkpoint, data, images, phrases, threshold, output, overrides } => {
-            let request = detect::PseudoLabelRequest { data, images_dir: images, phrases, threshold, output };
-            detect::pseudo_label(&model, checkpoint, &request, &overrides)?;
-        }
         Command::Export { model, weights, format, output } => {
             let device = burn::tensor::Device::flex();
-            let (model, clip) = trainer::load_model(&model, Some(&weights), &device)?;
+            let (model, clip) = load_model(&model, Some(&weights), &device)?;
             match format.as_str() {
                 "open_clip" => weights::save_open_clip(&model, &clip, &output)?,
                 "hf" => weights::save_hugging_face(&model, &clip, &output)?,

@@ -37,6 +37,26 @@ pub fn freeze<M: Module>(model: M, prefixes: &[String]) -> anyhow::Result<M> {
     Ok(model.freeze_group(group))
 }
 
+/// The float parameters of at most `max_rank` dimensions: with `max_rank` 1, the gains,
+/// biases, 1-D embeddings and scalars (the logit scale) that open_clip trains without weight
+/// decay, whatever their names.
+pub fn rank_group<M: Module>(model: &M, max_rank: usize) -> ParamGroup {
+    struct Ranked {
+        max_rank: usize,
+        ids: Vec<ParamId>,
+    }
+    impl ModuleVisitor for Ranked {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if D <= self.max_rank {
+                self.ids.push(param.id);
+            }
+        }
+    }
+    let mut ranked = Ranked { max_rank, ids: Vec::new() };
+    model.visit(&mut ranked);
+    ParamGroup::from_ids(ranked.ids)
+}
+
 fn under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }

@@ -1,38 +1,29 @@
-//! The training loop, for any [`Objective`] (contrastive, supervised, distillation): AdamW
-//! (no weight decay on gains, biases, the class embedding and the logit scale, as open_clip),
-//! warm-up and cosine learning rate,
-//! global gradient-norm clipping, frozen parameter groups, checkpoints with exact resume,
-//! `metrics.jsonl` and TensorBoard event files, a progress bar, and an evaluation and
-//! `summary.json` at the end.
+//! The training loop, for any [`Task`]: AdamW (no weight decay on parameters of fewer than two
+//! dimensions, open_clip's rule), warm-up and cosine learning rate, global gradient-norm
+//! clipping, frozen parameter groups, checkpoints with exact resume, `metrics.jsonl` and
+//! TensorBoard event files, a progress bar, and the task's evaluation and `summary.json` at
+//! the end. [`train_task`] is the entry point for research code; [`train`] runs a config.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, FloatDType, Tensor, TensorData};
-use clip_core::preprocess::{EvalTransformConfig, TrainTransformConfig, stack_images};
-use clip_core::{Clip, ClipConfig, ClipTokenizer, ImageTower, Objective, ZeroShotClassifier, weights};
+use burn::tensor::{Device, FloatDType, Tensor};
+use clip_core::Objective;
+use clip_task::data::{BatchSource, LoadedBatch, Schedule, prefetch};
+use clip_task::Task;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tensorboard_rs::summary_writer::SummaryWriter;
 
 use crate::checkpoint::{Checkpoints, TrainState};
-use crate::config::RunConfig;
-use crate::data::{BatchSource, Batcher, LoadedBatch, PairBatch, PairTable, Schedule, Transform, prefetch};
-use crate::embeddings_file::write_embeddings;
-use crate::eval::{class_indices, class_names, evaluate, templates};
+use crate::config::{RunConfig, TrainSection};
 use crate::lr::{LrPolicy, learning_rate};
-use crate::objectives::{
-    ContrastiveBatch, ContrastiveLoss, ContrastiveObjective, DistillationBatch, DistillationLoss, DistillationObjective, ImageClassifier,
-    LabelledBatch, SupervisedObjective,
-};
-use crate::params::freeze;
-
-/// Parameters open_clip trains without weight decay: every one-dimensional parameter.
-const NO_WEIGHT_DECAY: &str = r"(\.bias|\.gamma|\.beta|class_embedding|logit_scale)$";
+use crate::params::{freeze, rank_group};
+use crate::registry;
 
 /// What a finished run reports in `summary.json`.
 #[derive(Debug, Clone, Serialize)]
@@ -93,275 +84,52 @@ pub fn set_precision(device: &mut Device, precision: &str) -> anyhow::Result<()>
         .map_err(|e| anyhow::anyhow!("run.precision = {precision:?}: {e:?}"))
 }
 
-/// A CLIP from `weights`: a run's checkpoint folder (`model.bpk`, architecture `name`), a
-/// Hugging Face `CLIPModel` directory (which brings its own `config.json`), or an open_clip /
-/// OpenAI checkpoint file (architecture `name`); freshly initialized when `weights` is `None`.
-pub fn load_model(name: &str, weights: Option<&Path>, device: &Device) -> anyhow::Result<(Clip, ClipConfig)> {
-    let Some(weights) = weights else {
-        let config = ClipConfig::from_name_or_path(name)?;
-        return Ok((config.init(device), config));
-    };
-    let run_checkpoint = weights.join("model.bpk");
-    if run_checkpoint.is_file() {
-        let config = ClipConfig::from_name_or_path(name)?;
-        let model = config
-            .init(device)
-            .try_load_file(&run_checkpoint)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", run_checkpoint.display()))?;
-        Ok((model, config))
-    } else if weights.is_dir() {
-        Ok(weights::load_hugging_face(weights, device)?)
-    } else {
-        let config = ClipConfig::from_name_or_path(name)?;
-        Ok((weights::load_clip(weights, &config, device)?, config))
-    }
-}
-
 /// Trains as `config` says, writing everything under `output`; with `resume`, continues
 /// from the newest checkpoint there.
 pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<Summary> {
     let mut device = select_device(&config.run.device)?;
     set_precision(&mut device, &config.run.precision)?;
-    device.seed(config.run.seed);
-    let train_device = device.clone().autodiff();
     std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
     std::fs::write(output.join("config.json"), serde_json::to_string_pretty(config)?)
         .with_context(|| format!("writing {}", output.join("config.json").display()))?;
-    let run = Run { config, output, resume };
-    if matches!(config.train.objective.as_str(), "groupvit" | "lseg") {
-        return crate::segmentation::train_segmentation(&run, &device, &train_device);
-    }
-    if matches!(config.train.objective.as_str(), "clip4clip" | "actionclip") {
-        return crate::video::train_video(&run, &device, &train_device);
-    }
-    if matches!(config.train.objective.as_str(), "vild" | "glip") {
-        return crate::detection::train_detection(&run, &device, &train_device);
-    }
-    let (model, clip_config) = load_model(&config.model.name, config.model.weights.as_deref(), &train_device)?;
-    let model = freeze(model, &config.train.freeze)?;
-    let tokenizer = ClipTokenizer::new().with_context_length(clip_config.text.context_length)?;
-    let image_size = clip_config.vision.image_size();
-    let (train_table, val_table) = config.tables()?;
-    let batcher = train_batcher(config, train_table.clone(), &tokenizer, image_size)?;
-
-    match config.train.objective.as_str() {
-        "contrastive" => {
-            let context = tokenizer.context_length();
-            let to_batch = |batch: PairBatch| -> anyhow::Result<ContrastiveBatch> {
-                let rows = batch.rows.len();
-                Ok(ContrastiveBatch {
-                    images: stack_images(&batch.images, &train_device)?,
-                    tokens: Tensor::from_data(TensorData::new(batch.tokens, [rows, context]), &train_device),
-                })
-            };
-            let loss = if config.train.loss == "siglip" { ContrastiveLoss::SigLip } else { ContrastiveLoss::InfoNce };
-            if loss == ContrastiveLoss::SigLip && model.logit_bias.is_none() {
-                bail!(
-                    "train.loss = \"siglip\" needs a model with a logit bias: set \"init_logit_bias\" in the \
-                     model config {} (open_clip's SigLIP configs use -10, with init_logit_scale ln 10)",
-                    config.model.name
-                );
-            }
-            let fitted = run.fit(&ContrastiveObjective { loss }, model, &batcher, to_batch)?;
-            let eval = match val_table {
-                Some(val) => {
-                    let batcher = eval_batcher(config, val, &tokenizer, image_size);
-                    let report = evaluate(&fitted.model.valid(), &batcher, &tokenizer, &config.eval, &device)?;
-                    Some(serde_json::to_value(report)?)
-                }
-                None => None,
-            };
-            run.finish(fitted.outcome, eval)
-        }
-        "supervised" => {
-            let classes = class_names(&config.eval, batcher.table())?;
-            let visual = if config.train.zero_shot_head {
-                let templates = templates(&config.eval);
-                let zero_shot = ZeroShotClassifier::build(&model.valid(), &tokenizer, &classes, &templates, &device)?;
-                ImageClassifier::from_zero_shot(model.visual, &zero_shot, &train_device)
-            } else {
-                ImageClassifier::new(model.visual, clip_config.embed_dim, classes.len(), &train_device)
-            };
-            let to_batch = |batch: PairBatch| -> anyhow::Result<LabelledBatch> {
-                let labels = class_indices(batcher.table(), &batch.rows, &classes)?;
-                Ok(LabelledBatch {
-                    images: stack_images(&batch.images, &train_device)?,
-                    labels: Tensor::from_data(TensorData::new(labels, [batch.rows.len()]), &train_device),
-                })
-            };
-            let smoothing = Some(config.train.label_smoothing as f32).filter(|s| *s > 0.0);
-            let objective = SupervisedObjective { label_smoothing: smoothing };
-            let fitted = run.fit(&objective, visual, &batcher, to_batch)?;
-            let eval = match val_table {
-                Some(val) => {
-                    let batcher = eval_batcher(config, val, &tokenizer, image_size);
-                    let report = evaluate_classifier(&fitted.model.valid(), &batcher, &classes, config, &device)?;
-                    Some(report)
-                }
-                None => None,
-            };
-            run.finish(fitted.outcome, eval)
-        }
-        "distillation" => {
-            let distill = config.distill.as_ref().context("[distill] section missing")?;
-            let (teacher, teacher_config) = load_model(&distill.teacher_model, Some(&distill.teacher_weights), &device)?;
-            anyhow::ensure!(
-                teacher_config.embed_dim == clip_config.embed_dim,
-                "distill.teacher_model embeds in {} dimensions but model.name in {}",
-                teacher_config.embed_dim,
-                clip_config.embed_dim
-            );
-            let cache = distill.cache.clone().unwrap_or_else(|| output.join("teacher_embeddings.safetensors"));
-            let teacher_batcher = eval_batcher(config, train_table, &tokenizer, teacher_config.vision.image_size());
-            let targets = teacher_embeddings(&teacher, &teacher_batcher, &cache, config.eval.batch_size, &device)?;
-            let dim = clip_config.embed_dim;
-            let to_batch = |batch: PairBatch| -> anyhow::Result<DistillationBatch> {
-                let values: Vec<f32> = batch.rows.iter().flat_map(|&r| targets[r * dim..(r + 1) * dim].iter().copied()).collect();
-                Ok(DistillationBatch {
-                    images: stack_images(&batch.images, &train_device)?,
-                    teacher: Tensor::from_data(TensorData::new(values, [batch.rows.len(), dim]), &train_device),
-                })
-            };
-            let loss = if distill.loss == "l2" { DistillationLoss::L2 } else { DistillationLoss::L1 };
-            let fitted = run.fit(&DistillationObjective { loss }, model.visual, &batcher, to_batch)?;
-            let eval = match val_table {
-                Some(val) => {
-                    let student = fitted.model.valid();
-                    let batcher = eval_batcher(config, val.clone(), &tokenizer, image_size);
-                    let teacher_batcher = eval_batcher(config, val, &tokenizer, teacher_config.vision.image_size());
-                    Some(evaluate_distillation(&student, &teacher, &batcher, &teacher_batcher, config, &device)?)
-                }
-                None => None,
-            };
-            run.finish(fitted.outcome, eval)
-        }
-        other => bail!("train.objective = {other:?} is not known"),
-    }
+    let task = registry::task(&config.train.objective).map_err(anyhow::Error::msg)?;
+    let section = task.section().and_then(|key| config.sections.get(key));
+    task.train(section, config.context(output), &config.train, &device, resume)
 }
 
-/// A batcher over `table` with the training transform.
-pub(crate) fn train_batcher(config: &RunConfig, table: PairTable, tokenizer: &ClipTokenizer, image_size: usize) -> anyhow::Result<Batcher> {
-    let transform = TrainTransformConfig::new()
-        .with_image_size(image_size)
-        .with_scale(config.data.crop_scale)
-        .init()?;
-    Ok(Batcher::new(
-        table,
-        tokenizer.clone(),
-        Transform::Train(transform),
-        config.data.workers,
-        config.data.skip_bad_samples,
-        config.run.seed,
-    ))
+/// Trains `task` on `device` (autodiff is added here) as `train` says, writing checkpoints,
+/// metrics and `summary.json` under `output`; with `resume`, continues from the newest
+/// checkpoint there. The task's evaluation runs at the end on `device`.
+pub fn train_task<T: Task>(mut task: T, train: &TrainSection, device: &Device, output: &Path, resume: bool) -> anyhow::Result<Summary> {
+    std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
+    device.seed(task.run().seed);
+    let train_device = device.clone().autodiff();
+    let model = freeze(task.model(&train_device)?, &train.freeze)?;
+    let source = task.train_source(&model, &train_device)?;
+    let objective = task.objective();
+    let run = Run { train, output, resume, seed: task.run().seed, data: &task.run().data.train };
+    let fitted = run.fit(&objective, model, &source, |batch| task.to_batch(batch, &train_device))?;
+    let eval = task.evaluate(&fitted.model.valid(), device)?;
+    run.finish(fitted.outcome, eval)
 }
 
-/// A batcher over `table` with the evaluation transform.
-pub fn eval_batcher(config: &RunConfig, table: PairTable, tokenizer: &ClipTokenizer, image_size: usize) -> Batcher {
-    Batcher::new(
-        table,
-        tokenizer.clone(),
-        Transform::Eval(EvalTransformConfig::new().with_image_size(image_size).init()),
-        config.data.workers,
-        config.data.skip_bad_samples,
-        config.run.seed,
-    )
-}
-
-/// Normalized image embeddings of every row of `batcher`'s table, `[rows * dim]`.
-fn image_embeddings(visual: &ImageTower, batcher: &Batcher, batch_size: usize, device: &Device) -> anyhow::Result<Vec<f32>> {
-    let rows: Vec<usize> = (0..batcher.table().pairs.len()).collect();
-    let mut values = Vec::new();
-    for chunk in rows.chunks(batch_size.max(1)) {
-        let batch = batcher.batch(chunk, 0)?;
-        anyhow::ensure!(batch.rows.len() == chunk.len(), "{}", batch.skipped.first().map(|e| e.to_string()).unwrap_or_default());
-        let embeds = clip_core::l2_normalize(visual.forward(stack_images(&batch.images, device)?));
-        values.extend(embeds.into_data().iter::<f32>());
-    }
-    Ok(values)
-}
-
-/// The teacher's embeddings of the training images, from `cache` when it matches the table,
-/// computed and cached otherwise.
-fn teacher_embeddings(teacher: &Clip, batcher: &Batcher, cache: &Path, batch_size: usize, device: &Device) -> anyhow::Result<Vec<f32>> {
-    let rows = batcher.table().pairs.len();
-    if cache.is_file() {
-        let tensors = clip_core::weights::Checkpoint::read(cache)?.tensors;
-        if let Some(cached) = tensors.get("embeddings").filter(|t| t.shape.first() == Some(&rows)) {
-            eprintln!("teacher embeddings from {}", cache.display());
-            return Ok(cached.values.clone());
-        }
-    }
-    eprintln!("computing teacher embeddings of {rows} images into {}", cache.display());
-    let values = image_embeddings(&teacher.visual, batcher, batch_size, device)?;
-    write_embeddings(cache, values.clone(), [rows, values.len() / rows.max(1)])?;
-    Ok(values)
-}
-
-/// Top-1 and top-5 accuracy of a classifier on the labelled table of `batcher`.
-fn evaluate_classifier(
-    model: &ImageClassifier,
-    batcher: &Batcher,
-    classes: &[String],
-    config: &RunConfig,
-    device: &Device,
-) -> anyhow::Result<serde_json::Value> {
-    let rows: Vec<usize> = (0..batcher.table().pairs.len()).collect();
-    let (mut top1, mut top5, mut samples) = (0usize, 0usize, 0usize);
-    for chunk in rows.chunks(config.eval.batch_size) {
-        let batch = batcher.batch(chunk, 0)?;
-        if batch.rows.is_empty() {
-            continue;
-        }
-        let targets = class_indices(batcher.table(), &batch.rows, classes)?;
-        let logits = model.forward(stack_images(&batch.images, device)?);
-        let [n, k] = logits.dims();
-        let values: Vec<f32> = logits.into_data().iter::<f32>().collect();
-        for (row, target) in values.chunks(k).zip(&targets) {
-            let better = row.iter().filter(|&&v| v > row[*target as usize]).count();
-            top1 += usize::from(better < 1);
-            top5 += usize::from(better < 5);
-        }
-        samples += n;
-    }
-    anyhow::ensure!(samples > 0, "{}: no readable image to evaluate", batcher.table().path.display());
-    Ok(serde_json::json!({
-        "samples": samples,
-        "top1": top1 as f64 / samples as f64,
-        "top5": top5 as f64 / samples as f64,
-        "chance_top1": 1.0 / classes.len() as f64,
-    }))
-}
-
-/// Mean cosine similarity between student and teacher embeddings of the validation images.
-fn evaluate_distillation(
-    student: &ImageTower,
-    teacher: &Clip,
-    batcher: &Batcher,
-    teacher_batcher: &Batcher,
-    config: &RunConfig,
-    device: &Device,
-) -> anyhow::Result<serde_json::Value> {
-    let ours = image_embeddings(student, batcher, config.eval.batch_size, device)?;
-    let theirs = image_embeddings(&teacher.visual, teacher_batcher, config.eval.batch_size, device)?;
-    let rows = batcher.table().pairs.len();
-    let cosine = ours.iter().zip(&theirs).map(|(a, b)| f64::from(a * b)).sum::<f64>() / rows as f64;
-    Ok(serde_json::json!({ "samples": rows, "teacher_cosine": cosine }))
-}
-
-/// The parts of a run every objective shares.
-pub(crate) struct Run<'a> {
-    pub(crate) config: &'a RunConfig,
-    pub(crate) output: &'a Path,
-    pub(crate) resume: bool,
+/// The parts of a run every task shares.
+struct Run<'a> {
+    train: &'a TrainSection,
+    output: &'a Path,
+    resume: bool,
+    seed: u64,
+    /// The training data, named in errors.
+    data: &'a Path,
 }
 
 /// A trained model and how the training went.
-pub(crate) struct Fitted<M> {
-    pub(crate) model: M,
-    pub(crate) outcome: Outcome,
+struct Fitted<M> {
+    model: M,
+    outcome: Outcome,
 }
 
-pub(crate) struct Outcome {
+struct Outcome {
     state: TrainState,
     last_loss: f64,
     checkpoint: PathBuf,
@@ -373,49 +141,52 @@ pub(crate) struct Outcome {
 impl Run<'_> {
     /// The training loop, for any objective: batches from `batcher` turned into the
     /// objective's batches by `to_batch`, AdamW steps, checkpoints, logs.
-    pub(crate) fn fit<O: Objective, S: BatchSource>(
+    fn fit<O: Objective, S: BatchSource>(
         &self,
         objective: &O,
         mut model: O::Model,
         source: &S,
         to_batch: impl Fn(S::Batch) -> anyhow::Result<O::Batch>,
     ) -> anyhow::Result<Fitted<O::Model>> {
-        let (config, output) = (self.config, self.output);
-        let t = &config.train;
+        let (t, output) = (self.train, self.output);
+        let checkpoints = Checkpoints::new(output, t.keep_checkpoints);
+        let mut state = TrainState::default();
+        let resume_from = match checkpoints.latest()? {
+            Some(dir) if self.resume => Some(dir),
+            None if self.resume => {
+                eprintln!("--resume: no checkpoint under {}, starting fresh", output.display());
+                None
+            }
+            Some(_) => bail!(
+                "{} already holds checkpoints: pass --resume to continue that run, or choose another --output",
+                output.display()
+            ),
+            None => None,
+        };
+        if let Some(dir) = &resume_from {
+            (model, state) = Checkpoints::load_model(dir, model)?;
+        }
+        // Groups match parameters by id, which a loaded checkpoint brings: build them now.
         let adamw = AdamWConfig::new()
             .with_beta_1(t.beta1 as f32)
             .with_beta_2(t.beta2 as f32)
             .with_epsilon(t.eps as f32)
             .with_weight_decay(t.weight_decay as f32);
-        let no_decay = ParamGroup::from_regex(NO_WEIGHT_DECAY).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let no_decay = rank_group(&model, 1);
         let mut optimizer: ModuleOptimizer = adamw.init().with_group(no_decay, adamw.with_weight_decay(0.0).build(), None);
-
         let lr_policy = LrPolicy::new(&model, t)?;
-
-        let checkpoints = Checkpoints::new(output, t.keep_checkpoints);
-        let mut state = TrainState::default();
-        if self.resume {
-            match checkpoints.latest()? {
-                Some(dir) => {
-                    (model, optimizer, state) = Checkpoints::load(&dir, model, optimizer)?;
-                    eprintln!("resuming from {} (step {})", dir.display(), state.step);
-                }
-                None => eprintln!("--resume: no checkpoint under {}, starting fresh", output.display()),
-            }
-        } else if checkpoints.latest()?.is_some() {
-            bail!(
-                "{} already holds checkpoints: pass --resume to continue that run, or choose another --output",
-                output.display()
-            );
+        if let Some(dir) = &resume_from {
+            optimizer = Checkpoints::load_optimizer(dir, optimizer)?;
+            eprintln!("resuming from {} (step {})", dir.display(), state.step);
         }
 
-        let schedule = Schedule::new(source.rows(), t.batch_size, config.run.seed);
+        let schedule = Schedule::new(source.rows(), t.batch_size, self.seed);
         if schedule.steps_per_epoch() == 0 {
             bail!(
                 "train.batch_size = {} is larger than the {} rows of {}",
                 t.batch_size,
                 source.rows(),
-                config.data.train.display()
+                self.data.display()
             );
         }
         // An optimizer step consumes `accumulate` consecutive batches of the schedule.
@@ -426,7 +197,7 @@ impl Run<'_> {
                 "train.accumulate_batches = {accumulate} batches of {} exceed the {} rows of {}",
                 t.batch_size,
                 source.rows(),
-                config.data.train.display()
+                self.data.display()
             );
         }
         let mut total_steps = steps_per_epoch * t.epochs;
@@ -467,7 +238,7 @@ impl Run<'_> {
                 }
                 samples += batch.rows().len();
                 batches_used += 1;
-                let output_of_batch = objective.forward(&model, to_batch(batch)?);
+                let output_of_batch = objective.forward(&model, to_batch(batch)?)?;
                 let loss_value = f64::from(output_of_batch.loss.clone().into_scalar::<f32>());
                 if !loss_value.is_finite() {
                     let kept = last_checkpoint
@@ -540,7 +311,7 @@ impl Run<'_> {
     }
 
     /// Logs the evaluation and writes `summary.json`.
-    pub(crate) fn finish(&self, outcome: Outcome, eval: Option<serde_json::Value>) -> anyhow::Result<Summary> {
+    fn finish(&self, outcome: Outcome, eval: Option<serde_json::Value>) -> anyhow::Result<Summary> {
         let Outcome { state, last_loss, checkpoint, mut tensorboard } = outcome;
         if let Some(serde_json::Value::Object(report)) = &eval {
             for (name, value) in report {

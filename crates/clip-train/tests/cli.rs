@@ -359,7 +359,7 @@ fn image_folder_with_a_random_validation_split() {
 fn siglip_loss_trains_a_model_with_a_logit_bias() {
     let out = scratch("siglip");
     let mut args = vec![
-        "train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "train.loss=siglip",
+        "train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "contrastive.loss=siglip",
         "--set", "model.name=configs/models/tiny-digits-siglip.json", "--set", "train.max_steps=10",
     ];
     args.extend(FAST);
@@ -370,9 +370,13 @@ fn siglip_loss_trains_a_model_with_a_logit_bias() {
 
     // A model without a bias is refused with the reason.
     let again = scratch("siglip-no-bias");
-    let output = run(&["train", "configs/quickstart.toml", "--output", again.to_str().unwrap(), "--set", "train.loss=siglip"]);
+    let output = run(&["train", "configs/quickstart.toml", "--output", again.to_str().unwrap(), "--set", "contrastive.loss=siglip"]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("init_logit_bias"), "{}", stderr(&output));
+    // The key's old place names the new one.
+    let output = run(&["check", "configs/quickstart.toml", "--set", "train.loss=siglip"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("train.loss has moved: write it as [contrastive] loss"), "{}", stderr(&output));
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&again);
 }
@@ -396,7 +400,7 @@ fn frozen_tower_is_left_untouched_by_fine_tuning() {
     let device = burn::tensor::Device::flex();
     let model_config = workspace().join("configs/models/tiny-digits.json");
     let load = |dir: &Path| {
-        let (model, config) = clip_train::trainer::load_model(model_config.to_str().unwrap(), Some(dir), &device).unwrap();
+        let (model, config) = clip_task::clip_model::load_model(model_config.to_str().unwrap(), Some(dir), &device).unwrap();
         clip_core::weights::export(&model, &clip_core::weights::CheckpointFormat::OpenClip.layout(&config).unwrap()).unwrap()
     };
     let (before, after) = (load(&start), load(&tuned.join("checkpoints/step-00000003")));
@@ -470,7 +474,7 @@ fn resnet_tower_trains_evaluates_and_exports_like_a_vit() {
     assert!(output.status.success(), "{}", stderr(&output));
     let device = burn::tensor::Device::flex();
     let (tuned_model, config) =
-        clip_train::trainer::load_model(workspace().join(model).to_str().unwrap(), Some(&tuned.join("checkpoints/step-00000003")), &device).unwrap();
+        clip_task::clip_model::load_model(workspace().join(model).to_str().unwrap(), Some(&tuned.join("checkpoints/step-00000003")), &device).unwrap();
     let layout = clip_core::weights::CheckpointFormat::OpenClip.layout(&config).unwrap();
     let after = clip_core::weights::export(&tuned_model, &layout).unwrap();
     for (key, tensor) in &tensors {

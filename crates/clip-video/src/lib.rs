@@ -8,8 +8,12 @@
 //! - [`data`]: videos as frame folders or files, uniform frame sampling, MSR-VTT and
 //!   Kinetics/UCF-style datasets.
 //! - [`metrics`]: retrieval recall and ranks, top-k accuracy.
+//! - [`task`]: the `clip4clip` and `actionclip` tasks of the trainer.
 
 pub mod actionclip;
 pub mod clip4clip;
 pub mod data;
 pub mod metrics;
+pub mod task;
+
+pub use task::{ActionClipTask, Clip4ClipTask};

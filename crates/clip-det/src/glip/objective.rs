@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::{Int, Tensor, TensorData};
-use clip_core::{Objective, StepOutput};
+use clip_core::{ClipError, Objective, StepOutput};
 
 use crate::boxes::{self, BoxCoder, BoxXyxy};
 use crate::glip::model::{Glip, GlipConfig, anchor_tensor};
@@ -127,29 +127,30 @@ impl Objective for GlipObjective {
     /// # Panics
     /// If `boxes` or `positive_tokens` do not have one entry per image and per box, or a
     /// positive token is not a text word of the prompt (a batch-building bug).
-    fn forward(&self, model: &Glip, batch: GlipBatch) -> StepOutput {
+    fn forward(&self, model: &Glip, batch: GlipBatch) -> clip_core::Result<StepOutput> {
         let output = model.forward(batch.images, batch.tokens);
         let [images, anchors, words] = output.alignment.dims();
         let device = output.alignment.device();
-        assert!(
-            batch.boxes.len() == images && batch.positive_tokens.len() == images,
-            "GlipBatch: {images} images but {} box lists and {} positive-token lists",
-            batch.boxes.len(),
-            batch.positive_tokens.len()
-        );
+        if !(batch.boxes.len() == images && batch.positive_tokens.len() == images) {
+            return Err(ClipError::Shape(format!(
+                "GlipBatch: {images} images but {} box lists and {} positive-token lists",
+                batch.boxes.len(),
+                batch.positive_tokens.len()
+            )));
+        }
         let mut targets = vec![0.0f32; images * anchors * words];
         let mut weights = vec![0.0f32; images * anchors * words];
         let mut positive_rows = Vec::new();
         let mut positive_anchors = Vec::new();
         let mut matched = Vec::new();
         for (image, (gt, tokens)) in batch.boxes.iter().zip(&batch.positive_tokens).enumerate() {
-            assert_eq!(
-                gt.len(),
-                tokens.len(),
-                "GlipBatch image {image}: {} boxes but {} positive-token lists",
-                gt.len(),
-                tokens.len()
-            );
+            if gt.len() != tokens.len() {
+                return Err(ClipError::Shape(format!(
+                    "GlipBatch image {image}: {} boxes but {} positive-token lists",
+                    gt.len(),
+                    tokens.len()
+                )));
+            }
             let text_words = &output.text_words[image * words..(image + 1) * words];
             for (anchor, assignment) in
                 assign_anchors(&output.anchors, gt, self.fg_iou, self.bg_iou)
@@ -165,11 +166,12 @@ impl Objective for GlipObjective {
                 }
                 if let Assignment::Object(g) = assignment {
                     for w in tokens[g].iter().flat_map(|span| span.clone()) {
-                        assert!(
-                            w < words && text_words[w],
-                            "GlipBatch image {image} box {g}: token {w} is not a text word of its \
-                             prompt ({words} positions)"
-                        );
+                        if !(w < words && text_words[w]) {
+                            return Err(ClipError::Shape(format!(
+                                "GlipBatch image {image} box {g}: token {w} is not a text word of its \
+                                 prompt ({words} positions)"
+                            )));
+                        }
                         targets[row + w] = 1.0;
                     }
                     positive_rows.push((image * anchors + anchor) as i64);
@@ -208,10 +210,10 @@ impl Objective for GlipObjective {
             ("grounding", grounding.clone().into_scalar::<f32>() as f64),
             ("box", box_loss.clone().into_scalar::<f32>() as f64),
         ];
-        StepOutput {
+        Ok(StepOutput {
             loss: grounding + box_loss * self.box_weight,
             metrics,
-        }
+        })
     }
 }
 
@@ -286,7 +288,7 @@ mod tests {
         let mut optimizer = AdamWConfig::new().init();
         let mut losses = Vec::new();
         for _ in 0..10 {
-            let output = objective.forward(&model, batch.clone());
+            let output = objective.forward(&model, batch.clone()).unwrap();
             let metric = |name: &str| output.metrics.iter().find(|(n, _)| *n == name).unwrap().1;
             assert!(metric("grounding").is_finite() && metric("box").is_finite());
             assert!((0.0..=2.0).contains(&metric("box")));
@@ -311,7 +313,7 @@ mod tests {
             boxes: vec![vec![]],
             positive_tokens: vec![vec![]],
         };
-        let output = GlipObjective::new(&config).forward(&model, batch);
+        let output = GlipObjective::new(&config).forward(&model, batch).unwrap();
         let loss = output.loss.clone().into_scalar::<f32>();
         assert!(loss.is_finite() && loss > 0.0, "{loss}");
         assert_eq!(output.metrics[1], ("box", 0.0));

@@ -323,8 +323,9 @@ impl GroupVitConfig {
     }
 
     /// Builds the model with freshly initialized weights.
-    pub fn init(&self, device: &Device) -> GroupVit {
-        GroupVit::new(self, device)
+    pub fn init(&self, device: &Device) -> clip_core::Result<GroupVit> {
+        self.validate("GroupViT config")?;
+        Ok(GroupVit::new(self, device))
     }
 }
 

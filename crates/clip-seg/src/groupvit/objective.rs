@@ -81,7 +81,7 @@ impl Objective for GroupVitObjective {
 
     /// # Panics
     /// When the batch's shapes disagree (build it with [`GroupVitBatch::new`] to get an error).
-    fn forward(&self, model: &GroupVit, batch: GroupVitBatch) -> StepOutput {
+    fn forward(&self, model: &GroupVit, batch: GroupVitBatch) -> clip_core::Result<StepOutput> {
         let size = batch.images.dims()[0];
         let prompts = batch.prompt_tokens.dims()[0];
         let image = model.encode_image_with(batch.images, true, Phase::Train);
@@ -97,24 +97,24 @@ impl Objective for GroupVitObjective {
         let contrastive = ClipLoss::default().forward(image.clone(), captions, scale.clone());
         let contrastive_value = f64::from(contrastive.clone().into_scalar::<f32>());
         if prompts == 0 {
-            return StepOutput {
+            return Ok(StepOutput {
                 loss: contrastive,
                 metrics: vec![
                     ("logit_scale", logit_scale),
                     ("contrastive_loss", contrastive_value),
                 ],
-            };
+            });
         }
         let multi_label = multi_label_contrastive_loss(image, text.narrow(0, size, prompts), scale);
         let multi_label_value = f64::from(multi_label.clone().into_scalar::<f32>());
-        StepOutput {
+        Ok(StepOutput {
             loss: contrastive + multi_label * self.multi_label_weight,
             metrics: vec![
                 ("logit_scale", logit_scale),
                 ("contrastive_loss", contrastive_value),
                 ("multi_label_loss", multi_label_value),
             ],
-        }
+        })
     }
 
     fn after_update(&self, model: GroupVit) -> GroupVit {
@@ -197,7 +197,7 @@ mod tests {
         device.seed(7);
         let config = tiny_config();
         config.validate("tiny").unwrap();
-        let mut model = config.init(&device);
+        let mut model = config.init(&device).unwrap();
         let images = Tensor::<4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
         // Ids below 63, end-of-text 63 (the largest id) at the end of each row.
         let tokens = |rows: usize| {
@@ -218,7 +218,7 @@ mod tests {
         let mut optimizer = AdamWConfig::new().init();
         let mut losses = Vec::new();
         for _ in 0..6 {
-            let output = objective.forward(&model, batch.clone());
+            let output = objective.forward(&model, batch.clone()).unwrap();
             let names: Vec<&str> = output.metrics.iter().map(|(name, _)| *name).collect();
             assert_eq!(
                 names,

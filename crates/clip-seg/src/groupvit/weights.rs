@@ -167,7 +167,7 @@ pub fn hugging_face_layout(config: &GroupVitConfig) -> Layout {
 pub fn load_groupvit(path: &Path, config: &GroupVitConfig, device: &Device) -> Result<GroupVit> {
     let checkpoint = Checkpoint::read(path)?;
     import(
-        config.init(device),
+        config.init(device)?,
         &checkpoint,
         &hugging_face_layout(config),
     )

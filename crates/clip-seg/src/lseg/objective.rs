@@ -30,7 +30,7 @@ impl Objective for LsegObjective {
     type Model = Lseg;
     type Batch = LsegBatch;
 
-    fn forward(&self, model: &Lseg, batch: LsegBatch) -> StepOutput {
+    fn forward(&self, model: &Lseg, batch: LsegBatch) -> clip_core::Result<StepOutput> {
         let labels = model.label_embeddings(batch.label_tokens);
         let logits = model.logits(batch.images, labels);
         let accuracy = pixel_accuracy(
@@ -40,10 +40,10 @@ impl Objective for LsegObjective {
         );
         let loss = pixel_cross_entropy(logits, batch.masks, self.ignore_index);
         let scale = model.logit_scale().into_scalar::<f32>() as f64;
-        StepOutput {
+        Ok(StepOutput {
             loss,
             metrics: vec![("pixel_accuracy", accuracy), ("logit_scale", scale)],
-        }
+        })
     }
 
     fn after_update(&self, model: Lseg) -> Lseg {
@@ -161,7 +161,7 @@ mod tests {
         let mut model = model;
         let mut losses = Vec::new();
         for _ in 0..8 {
-            let output = objective.forward(&model, batch.clone());
+            let output = objective.forward(&model, batch.clone()).unwrap();
             let accuracy = output
                 .metrics
                 .iter()

@@ -29,17 +29,17 @@ impl Objective for ActionClipObjective {
     type Model = ActionClip;
     type Batch = VideoLabelBatch;
 
-    fn forward(&self, model: &ActionClip, batch: VideoLabelBatch) -> StepOutput {
+    fn forward(&self, model: &ActionClip, batch: VideoLabelBatch) -> clip_core::Result<StepOutput> {
         let videos = model.video_embeddings(batch.videos);
         let texts = model.text_embeddings(batch.tokens);
         let logits = model.logits_from_embeddings(videos, texts);
         let top1 = batch_top1(logits.clone().detach(), batch.labels.clone());
         let loss = kl_video_text_loss(logits, batch.labels);
         let scale = model.logit_scale().into_scalar::<f32>() as f64;
-        StepOutput {
+        Ok(StepOutput {
             loss,
             metrics: vec![("logit_scale", scale), ("top1", top1)],
-        }
+        })
     }
 
     fn after_update(&self, model: ActionClip) -> ActionClip {
@@ -103,7 +103,7 @@ mod tests {
             let mut optimizer = AdamWConfig::new().init();
             let mut losses = Vec::new();
             for _ in 0..STEPS {
-                let output = ActionClipObjective.forward(&model, batch.clone());
+                let output = ActionClipObjective.forward(&model, batch.clone()).unwrap();
                 let top1 = output.metrics.iter().find(|(name, _)| *name == "top1").unwrap().1;
                 assert!((0.0..=1.0).contains(&top1));
                 losses.push(output.loss.clone().into_scalar::<f32>());

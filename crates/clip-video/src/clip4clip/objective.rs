@@ -26,14 +26,14 @@ impl Objective for Clip4ClipObjective {
     type Model = Clip4Clip;
     type Batch = VideoTextBatch;
 
-    fn forward(&self, model: &Clip4Clip, batch: VideoTextBatch) -> StepOutput {
+    fn forward(&self, model: &Clip4Clip, batch: VideoTextBatch) -> clip_core::Result<StepOutput> {
         let logits = model.similarity(batch.tokens, batch.videos);
         let loss = symmetric_cross_entropy(logits);
         let scale = model.logit_scale().into_scalar::<f32>() as f64;
-        StepOutput {
+        Ok(StepOutput {
             loss,
             metrics: vec![("logit_scale", scale)],
-        }
+        })
     }
 
     fn after_update(&self, model: Clip4Clip) -> Clip4Clip {
@@ -77,7 +77,7 @@ mod tests {
                 tokens: tokens(3, &device),
             };
             let ours = Clip4ClipObjective
-                .forward(&model, batch.clone())
+                .forward(&model, batch.clone()).unwrap()
                 .loss
                 .into_scalar::<f32>();
             let reference = ClipLoss::default()
@@ -116,7 +116,7 @@ mod tests {
             let mut optimizer = AdamWConfig::new().init();
             let mut losses = Vec::new();
             for _ in 0..STEPS {
-                let output = Clip4ClipObjective.forward(&model, batch.clone());
+                let output = Clip4ClipObjective.forward(&model, batch.clone()).unwrap();
                 assert_eq!(output.metrics[0].0, "logit_scale");
                 losses.push(output.loss.clone().into_scalar::<f32>());
                 let grads = GradientsParams::from_grads(output.loss.backward(), &model);

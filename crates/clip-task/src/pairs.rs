@@ -1,17 +1,14 @@
-//! Image-caption tables (open_clip's CSV/TSV layout) and the batches built from them: images
-//! decoded and transformed on worker threads, captions tokenized, one batch prefetched.
+//! Image-caption tables (open_clip's CSV/TSV layout, JSONL, class folders) and the batches
+//! built from them: images decoded and transformed on worker threads, captions tokenized.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, sync_channel};
 
 use clip_core::ClipTokenizer;
-use clip_core::preprocess::{EvalTransform, ImageTensorData, TrainTransform, load_image};
+use clip_core::preprocess::{EvalTransform, EvalTransformConfig, ImageTensorData, TrainTransform, TrainTransformConfig, load_image};
 use clip_core::table::read_columns;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 
-use crate::config::DataSection;
+use crate::config::{DataSection, RunContext};
+use crate::data::{BatchSource, DataError, LoadedBatch, load_on_workers, sample_rng};
 
 /// One row of an image-caption table.
 #[derive(Debug, Clone)]
@@ -33,18 +30,6 @@ pub struct PairTable {
     pub path: PathBuf,
     /// Its rows.
     pub pairs: Vec<Pair>,
-}
-
-/// A problem with a data file, naming it (and the line where there is one).
-#[derive(Debug, thiserror::Error)]
-#[error("{path}{}: {message}", line.filter(|l| *l > 0).map(|l| format!(":{l}")).unwrap_or_default())]
-pub struct DataError {
-    /// The table or image file.
-    pub path: PathBuf,
-    /// Line of the table, when the problem is in one row.
-    pub line: Option<usize>,
-    /// What is wrong.
-    pub message: String,
 }
 
 /// Image file extensions recognized in image folders.
@@ -169,6 +154,15 @@ fn read_image_folder(root: &Path, caption_template: &str) -> Result<Vec<Pair>, D
     Ok(pairs)
 }
 
+impl RunContext {
+    /// The training table and the validation table (`data.val`, or the `data.val_fraction`
+    /// split off the training table), read from disk.
+    pub fn tables(&self) -> Result<(PairTable, Option<PairTable>), DataError> {
+        let train = PairTable::read(&self.data.train, &self.data)?;
+        self.with_validation(train, |val| PairTable::read(val, &self.data))
+    }
+}
+
 /// Images and token ids of one batch, ready to become tensors.
 #[derive(Debug)]
 pub struct PairBatch {
@@ -222,6 +216,19 @@ impl Batcher {
             skip_bad_samples,
             seed,
         }
+    }
+
+    /// A batcher over `table` with the training transform (random resized crop of
+    /// `data.crop_scale`), as the run's `[data]` says.
+    pub fn for_training(run: &RunContext, table: PairTable, tokenizer: &ClipTokenizer, image_size: usize) -> anyhow::Result<Self> {
+        let transform = TrainTransformConfig::new().with_image_size(image_size).with_scale(run.data.crop_scale).init()?;
+        Ok(Self::new(table, tokenizer.clone(), Transform::Train(transform), run.data.workers, run.data.skip_bad_samples, run.seed))
+    }
+
+    /// A batcher over `table` with the evaluation transform (resize and center crop).
+    pub fn for_eval(run: &RunContext, table: PairTable, tokenizer: &ClipTokenizer, image_size: usize) -> Self {
+        let transform = Transform::Eval(EvalTransformConfig::new().with_image_size(image_size).init());
+        Self::new(table, tokenizer.clone(), transform, run.data.workers, run.data.skip_bad_samples, run.seed)
     }
 
     /// The table.
@@ -298,132 +305,9 @@ impl LoadedBatch for PairBatch {
     }
 }
 
-/// The random generator of the sample in `slot` of the batch of `step`: augmentation depends
-/// only on these, so a resumed run sees exactly the batches an uninterrupted one would.
-pub fn sample_rng(seed: u64, step: usize, slot: usize) -> StdRng {
-    StdRng::seed_from_u64(seed ^ ((step as u64) << 20) ^ slot as u64)
-}
-
-/// What the training loop draws batches from: a number of rows, loaded by index for a step.
-/// Image-caption tables ([`Batcher`]) and segmentation tables implement it.
-pub trait BatchSource: Clone + Send + 'static {
-    /// A loaded batch.
-    type Batch: LoadedBatch + Send + 'static;
-
-    /// Rows in the table.
-    fn rows(&self) -> usize;
-
-    /// Loads the rows at `indices` for training step `step` (which seeds the augmentation).
-    fn batch(&self, indices: &[usize], step: usize) -> Result<Self::Batch, DataError>;
-}
-
-/// A loaded batch: which rows it holds and which were skipped as unreadable.
-pub trait LoadedBatch {
-    /// Table rows of the samples kept, in batch order.
-    fn rows(&self) -> &[usize];
-
-    /// Rows skipped because they could not be read.
-    fn skipped(&self) -> &[DataError];
-}
-
-/// Runs `load(row, slot)` for each of `indices` on up to `workers` threads; results come back
-/// in the order of `indices`, `slot` being the position in it.
-pub fn load_on_workers<T: Send>(
-    indices: &[usize],
-    workers: usize,
-    load: impl Fn(usize, usize) -> Result<T, DataError> + Sync,
-) -> Vec<Result<T, DataError>> {
-    let chunk = indices.len().div_ceil(workers.max(1)).max(1);
-    let load = &load;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = indices
-            .chunks(chunk)
-            .enumerate()
-            .map(|(part, rows)| {
-                scope.spawn(move || {
-                    rows.iter()
-                        .enumerate()
-                        .map(|(i, &row)| load(row, part * chunk + i))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("data worker panicked")).collect()
-    })
-}
-
-/// The order in which training visits the table: a seeded permutation per epoch, cut into
-/// full batches (the last partial batch of an epoch is dropped, as open_clip does).
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    rows: usize,
-    batch_size: usize,
-    seed: u64,
-    /// The permutation of the epoch last asked for, shuffled once per epoch.
-    order: Option<(usize, Vec<usize>)>,
-}
-
-impl Schedule {
-    /// A schedule over `rows` rows.
-    pub fn new(rows: usize, batch_size: usize, seed: u64) -> Self {
-        Self { rows, batch_size, seed, order: None }
-    }
-
-    /// Optimizer steps in one epoch.
-    pub fn steps_per_epoch(&self) -> usize {
-        self.rows / self.batch_size
-    }
-
-    /// Row indices of the batch at global `step`.
-    pub fn indices(&mut self, step: usize) -> Vec<usize> {
-        let per_epoch = self.steps_per_epoch().max(1);
-        let epoch = step / per_epoch;
-        if self.order.as_ref().is_none_or(|(cached, _)| *cached != epoch) {
-            let mut order: Vec<usize> = (0..self.rows).collect();
-            order.shuffle(&mut StdRng::seed_from_u64(self.seed.wrapping_add(epoch as u64)));
-            self.order = Some((epoch, order));
-        }
-        let (_, order) = self.order.as_ref().expect("the epoch's order was just set");
-        let start = (step % per_epoch) * self.batch_size;
-        order[start..start + self.batch_size].to_vec()
-    }
-}
-
-/// Loads the batches of `steps` on a background thread, `prefetch` ahead of the consumer.
-pub fn prefetch<S: BatchSource>(
-    source: S,
-    mut schedule: Schedule,
-    steps: std::ops::Range<usize>,
-    prefetch: usize,
-) -> Receiver<(usize, Result<S::Batch, DataError>)> {
-    let (sender, receiver) = sync_channel(prefetch.max(1));
-    std::thread::spawn(move || {
-        for step in steps {
-            let batch = source.batch(&schedule.indices(step), step);
-            let failed = batch.is_err();
-            if sender.send((step, batch)).is_err() || failed {
-                break;
-            }
-        }
-    });
-    receiver
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn schedule_is_a_seeded_permutation_per_epoch() {
-        let mut schedule = Schedule::new(10, 3, 7);
-        assert_eq!(schedule.steps_per_epoch(), 3);
-        let mut epoch: Vec<usize> = (0..3).flat_map(|s| schedule.indices(s)).collect();
-        epoch.sort();
-        epoch.dedup();
-        assert_eq!(epoch.len(), 9, "an epoch visits distinct rows");
-        assert_eq!(schedule.indices(4), Schedule::new(10, 3, 7).indices(4), "the cache does not change the order");
-        assert_ne!(schedule.indices(0), schedule.indices(3), "epochs are shuffled differently");
-    }
 
     fn section() -> DataSection {
         serde_json::from_str(r#"{"train": "x.tsv"}"#).unwrap()

@@ -3,12 +3,8 @@
 
 use std::path::Path;
 
-use clip_det::data::CocoDataset;
-use clip_seg::data::SegmentationTable;
-use clip_video::data::VideoTable;
-
-use crate::config::RunConfig;
-use crate::data::PairTable;
+use crate::config::RunContext;
+use crate::pairs::PairTable;
 
 /// A dataset `data.val_fraction` can split.
 pub trait Splittable: Sized {
@@ -18,7 +14,7 @@ pub trait Splittable: Sized {
     fn split_off(self, fraction: f64, seed: u64) -> (Self, Self);
 }
 
-impl RunConfig {
+impl RunContext {
     /// `train` and its validation set: `read(data.val)`, or the `data.val_fraction` split of
     /// `train`, or none.
     pub fn with_validation<T: Splittable, E>(
@@ -30,7 +26,7 @@ impl RunConfig {
             return Ok((train, Some(read(val)?)));
         }
         if self.data.val_fraction > 0.0 && train.rows() > 1 {
-            let (train, val) = train.split_off(self.data.val_fraction, self.run.seed);
+            let (train, val) = train.split_off(self.data.val_fraction, self.seed);
             return Ok((train, Some(val)));
         }
         Ok((train, None))
@@ -46,37 +42,10 @@ impl Splittable for PairTable {
     }
 }
 
-impl Splittable for SegmentationTable {
-    fn rows(&self) -> usize {
-        self.samples.len()
-    }
-    fn split_off(self, fraction: f64, seed: u64) -> (Self, Self) {
-        self.split(fraction, seed)
-    }
-}
-
-impl Splittable for VideoTable {
-    fn rows(&self) -> usize {
-        self.videos.len()
-    }
-    fn split_off(self, fraction: f64, seed: u64) -> (Self, Self) {
-        self.split(fraction, seed)
-    }
-}
-
-impl Splittable for CocoDataset {
-    fn rows(&self) -> usize {
-        self.images.len()
-    }
-    fn split_off(self, fraction: f64, seed: u64) -> (Self, Self) {
-        self.split(fraction, seed)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Pair;
+    use crate::pairs::Pair;
 
     fn table(rows: usize) -> PairTable {
         PairTable {
@@ -92,12 +61,11 @@ mod tests {
         }
     }
 
-    fn config(val: Option<&str>, fraction: f64) -> RunConfig {
-        serde_json::from_value(serde_json::json!({
-            "model": {"name": "ViT-B-32"},
-            "data": {"train": "train.tsv", "val": val, "val_fraction": fraction},
-        }))
-        .unwrap()
+    fn config(val: Option<&str>, fraction: f64) -> RunContext {
+        let mut data = crate::config::DataSection::new("train.tsv");
+        data.val = val.map(Into::into);
+        data.val_fraction = fraction;
+        RunContext::new(crate::config::ModelSection::named("ViT-B-32"), data, "out")
     }
 
     #[test]

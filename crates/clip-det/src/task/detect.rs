@@ -1,5 +1,6 @@
-//! `clipforge detect` (boxes of any category list drawn on images) and `clipforge pseudo-label`
-//! (a teacher's boxes for the phrases of captions, written as grounding data).
+//! `clipforge detect` (boxes of any category list drawn on images) and `clipforge
+//! pseudo-label` (a teacher's boxes for the phrases of captions, written as grounding data),
+//! with a trained ViLD or GLIP.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -8,66 +9,122 @@ use anyhow::Context;
 use burn::tensor::{Device, Tensor};
 use clip_core::ClipTokenizer;
 use clip_core::preprocess::{Normalize, OPENAI_MEAN, OPENAI_STD, load_image, resize_bicubic};
-use clip_det::boxes::{BoxXyxy, DetectOptions, Prediction};
-use clip_det::data::{Annotation, Category, CocoDataset};
-use clip_det::draw::{draw_detections, save_png};
+use clip_task::RunContext;
 
-use crate::config::{DetectionSection, RunConfig};
-use crate::detection::{OpenDetector, build_detector};
-use crate::segment::resolve;
-use crate::trainer::select_device;
+use crate::boxes::{BoxXyxy, DetectOptions, Prediction};
+use crate::data::{Annotation, Category, CocoDataset};
+use crate::draw::{draw_detections, save_png};
+use crate::task::open_detector::OpenDetector;
+use crate::task::section::DetectionSection;
 
-/// A loaded detector with what it needs to run on images.
-struct Loaded {
-    config: RunConfig,
-    detector: OpenDetector,
-    tokenizer: ClipTokenizer,
-    image_size: usize,
-    device: Device,
+/// The name of the detection command.
+pub const DETECT: &str = "detect";
+/// The name of the pseudo-labelling command.
+pub const PSEUDO_LABEL: &str = "pseudo-label";
+
+/// `clipforge detect` arguments (after the run that holds the model).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DetectArgs {
+    /// Comma-separated category names (default: the categories of the config's `data.train`).
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// Images to detect in.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Output folder.
+    #[arg(long, default_value = "detected")]
+    pub output: PathBuf,
+    /// Lowest score drawn (default: the config's `detection.score_threshold`).
+    #[arg(long)]
+    pub threshold: Option<f32>,
 }
 
-impl Loaded {
-    fn new(model: &Path, checkpoint: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<Self> {
-        let (config, checkpoint) = resolve(model, checkpoint, overrides)?;
-        anyhow::ensure!(
-            config.detection.is_some(),
-            "{}: no [detection] section (train.objective must be vild or glip)",
-            model.display()
-        );
-        let device = select_device(&config.run.device)?;
-        let (detector, tokenizer, image_size) = build_detector(&config, checkpoint.as_deref(), &device)?;
-        Ok(Self { config, detector, tokenizer, image_size, device })
-    }
+/// `clipforge pseudo-label` arguments (after the run that holds the teacher).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PseudoLabelArgs {
+    /// COCO JSON of the images to label; each image needs a `caption`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Folder of its images (default: the JSON's folder).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Comma-separated phrases to look for (default: the JSON's category names).
+    #[arg(long)]
+    pub phrases: Option<String>,
+    /// Lowest teacher score kept as a pseudo-label.
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+    /// Output COCO JSON.
+    #[arg(long)]
+    pub output: PathBuf,
+}
 
-    fn section(&self) -> &DetectionSection {
-        self.config.detection.as_ref().expect("checked in Loaded::new")
-    }
+/// The two commands' definitions.
+pub fn detection_commands() -> Vec<clap::Command> {
+    use clap::Args;
+    vec![
+        DetectArgs::augment_args(clap::Command::new(DETECT).about(
+            "Detect any list of categories in images with a ViLD or GLIP model; draws the boxes with their labels \
+             (<image>.detections.png) and writes detections.json",
+        )),
+        PseudoLabelArgs::augment_args(clap::Command::new(PSEUDO_LABEL).about(
+            "Pseudo-label caption data with a trained ViLD or GLIP teacher: boxes for the category names (or --phrases) \
+             found in each image's caption, written as a COCO JSON with tokens_positive phrase spans (grounding data for GLIP)",
+        )),
+    ]
+}
 
-    /// The image at `path`, resized and normalized as the network input `[1, 3, S, S]`.
+/// Runs command `name` of [`detection_commands`] with `loaded`.
+pub fn run_detection_command(name: &str, args: &clap::ArgMatches, loaded: &Loaded<'_, impl OpenDetector>) -> anyhow::Result<()> {
+    use clap::FromArgMatches;
+    match name {
+        DETECT => detect(loaded, &DetectArgs::from_arg_matches(args)?),
+        PSEUDO_LABEL => pseudo_label(loaded, &PseudoLabelArgs::from_arg_matches(args)?),
+        other => anyhow::bail!("no `{other}` command for detection runs"),
+    }
+}
+
+/// A trained detector with what it needs to run on images.
+pub struct Loaded<'a, D> {
+    /// The detector.
+    pub detector: D,
+    /// Its tokenizer.
+    pub tokenizer: &'a ClipTokenizer,
+    /// The run's `[detection]` section.
+    pub section: &'a DetectionSection,
+    /// The run.
+    pub run: &'a RunContext,
+    /// Where the detector runs.
+    pub device: Device,
+}
+
+impl<D> Loaded<'_, D> {
+    /// The image resized and normalized as the network input `[1, 3, S, S]`.
     fn input(&self, image: &image::RgbImage) -> Tensor<4> {
-        let size = self.image_size as u32;
+        let size = self.section.image_size as u32;
         Normalize::new(OPENAI_MEAN, OPENAI_STD).apply(&resize_bicubic(image, size, size)).to_tensor(&self.device).unsqueeze_dim(0)
     }
 
     /// A box of the network input in the pixels of an image `width x height`.
     fn to_image(&self, bbox: &BoxXyxy, width: u32, height: u32) -> BoxXyxy {
-        let (sx, sy) = (width as f32 / self.image_size as f32, height as f32 / self.image_size as f32);
+        let size = self.section.image_size as f32;
+        let (sx, sy) = (width as f32 / size, height as f32 / size);
         [bbox[0] * sx, bbox[1] * sy, bbox[2] * sx, bbox[3] * sy]
     }
 
     fn options(&self, threshold: Option<f32>) -> DetectOptions {
-        let det = self.section();
-        DetectOptions {
-            score_threshold: threshold.unwrap_or(det.score_threshold as f32),
-            nms_iou: det.nms_iou as f32,
-            max_per_image: det.max_detections,
+        let mut options = self.section.detect_options();
+        if let Some(threshold) = threshold {
+            options.score_threshold = threshold;
         }
+        options
     }
 }
 
 /// The category names of a run's training data.
-fn dataset_categories(config: &RunConfig) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(&config.data.train).with_context(|| format!("reading {}", config.data.train.display()))?;
+fn dataset_categories(run: &RunContext) -> anyhow::Result<Vec<String>> {
+    let train = &run.data.train;
+    let text = std::fs::read_to_string(train).with_context(|| format!("reading {}", train.display()))?;
     #[derive(serde::Deserialize)]
     struct Named {
         name: String,
@@ -76,36 +133,28 @@ fn dataset_categories(config: &RunConfig) -> anyhow::Result<Vec<String>> {
     struct Categories {
         categories: Vec<Named>,
     }
-    let parsed: Categories = serde_json::from_str(&text).with_context(|| format!("{}: categories", config.data.train.display()))?;
+    let parsed: Categories = serde_json::from_str(&text).with_context(|| format!("{}: categories", train.display()))?;
     Ok(parsed.categories.into_iter().map(|c| c.name).collect())
 }
 
-/// Detects `labels` (or the training categories) in each of `images`, draws the boxes with
-/// their labels on the images (`<stem>.detections.png` under `output`) and writes all
-/// detections to `output/detections.json`.
-pub fn run(
-    model: &Path,
-    checkpoint: Option<PathBuf>,
-    labels: Option<&str>,
-    images: &[PathBuf],
-    output: &Path,
-    threshold: Option<f32>,
-    overrides: &[String],
-) -> anyhow::Result<()> {
-    let loaded = Loaded::new(model, checkpoint, overrides)?;
-    let names: Vec<String> = match labels {
+/// Detects the `--labels` (or the training categories) in each image, draws the boxes with
+/// their labels on the images (`<stem>.detections.png` under `--output`) and writes all
+/// detections to `<output>/detections.json`.
+pub fn detect(loaded: &Loaded<'_, impl OpenDetector>, args: &DetectArgs) -> anyhow::Result<()> {
+    let names: Vec<String> = match &args.labels {
         Some(list) => list.split(',').map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
-        None => dataset_categories(&loaded.config)?,
+        None => dataset_categories(loaded.run)?,
     };
     anyhow::ensure!(!names.is_empty(), "--labels: give at least one category name");
-    let options = loaded.options(threshold);
+    let options = loaded.options(args.threshold);
+    let output = &args.output;
     std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
     let mut results = Vec::new();
-    for path in images {
+    for path in &args.images {
         let image = load_image(path)?;
         let predictions = loaded
             .detector
-            .detect(loaded.input(&image), &names, &loaded.tokenizer, &loaded.section().templates, &options)?
+            .detect_in(loaded.input(&image), None, &names, loaded.tokenizer, &loaded.section.templates, &options)?
             .into_iter()
             .next()
             .unwrap_or_default();
@@ -123,7 +172,7 @@ pub fn run(
     }
     let file = output.join("detections.json");
     std::fs::write(&file, serde_json::to_string_pretty(&results)?).with_context(|| format!("writing {}", file.display()))?;
-    println!("wrote {} images with boxes and {} to {}", images.len(), file.display(), output.display());
+    println!("wrote {} images with boxes and {} to {}", args.images.len(), file.display(), output.display());
     Ok(())
 }
 
@@ -152,29 +201,13 @@ pub fn phrase_spans(caption: &str, names: &[String]) -> Vec<Vec<Range<usize>>> {
         .collect()
 }
 
-/// What `clipforge pseudo-label` labels and where it writes.
-#[derive(Debug, Clone)]
-pub struct PseudoLabelRequest {
-    /// COCO JSON of the images to label (each with a `caption`).
-    pub data: PathBuf,
-    /// Folder of its images (default: the JSON's folder).
-    pub images_dir: Option<PathBuf>,
-    /// Comma-separated phrases to look for (default: the JSON's category names).
-    pub phrases: Option<String>,
-    /// Lowest teacher score kept.
-    pub threshold: f32,
-    /// The COCO JSON written.
-    pub output: PathBuf,
-}
-
-/// Pseudo-labels caption data with a trained teacher: for every image of the request's COCO
+/// Pseudo-labels caption data with a trained teacher: for every image of the `--data` COCO
 /// JSON (images with a `caption`), the teacher's boxes (score ≥ `threshold`) for the category
 /// names (or `phrases`) found in the caption; written as a COCO JSON whose annotations carry
 /// the phrases' `tokens_positive`, ready for GLIP training.
-pub fn pseudo_label(model: &Path, checkpoint: Option<PathBuf>, request: &PseudoLabelRequest, overrides: &[String]) -> anyhow::Result<()> {
-    let PseudoLabelRequest { data, images_dir, phrases, threshold, output } = request;
+pub fn pseudo_label(loaded: &Loaded<'_, impl OpenDetector>, args: &PseudoLabelArgs) -> anyhow::Result<()> {
+    let PseudoLabelArgs { data, images: images_dir, phrases, threshold, output } = args;
     let (data, phrases, threshold, output) = (data.as_path(), phrases.as_deref(), *threshold, output.as_path());
-    let loaded = Loaded::new(model, checkpoint, overrides)?;
     let images_dir = images_dir.clone().unwrap_or_else(|| data.parent().map(Path::to_path_buf).unwrap_or_default());
     let mut dataset = CocoDataset::read(data, &images_dir)?;
     if let Some(list) = phrases {
@@ -204,12 +237,12 @@ pub fn pseudo_label(model: &Path, checkpoint: Option<PathBuf>, request: &PseudoL
         let image = load_image(&record.file)?;
         let input = loaded.input(&image);
         let phrases: Vec<Vec<Range<usize>>> = present.iter().map(|&c| spans[c].clone()).collect();
-        let predictions: Vec<Prediction> = match loaded.detector.ground(input.clone(), &loaded.tokenizer, &caption, &phrases, &options)? {
+        let predictions: Vec<Prediction> = match loaded.detector.ground(input.clone(), loaded.tokenizer, &caption, &phrases, &options)? {
             Some(grounded) => grounded,
             None => {
                 let present_names: Vec<String> = present.iter().map(|&c| names[c].clone()).collect();
-                let templates = &loaded.section().templates;
-                loaded.detector.detect(input, &present_names, &loaded.tokenizer, templates, &options)?.into_iter().next().unwrap_or_default()
+                let templates = &loaded.section.templates;
+                loaded.detector.detect_in(input, None, &present_names, loaded.tokenizer, templates, &options)?.into_iter().next().unwrap_or_default()
             }
         };
         for prediction in predictions {

@@ -7,7 +7,7 @@ use clip_core::{Clip, ClipTokenizer, ZeroShotClassifier, imagenet_templates};
 use serde::Serialize;
 
 use crate::config::EvalSection;
-use crate::data::{Batcher, PairTable};
+use crate::pairs::{Batcher, PairTable};
 
 /// Evaluation results.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -1,0 +1,158 @@
+//! The `contrastive` task: CLIP trained on image-caption pairs with InfoNCE (open_clip's
+//! `ClipLoss`) or SigLIP's pairwise sigmoid loss; evaluated by zero-shot classification and
+//! retrieval.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use clip_core::preprocess::stack_images;
+use clip_core::{Clip, ClipConfig, ClipLoss, ClipTokenizer, Objective, SigLipLoss, StepOutput};
+use serde::{Deserialize, Serialize};
+
+use crate::clip_model::{check_clip_model, clip_config, load_run_model, tokenizer_of};
+use crate::config::RunContext;
+use crate::eval::evaluate;
+use crate::pairs::{Batcher, PairBatch, PairTable};
+use crate::task::Task;
+
+/// Images and the token ids of their captions.
+#[derive(Debug, Clone)]
+pub struct ContrastiveBatch {
+    /// `[batch, 3, H, W]`.
+    pub images: Tensor<4>,
+    /// `[batch, context_length]`.
+    pub tokens: Tensor<2, Int>,
+}
+
+/// Which contrastive loss.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ContrastiveLoss {
+    /// Symmetric InfoNCE (CLIP).
+    #[default]
+    InfoNce,
+    /// Pairwise sigmoid loss with the model's learnable logit bias (SigLIP).
+    SigLip,
+}
+
+/// A contrastive loss over normalized image and text embeddings, scaled by the model's
+/// learnable logit scale (clamped to `[0, ln 100]` after every update). The SigLIP loss needs
+/// a model with a logit bias.
+#[derive(Debug, Clone, Default)]
+pub struct ContrastiveObjective {
+    /// The loss.
+    pub loss: ContrastiveLoss,
+}
+
+impl Objective for ContrastiveObjective {
+    type Model = Clip;
+    type Batch = ContrastiveBatch;
+
+    fn forward(&self, model: &Clip, batch: ContrastiveBatch) -> clip_core::Result<StepOutput> {
+        let image = model.encode_image(batch.images, true);
+        let text = model.encode_text(batch.tokens, true);
+        let scale = model.logit_scale();
+        let logit_scale = f64::from(scale.clone().into_scalar::<f32>());
+        let loss = match (self.loss, &model.logit_bias) {
+            (ContrastiveLoss::SigLip, Some(bias)) => SigLipLoss::default().forward(image, text, scale, bias.val()),
+            (ContrastiveLoss::SigLip, None) => {
+                return Err(clip_core::ClipError::config("model", "the SigLIP loss needs a logit bias (init_logit_bias)"));
+            }
+            (ContrastiveLoss::InfoNce, _) => ClipLoss::default().forward(image, text, scale),
+        };
+        Ok(StepOutput {
+            loss,
+            metrics: vec![("logit_scale", logit_scale)],
+        })
+    }
+
+    fn after_update(&self, model: Clip) -> Clip {
+        model.clamp_logit_scale()
+    }
+}
+
+/// `[contrastive]`: the loss of the `contrastive` task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContrastiveSection {
+    /// `infonce` (open_clip's ClipLoss) or `siglip` (needs a model config with
+    /// `init_logit_bias`).
+    pub loss: String,
+}
+
+impl Default for ContrastiveSection {
+    fn default() -> Self {
+        Self { loss: "infonce".into() }
+    }
+}
+
+/// CLIP trained contrastively on an image-caption table (`data.train`), evaluated on the
+/// validation table: zero-shot top-1/top-5 where it has labels, retrieval recall@1/5/10.
+pub struct ContrastiveTask {
+    section: ContrastiveSection,
+    run: RunContext,
+    config: ClipConfig,
+    tokenizer: ClipTokenizer,
+    val: Option<PairTable>,
+}
+
+impl Task for ContrastiveTask {
+    type Section = ContrastiveSection;
+    type Objective = ContrastiveObjective;
+    type Source = Batcher;
+
+    const SECTION: Option<&'static str> = Some("contrastive");
+
+    fn validate(section: &ContrastiveSection, run: &RunContext) -> Result<(), String> {
+        if !["infonce", "siglip"].contains(&section.loss.as_str()) {
+            return Err(format!("contrastive.loss = {:?}: use \"infonce\" or \"siglip\"", section.loss));
+        }
+        check_clip_model(run)?;
+        let config = clip_config(&run.model.name, run.model.weights.as_deref()).map_err(|e| format!("model.name: {e:#}"))?;
+        if section.loss == "siglip" && config.init_logit_bias.is_none() {
+            return Err(format!(
+                "contrastive.loss = \"siglip\" needs a model with a logit bias: set \"init_logit_bias\" in the model \
+                 config {} (open_clip's SigLIP configs use -10, with init_logit_scale ln 10)",
+                run.model.name
+            ));
+        }
+        Ok(())
+    }
+
+    fn new(section: ContrastiveSection, run: RunContext) -> anyhow::Result<Self> {
+        let config = clip_config(&run.model.name, run.model.weights.as_deref())?;
+        let tokenizer = tokenizer_of(&config)?;
+        Ok(Self { section, run, config, tokenizer, val: None })
+    }
+
+    fn run(&self) -> &RunContext {
+        &self.run
+    }
+
+    fn model(&self, device: &Device) -> anyhow::Result<Clip> {
+        Ok(load_run_model(&self.run, device)?.0)
+    }
+
+    fn train_source(&mut self, _model: &Clip, _device: &Device) -> anyhow::Result<Batcher> {
+        let (train, val) = self.run.tables()?;
+        self.val = val;
+        Batcher::for_training(&self.run, train, &self.tokenizer, self.config.vision.image_size())
+    }
+
+    fn to_batch(&self, batch: PairBatch, device: &Device) -> anyhow::Result<ContrastiveBatch> {
+        let rows = batch.rows.len();
+        Ok(ContrastiveBatch {
+            images: stack_images(&batch.images, device)?,
+            tokens: Tensor::from_data(TensorData::new(batch.tokens, [rows, self.tokenizer.context_length()]), device),
+        })
+    }
+
+    fn objective(&self) -> ContrastiveObjective {
+        let loss = if self.section.loss == "siglip" { ContrastiveLoss::SigLip } else { ContrastiveLoss::InfoNce };
+        ContrastiveObjective { loss }
+    }
+
+    fn evaluate(&self, model: &Clip, device: &Device) -> anyhow::Result<Option<serde_json::Value>> {
+        let Some(val) = self.val.clone().or(self.run.tables()?.1) else { return Ok(None) };
+        let batcher = Batcher::for_eval(&self.run, val, &self.tokenizer, self.config.vision.image_size());
+        let report = evaluate(model, &batcher, &self.tokenizer, &self.run.eval, device)?;
+        Ok(Some(serde_json::to_value(report)?))
+    }
+}

@@ -1,0 +1,132 @@
+//! The `clip4clip` task: CLIP4Clip's video-text retrieval training on captioned clips,
+//! evaluated by retrieval recall and ranks (with the dual softmax at inference, optionally).
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use clip_core::{ClipConfig, ClipTokenizer};
+use clip_task::clip_model::{check_clip_model, clip_config, load_run_model, tokenizer_of};
+use clip_task::{RunContext, Task};
+
+use crate::clip4clip::{Clip4Clip, Clip4ClipConfig, Clip4ClipObjective, SimilarityHeader, VideoTextBatch, dual_softmax};
+use crate::data::{VideoTable, stack_videos};
+use crate::metrics::{RetrievalMetrics, retrieval_metrics, transpose};
+use crate::task::batcher::{ClipText, VideoBatch, VideoBatcher, choice, eval_batches, video_tables};
+use crate::task::section::{self, VideoSection};
+
+/// Temperature of the dual softmax at inference (CAMoE's and CLIP4Clip's follow-ups' value).
+const DUAL_SOFTMAX_TEMPERATURE: f64 = 0.01;
+
+/// CLIP4Clip over the CLIP of `[model]`, trained on `[video]` clips with captions.
+pub struct Clip4ClipTask {
+    section: VideoSection,
+    run: RunContext,
+    clip: ClipConfig,
+    tokenizer: ClipTokenizer,
+    val: Option<VideoTable>,
+}
+
+/// Token ids `[texts, context]` of `texts`.
+pub(crate) fn text_tokens(tokenizer: &ClipTokenizer, texts: &[String], device: &Device) -> anyhow::Result<Tensor<2, Int>> {
+    let ids: Vec<i64> = texts.iter().map(|t| tokenizer.tokenize(t)).collect::<Result<Vec<_>, _>>()?.concat();
+    Ok(Tensor::from_data(TensorData::new(ids, [texts.len(), tokenizer.context_length()]), device))
+}
+
+impl Task for Clip4ClipTask {
+    type Section = VideoSection;
+    type Objective = Clip4ClipObjective;
+    type Source = VideoBatcher;
+
+    const SECTION: Option<&'static str> = Some("video");
+
+    fn validate(video: &VideoSection, run: &RunContext) -> Result<(), String> {
+        section::validate(video, run)?;
+        check_clip_model(run)
+    }
+
+    fn new(section: VideoSection, run: RunContext) -> anyhow::Result<Self> {
+        let clip = clip_config(&run.model.name, run.model.weights.as_deref())?;
+        let tokenizer = tokenizer_of(&clip)?;
+        Ok(Self { section, run, clip, tokenizer, val: None })
+    }
+
+    fn run(&self) -> &RunContext {
+        &self.run
+    }
+
+    fn model(&self, device: &Device) -> anyhow::Result<Clip4Clip> {
+        let (clip, clip_config) = load_run_model(&self.run, device)?;
+        let video = &self.section;
+        let similarity: SimilarityHeader = choice("video.similarity", &video.similarity)?;
+        let config = Clip4ClipConfig::new(clip_config)
+            .with_similarity(similarity)
+            .with_max_frames(video.frames)
+            .with_temporal_layers(video.temporal_layers)
+            .with_cross_layers(video.cross_layers)
+            .with_heads(video.heads);
+        Ok(config.init_with_clip(clip, device)?)
+    }
+
+    fn train_source(&mut self, _model: &Clip4Clip, _device: &Device) -> anyhow::Result<VideoBatcher> {
+        let (train, val) = video_tables(&self.run, &self.section, false)?;
+        self.val = val;
+        VideoBatcher::new(&self.run, self.section.frames, train, self.clip.vision.image_size(), true, ClipText::Caption)
+    }
+
+    fn to_batch(&self, batch: VideoBatch, device: &Device) -> anyhow::Result<VideoTextBatch> {
+        Ok(VideoTextBatch { videos: stack_videos(&batch.clips, device)?, tokens: text_tokens(&self.tokenizer, &batch.texts, device)? })
+    }
+
+    fn objective(&self) -> Clip4ClipObjective {
+        Clip4ClipObjective
+    }
+
+    fn evaluate(&self, model: &Clip4Clip, device: &Device) -> anyhow::Result<Option<serde_json::Value>> {
+        let val = match self.val.clone() {
+            Some(val) => val,
+            None => match video_tables(&self.run, &self.section, false)?.1 {
+                Some(val) => val,
+                None => return Ok(None),
+            },
+        };
+        let batcher = VideoBatcher::new(&self.run, self.section.frames, val, self.clip.vision.image_size(), false, ClipText::Caption)?;
+        let report = evaluate_retrieval(model, &batcher, &self.tokenizer, self.run.eval.batch_size, self.section.dual_softmax, device)?;
+        Ok(Some(report))
+    }
+}
+
+fn retrieval_json(metrics: &RetrievalMetrics) -> serde_json::Value {
+    serde_json::json!({
+        "r1": metrics.r1, "r5": metrics.r5, "r10": metrics.r10,
+        "median_rank": metrics.median_rank, "mean_rank": metrics.mean_rank,
+    })
+}
+
+/// Text-to-video and video-to-text retrieval of each clip's first caption against all clips.
+pub fn evaluate_retrieval(model: &Clip4Clip, batcher: &VideoBatcher, tokenizer: &ClipTokenizer, batch_size: usize, dual: bool, device: &Device) -> anyhow::Result<serde_json::Value> {
+    let mut frames = Vec::new();
+    let mut texts = Vec::new();
+    for (videos, captions, _) in eval_batches(batcher, batch_size, device)? {
+        frames.push(model.frame_features(videos));
+        texts.push(model.text_features(tokenizer.tokenize_batch(&captions, device)?));
+    }
+    let (frames, texts) = (Tensor::cat(frames, 0), Tensor::cat(texts, 0));
+    let count = texts.dims()[0];
+    let mut rows = Vec::new();
+    for start in (0..count).step_by(batch_size.max(1)) {
+        let block = texts.clone().narrow(0, start, batch_size.min(count - start));
+        rows.push(model.similarity_from_features(block, frames.clone()));
+    }
+    let similarity = Tensor::cat(rows, 0);
+    let report = |similarity: Tensor<2>| -> anyhow::Result<serde_json::Value> {
+        let values: Vec<f32> = similarity.into_data().iter::<f32>().collect();
+        let text_to_video = retrieval_metrics(&values, count, count)?;
+        let video_to_text = retrieval_metrics(&transpose(&values, count, count)?, count, count)?;
+        Ok(serde_json::json!({ "text_to_video": retrieval_json(&text_to_video), "video_to_text": retrieval_json(&video_to_text) }))
+    };
+    let mut result = report(similarity.clone())?;
+    result["clips"] = serde_json::json!(count);
+    result["t2v_r1"] = result["text_to_video"]["r1"].clone();
+    if dual {
+        result["dual_softmax"] = report(dual_softmax(similarity, DUAL_SOFTMAX_TEMPERATURE))?;
+    }
+    Ok(result)
+}
