@@ -8,7 +8,6 @@
 pub mod batch_norm;
 pub mod config;
 pub mod error;
-pub mod fixtures;
 pub mod image_tower;
 pub mod loss;
 pub mod model;

@@ -1,7 +1,7 @@
 //! open_clip's ClipLoss value and gradients on every `loss/*/case.safetensors` fixture.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use clip_core::fixtures::{self, abs_diff};
+use clip_fixtures::{self as fixtures, abs_diff};
 use clip_core::weights::RawTensor;
 use clip_core::{ClipLoss, l2_normalize};
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use clip_core::fixtures::{self, ModelFixture, abs_diff};
+use clip_fixtures::{self as fixtures, ModelFixture, abs_diff};
 use clip_core::weights::{self, CheckpointFormat, RawTensor};
 use clip_core::{Clip, ClipConfig, ImageTower};
 

@@ -2,7 +2,7 @@
 //! `$CLIP_FIXTURES/preprocess`. Resampling reproduces PIL's fixed-point arithmetic, so the
 //! pixels are identical and only f32 rounding of the normalization remains.
 
-use clip_core::fixtures::{self, abs_diff};
+use clip_fixtures::{self as fixtures, abs_diff};
 use clip_core::preprocess::EvalTransformConfig;
 
 /// One grey level after normalization is `1 / (255 * std)`, about 0.015; a single pixel off by

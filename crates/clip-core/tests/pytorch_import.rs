@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use burn::tensor::Device;
-use clip_core::fixtures;
+use clip_fixtures as fixtures;
 use clip_core::weights::{self, CheckpointFormat};
 use clip_core::ClipConfig;
 

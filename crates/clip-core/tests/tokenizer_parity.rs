@@ -1,7 +1,7 @@
 //! Every case of `$CLIP_FIXTURES/tokenizer/cases.jsonl` (open_clip's own ids) exactly.
 
 use clip_core::ClipTokenizer;
-use clip_core::fixtures;
+use clip_fixtures as fixtures;
 
 #[derive(serde::Deserialize)]
 struct Case {

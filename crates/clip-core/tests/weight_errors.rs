@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use clip_core::fixtures;
+use clip_fixtures as fixtures;
 use clip_core::weights::{self, Checkpoint};
 use clip_core::{ClipConfig, ClipError};
 

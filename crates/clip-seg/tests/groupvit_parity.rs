@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clip_core::ClipError;
-use clip_core::fixtures::{self, ModelFixture, abs_diff};
+use clip_fixtures::{self as fixtures, ModelFixture, abs_diff};
 use clip_core::weights::{Checkpoint, RawTensor, export, import};
 use clip_seg::groupvit::{
     GroupVit, GroupVitConfig, hugging_face_layout, load_groupvit, load_hugging_face,

@@ -179,6 +179,13 @@ impl Task for DistillationTask {
         let cosine = ours.iter().zip(&theirs).map(|(a, b)| f64::from(a * b)).sum::<f64>() / rows as f64;
         Ok(Some(serde_json::json!({ "samples": rows, "teacher_cosine": cosine })))
     }
+
+    /// The distilled image tower with the text tower the student started from.
+    fn clip(&self, model: ImageTower, device: &Device) -> anyhow::Result<Clip> {
+        let (mut clip, _) = load_run_model(&self.run, device)?;
+        clip.visual = model;
+        Ok(clip)
+    }
 }
 
 /// Normalized image embeddings of every row of `batcher`'s table, `[rows * dim]`.

@@ -8,7 +8,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clip_core::preprocess::stack_images;
-use clip_core::{ClipConfig, ClipTokenizer, ImageTower, Objective, StepOutput, ZeroShotClassifier, l2_normalize};
+use clip_core::{Clip, ClipConfig, ClipTokenizer, ImageTower, Objective, StepOutput, ZeroShotClassifier, l2_normalize};
 use serde::{Deserialize, Serialize};
 
 use crate::clip_model::{check_clip_model, clip_config, load_run_model, tokenizer_of};
@@ -206,6 +206,13 @@ impl Task for SupervisedTask {
         let Some(val) = self.val.clone().or(self.run.tables()?.1) else { return Ok(None) };
         let batcher = Batcher::for_eval(&self.run, val, &self.tokenizer, self.config.vision.image_size());
         Ok(Some(evaluate_classifier(model, &batcher, &self.classes()?, self.run.eval.batch_size, device)?))
+    }
+
+    /// The trained image tower with the text tower the run started from.
+    fn clip(&self, model: ImageClassifier, device: &Device) -> anyhow::Result<Clip> {
+        let (mut clip, _) = load_run_model(&self.run, device)?;
+        clip.visual = model.visual;
+        Ok(clip)
     }
 }
 

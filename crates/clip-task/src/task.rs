@@ -4,7 +4,7 @@
 
 use burn::module::Module;
 use burn::tensor::Device;
-use clip_core::Objective;
+use clip_core::{Clip, Objective};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -64,6 +64,13 @@ pub trait Task: Sized {
     /// The evaluation report of a trained model (without autodiff) on the validation data,
     /// `None` when the run has none. Metrics are top-level numbers (or arrays of numbers).
     fn evaluate(&self, model: &TaskModel<Self>, device: &Device) -> anyhow::Result<Option<serde_json::Value>>;
+
+    /// The CLIP inside a trained model, for the commands that take any CLIP (`eval`'s
+    /// zero-shot, `zero-shot`, `embed`, `export`); an error for models without one.
+    fn clip(&self, model: TaskModel<Self>, device: &Device) -> anyhow::Result<Clip> {
+        let _ = (model, device);
+        anyhow::bail!("a train.objective = {:?} model holds no CLIP", self.run().objective)
+    }
 
     /// The inference commands the task offers (`segment`, `detect`, ...), as clap commands;
     /// the trainer adds the arguments that locate the model (`MODEL`, `--checkpoint`, `--set`).

@@ -6,10 +6,7 @@ use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use clip_core::preprocess::{EvalTransformConfig, stack_images};
 use clip_core::{ClipTokenizer, ZeroShotClassifier, imagenet_templates, weights};
-use clip_task::clip_model::load_model;
 use clip_task::embeddings_file::{read_lines, write_embeddings};
-use clip_task::eval;
-use clip_task::pairs::Batcher;
 use clip_train::config::RunConfig;
 use clip_train::{registry, runs, trainer};
 
@@ -44,13 +41,18 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
-    /// Evaluate a trained model (zero-shot and retrieval) on the config's validation table.
+    /// Evaluate a model as its run's task does (zero-shot and retrieval for contrastive runs,
+    /// mIoU, AP, recall, ... for the methods) on the config's validation data.
     Eval {
-        /// The run config (TOML).
+        /// A run config (TOML), or a run's output folder (its newest checkpoint).
         config: PathBuf,
-        /// A run's checkpoint folder, or open_clip / Hugging Face weights.
+        /// Weights to evaluate in place of `model.weights` (a run checkpoint folder, open_clip /
+        /// Hugging Face weights).
         #[arg(long)]
-        weights: PathBuf,
+        weights: Option<PathBuf>,
+        /// A run checkpoint folder (`<output>/checkpoints/step-N`) of the config's task.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
         /// Override a config key (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -208,20 +210,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             RunConfig::load(&path, &overrides)?;
             println!("{}: ok", path.display());
         }
-        Command::Eval { config: path, weights, overrides } => {
-            let config = RunConfig::load(&path, &overrides)?;
-            let run = config.context(&config.run.output);
-            let val = run.tables()?.1.context("neither data.val nor data.val_fraction is set: nothing to evaluate")?;
+        Command::Eval { config: path, weights, checkpoint, overrides } => {
+            let (mut config, checkpoint) = runs::resolve(&path, checkpoint, &overrides)?;
+            if weights.is_some() {
+                config.model.weights = weights;
+            }
             let device = trainer::select_device(&config.run.device)?;
-            let (model, clip) = load_model(&config.model.name, Some(&weights), &device)?;
-            let tokenizer = ClipTokenizer::new().with_context_length(clip.text.context_length)?;
-            let batcher = Batcher::for_eval(&run, val, &tokenizer, clip.vision.image_size());
-            let report = eval::evaluate(&model, &batcher, &tokenizer, &config.eval, &device)?;
+            let task = registry::task(&config.train.objective).map_err(anyhow::Error::msg)?;
+            let section = task.section().and_then(|key| config.sections.get(key));
+            let report = task
+                .evaluate(section, config.context(&config.run.output), checkpoint.as_deref(), &device)?
+                .context("neither data.val nor data.val_fraction is set: nothing to evaluate")?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::ZeroShot { model, weights, labels, images, top } => {
             let device = burn::tensor::Device::default();
-            let (model, clip) = load_model(&model, Some(&weights), &device)?;
+            let (model, clip) = runs::load_clip(&model, &weights, &device)?;
             let labels: Vec<&str> = labels.split(',').map(str::trim).filter(|l| !l.is_empty()).collect();
             anyhow::ensure!(!labels.is_empty(), "--labels: give at least one class name");
             let tokenizer = ClipTokenizer::new().with_context_length(clip.text.context_length)?;
@@ -238,7 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Embed { model, weights, images, texts, batch_size, output } => {
             let device = burn::tensor::Device::default();
-            let (model, clip) = load_model(&model, Some(&weights), &device)?;
+            let (model, clip) = runs::load_clip(&model, &weights, &device)?;
             let batch_size = batch_size.max(1);
             let mut chunks = Vec::new();
             if let Some(texts) = texts {
@@ -264,7 +268,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Export { model, weights, format, output } => {
             let device = burn::tensor::Device::flex();
-            let (model, clip) = load_model(&model, Some(&weights), &device)?;
+            let (model, clip) = runs::load_clip(&model, &weights, &device)?;
             match format.as_str() {
                 "open_clip" => weights::save_open_clip(&model, &clip, &output)?,
                 "hf" => weights::save_hugging_face(&model, &clip, &output)?,

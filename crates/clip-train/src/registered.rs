@@ -5,8 +5,10 @@ use std::marker::PhantomData;
 use std::path::Path;
 
 use burn::tensor::Device;
+use clip_core::{Clip, ClipConfig};
+use clip_task::clip_model::clip_config;
 use clip_task::task::load_checkpoint;
-use clip_task::{RunContext, Task};
+use clip_task::{RunContext, Task, TaskModel};
 use serde_json::Value;
 
 use crate::config::TrainSection;
@@ -22,6 +24,13 @@ pub trait RegisteredTask: Sync {
 
     /// Trains the task on `device` as `train` says.
     fn train(&self, section: Option<&Value>, run: RunContext, train: &TrainSection, device: &Device, resume: bool) -> anyhow::Result<Summary>;
+
+    /// The evaluation report of the model of `checkpoint` (a run checkpoint folder), or of the
+    /// model the config describes without one.
+    fn evaluate(&self, section: Option<&Value>, run: RunContext, checkpoint: Option<&Path>, device: &Device) -> anyhow::Result<Option<Value>>;
+
+    /// The CLIP inside the model of `checkpoint` (see [`Task::clip`]) and its architecture.
+    fn clip(&self, section: Option<&Value>, run: RunContext, checkpoint: Option<&Path>, device: &Device) -> anyhow::Result<(Clip, ClipConfig)>;
 
     /// The task's inference commands.
     fn commands(&self) -> Vec<clap::Command>;
@@ -59,6 +68,18 @@ fn parse<T: Task>(value: Option<&Value>, objective: &str) -> Result<T::Section, 
     }
 }
 
+/// The task of `section` and `run`, and its model with the parameters of `checkpoint`.
+fn task_and_model<T: Task>(section: Option<&Value>, run: RunContext, checkpoint: Option<&Path>, device: &Device) -> anyhow::Result<(T, TaskModel<T>)> {
+    let section = parse::<T>(section, &run.objective).map_err(anyhow::Error::msg)?;
+    let task = T::new(section, run)?;
+    let model = task.model(device)?;
+    let model = match checkpoint {
+        Some(dir) => load_checkpoint(model, dir)?,
+        None => model,
+    };
+    Ok((task, model))
+}
+
 impl<T: Task> RegisteredTask for Entry<T> {
     fn section(&self) -> Option<&'static str> {
         T::SECTION
@@ -74,6 +95,17 @@ impl<T: Task> RegisteredTask for Entry<T> {
         train_task(T::new(section, run)?, train, device, &output, resume)
     }
 
+    fn evaluate(&self, section: Option<&Value>, run: RunContext, checkpoint: Option<&Path>, device: &Device) -> anyhow::Result<Option<Value>> {
+        let (task, model) = task_and_model::<T>(section, run, checkpoint, device)?;
+        task.evaluate(&model, device)
+    }
+
+    fn clip(&self, section: Option<&Value>, run: RunContext, checkpoint: Option<&Path>, device: &Device) -> anyhow::Result<(Clip, ClipConfig)> {
+        let config = clip_config(&run.model.name, run.model.weights.as_deref())?;
+        let (task, model) = task_and_model::<T>(section, run, checkpoint, device)?;
+        Ok((task.clip(model, device)?, config))
+    }
+
     fn commands(&self) -> Vec<clap::Command> {
         T::commands()
     }
@@ -87,13 +119,7 @@ impl<T: Task> RegisteredTask for Entry<T> {
         checkpoint: Option<&Path>,
         device: &Device,
     ) -> anyhow::Result<()> {
-        let section = parse::<T>(section, &run.objective).map_err(anyhow::Error::msg)?;
-        let task = T::new(section, run)?;
-        let model = task.model(device)?;
-        let model = match checkpoint {
-            Some(dir) => load_checkpoint(model, dir)?,
-            None => model,
-        };
+        let (task, model) = task_and_model::<T>(section, run, checkpoint, device)?;
         task.run_command(name, args, model, device)
     }
 }

@@ -4,9 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use burn::tensor::Device;
+use clip_core::{Clip, ClipConfig};
 
 use crate::checkpoint::Checkpoints;
 use crate::config::RunConfig;
+use crate::registry;
 
 /// The run config and checkpoint that `model` names: a TOML run config (with `overrides`), or
 /// a run's output folder (its `config.json` and, unless `checkpoint` is given, its newest
@@ -26,4 +29,29 @@ pub fn resolve(model: &Path, checkpoint: Option<PathBuf>, overrides: &[String]) 
             .with_context(|| format!("{}: the run has no checkpoint yet", model.display()))?,
     };
     Ok((config, Some(checkpoint)))
+}
+
+/// The run a checkpoint folder (`<run>/checkpoints/step-N`) belongs to, by its `config.json`.
+fn run_of_checkpoint(checkpoint: &Path) -> Option<RunConfig> {
+    let run = checkpoint.parent()?.parent()?;
+    let text = std::fs::read_to_string(run.join("config.json")).ok()?;
+    let mut config: RunConfig = serde_json::from_str(&text).ok()?;
+    config.file = run.join("config.json");
+    Some(config)
+}
+
+/// A CLIP from `weights`: the CLIP inside a run checkpoint of any task (its image tower with
+/// the text tower the run started from, for supervised and distillation runs), or weights in
+/// any layout [`clip_task::clip_model::load_model`] reads (architecture `name`).
+pub fn load_clip(name: &str, weights: &Path, device: &Device) -> anyhow::Result<(Clip, ClipConfig)> {
+    if weights.join("model.bpk").is_file()
+        && let Some(config) = run_of_checkpoint(weights)
+    {
+        let task = registry::task(&config.train.objective).map_err(anyhow::Error::msg)?;
+        let section = task.section().and_then(|key| config.sections.get(key));
+        return task
+            .clip(section, config.context(&config.run.output), Some(weights), device)
+            .with_context(|| format!("{}: the CLIP of a {:?} run", weights.display(), config.train.objective));
+    }
+    clip_task::clip_model::load_model(name, Some(weights), device)
 }

@@ -92,7 +92,7 @@ fn short_training_run_writes_summary_metrics_and_checkpoint() {
         assert!(output.status.success(), "{}", stderr(&output));
         assert!(target.is_file(), "{what}");
     }
-    let tensors = clip_core::fixtures::read_tensors(&out.join("texts.safetensors")).unwrap();
+    let tensors = clip_fixtures::read_tensors(&out.join("texts.safetensors")).unwrap();
     let embeddings = &tensors["embeddings"];
     assert_eq!(embeddings.shape, vec![2, 32]);
     let norm: f32 = embeddings.values[..32].iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -290,6 +290,14 @@ fn supervised_objective_starts_at_zero_shot_and_reports_accuracy() {
     let summary = summary_of(&run_dir);
     let top1 = summary["eval"]["top1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&top1) && summary["eval"]["chance_top1"] == 0.1, "{summary}");
+
+    // Step 0 (the classifier before any update) predicts what zero-shot classification of the
+    // CLIP it starts from predicts, on the same held-out digits, classes and templates.
+    let before = eval_report(&["eval", "configs/digits-finetune.toml", "--set", &weights]);
+    let zero_shot = eval_report(&["eval", "configs/quickstart.toml", "--weights", checkpoint.to_str().unwrap()]);
+    assert_eq!(before["samples"], zero_shot["samples"]);
+    assert_eq!(before["top1"], zero_shot["zero_shot_top1"], "{before} vs {zero_shot}");
+    assert_eq!(before["top5"], zero_shot["zero_shot_top5"], "{before} vs {zero_shot}");
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     assert!(metrics.lines().all(|l| l.contains("\"accuracy\"")), "{metrics}");
     let losses = losses(&run_dir);
@@ -443,14 +451,14 @@ fn resnet_tower_trains_evaluates_and_exports_like_a_vit() {
     let output = run(&["embed", "--model", model, "--weights", checkpoint.to_str().unwrap(), "--images",
         image.to_str().unwrap(), "--output", embeddings.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert_eq!(clip_core::fixtures::read_tensors(&embeddings).unwrap()["embeddings"].shape, vec![1, 32]);
+    assert_eq!(clip_fixtures::read_tensors(&embeddings).unwrap()["embeddings"].shape, vec![1, 32]);
 
     // The open_clip export carries the BatchNorm statistics the six training steps accumulated.
     let exported = out.join("open_clip.safetensors");
     let output = run(&["export", "--model", model, "--weights", checkpoint.to_str().unwrap(), "--format", "open_clip",
         "--output", exported.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let tensors = clip_core::fixtures::read_tensors(&exported).unwrap();
+    let tensors = clip_fixtures::read_tensors(&exported).unwrap();
     assert_eq!(tensors["visual.layer1.0.bn1.num_batches_tracked"].values, [6.0]);
     assert!(tensors["visual.bn1.running_mean"].values.iter().any(|&v| v != 0.0));
     let output = run(&["export", "--model", model, "--weights", checkpoint.to_str().unwrap(), "--format", "hf",
@@ -769,10 +777,24 @@ fn detect_photographs(model: &Path, out: &Path, labels: &str) {
     assert!(detections.iter().all(|d| names.contains(&d["label"].as_str().unwrap())));
 }
 
+/// The JSON report `clipforge eval ...` prints.
+fn eval_report(args: &[&str]) -> serde_json::Value {
+    let output = run(args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
 #[test]
 fn vild_learns_the_shapes_and_detects_in_photographs() {
     let out = scratch("vild");
-    train_detector("configs/vild.toml", &out, "30");
+    let reported = train_detector("configs/vild.toml", &out, "30");
+    // The saved model holds everything inference needs (CLIP's text tower included): the
+    // run's checkpoint, evaluated anew, gives the AP the run reported.
+    let again = eval_report(&["eval", out.to_str().unwrap()]);
+    for key in ["ap", "ap50", "ap_novel"] {
+        let (a, b) = (reported[key].as_f64().unwrap(), again[key].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-9, "{key}: the run reported {a}, its checkpoint gives {b}");
+    }
     let cache = out.join("vild_crop_embeddings.safetensors");
     assert!(cache.is_file(), "ViLD-image caches the crop embeddings");
     detect_photographs(&out, &out.join("detected"), "person,cat,rocket,cup");

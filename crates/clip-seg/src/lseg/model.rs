@@ -239,7 +239,7 @@ mod tests {
         // Scoring one label alone gives the same map as scoring it among others.
         let alone = model.logits(x.clone(), labels.clone().narrow(0, 1, 1));
         let (max, _) =
-            clip_core::fixtures::abs_diff(&values(all.clone().narrow(1, 1, 1)), &values(alone));
+            clip_fixtures::abs_diff(&values(all.clone().narrow(1, 1, 1)), &values(alone));
         assert!(max < 1e-5, "label logits depend on the label set: {max}");
         // Every logit is at most exp(logit_scale) = 1 / 0.07 in magnitude (cosine * scale).
         let bound = 1.0 / 0.07 + 1e-3;
@@ -249,7 +249,7 @@ mod tests {
         let corner = |t: Tensor<4>| t.narrow(2, 0, 1).narrow(3, 0, 1);
         let pixel = corner(model.decoder_embeddings(x)).reshape([1, 16]);
         let expected = values(pixel.matmul(labels.transpose()) / 0.07);
-        let (max, _) = clip_core::fixtures::abs_diff(&values(corner(all)), &expected);
+        let (max, _) = clip_fixtures::abs_diff(&values(corner(all)), &expected);
         assert!(max < 1e-4, "corner logits differ by {max}");
     }
 

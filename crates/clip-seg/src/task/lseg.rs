@@ -2,7 +2,7 @@
 
 use burn::tensor::Device;
 use clip_core::preprocess::stack_images;
-use clip_core::{ClipConfig, ClipTokenizer};
+use clip_core::{Clip, ClipConfig, ClipTokenizer, ImageTower};
 use clip_task::clip_model::{check_clip_model, clip_config, load_run_model, tokenizer_of};
 use clip_task::{RunContext, Task};
 
@@ -104,6 +104,11 @@ impl Task for LsegTask {
         let batcher = SegmentationBatcher::of(&self.run, &self.section, val, &self.labels, image_size, false)?;
         let label_embeds = model.embed_labels(&self.tokenizer, &self.labels.names, &self.section.templates, device)?;
         Ok(Some(evaluate_segmentation(model, &batcher, &label_embeds, &self.labels, self.run.eval.batch_size, device)?))
+    }
+
+    /// LSeg's CLIP towers (the image tower's backbone and the text tower) as a CLIP.
+    fn clip(&self, model: Lseg, _device: &Device) -> anyhow::Result<Clip> {
+        Ok(Clip { visual: ImageTower::Vit(model.visual), text: model.text, logit_scale: model.logit_scale, logit_bias: None })
     }
 
     fn commands() -> Vec<clap::Command> {

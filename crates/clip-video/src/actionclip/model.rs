@@ -77,7 +77,7 @@ mod tests {
     use crate::clip4clip::model::tests::{tokens, videos};
     use burn::module::Param;
     use burn::tensor::{Device, Distribution};
-    use clip_core::fixtures::abs_diff;
+    use clip_fixtures::abs_diff;
 
     fn values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
         x.into_data().iter::<f32>().collect()

@@ -121,7 +121,7 @@ pub(crate) mod tests {
     use crate::clip4clip::config::tests::tiny_config;
     use burn::module::Param;
     use burn::tensor::{Device, Distribution, TensorData};
-    use clip_core::fixtures::abs_diff;
+    use clip_fixtures::abs_diff;
 
     const ALL: [SimilarityHeader; 4] = [
         SimilarityHeader::MeanP,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use clip_core::{ClipConfig, ClipTokenizer, class_text_embeddings};
+use clip_core::{Clip, ClipConfig, ClipTokenizer, class_text_embeddings};
 use clip_task::clip_model::{check_clip_model, clip_config, load_run_model, tokenizer_of};
 use clip_task::{RunContext, Task};
 
@@ -32,7 +32,31 @@ pub struct ActionClipTask {
     zero_shot: Option<serde_json::Value>,
 }
 
+/// The label names of the training and validation tables, sorted.
+fn label_names(train: &VideoTable, val: Option<&VideoTable>) -> anyhow::Result<Vec<String>> {
+    let mut classes = train.labels();
+    classes.extend(val.iter().flat_map(|val| val.labels()));
+    classes.sort();
+    classes.dedup();
+    anyhow::ensure!(!classes.is_empty(), "{}: no labels", train.path.display());
+    Ok(classes)
+}
+
 impl ActionClipTask {
+    /// The settings of this task, with nothing prepared.
+    fn clone_settings(&self) -> Self {
+        Self {
+            section: self.section.clone(),
+            run: self.run.clone(),
+            clip: self.clip.clone(),
+            tokenizer: self.tokenizer.clone(),
+            classes: Vec::new(),
+            train: None,
+            val: None,
+            zero_shot: None,
+        }
+    }
+
     fn batcher(&self, table: VideoTable, train: bool) -> anyhow::Result<VideoBatcher> {
         let text = ClipText::Label(Arc::new(self.section.templates.clone()));
         VideoBatcher::new(&self.run, self.section.frames, table, self.clip.vision.image_size(), train, text)
@@ -80,12 +104,7 @@ impl Task for ActionClipTask {
 
     fn train_source(&mut self, model: &ActionClip, device: &Device) -> anyhow::Result<VideoBatcher> {
         let (train, val) = video_tables(&self.run, &self.section, true)?;
-        let mut classes = train.labels();
-        classes.extend(val.iter().flat_map(|val| val.labels()));
-        classes.sort();
-        classes.dedup();
-        anyhow::ensure!(!classes.is_empty(), "{}: no labels", train.path.display());
-        self.classes = classes;
+        self.classes = label_names(&train, val.as_ref())?;
         if let Some(val) = &val {
             self.zero_shot = Some(self.recognition(&model.valid(), val, &device.clone().inner())?);
         }
@@ -122,6 +141,13 @@ impl Task for ActionClipTask {
     }
 
     fn evaluate(&self, model: &ActionClip, device: &Device) -> anyhow::Result<Option<serde_json::Value>> {
+        if self.val.is_none() {
+            // Not trained here: read the label set and the validation table.
+            let (train, val) = video_tables(&self.run, &self.section, true)?;
+            let Some(val) = val else { return Ok(None) };
+            let task = Self { classes: label_names(&train, Some(&val))?, val: Some(val), ..self.clone_settings() };
+            return task.evaluate(model, device);
+        }
         let Some(val) = &self.val else { return Ok(None) };
         let mut report = self.recognition(model, val, device)?;
         if let Some(zero_shot) = &self.zero_shot {
@@ -129,6 +155,10 @@ impl Task for ActionClipTask {
             report["zero_shot_top5"] = zero_shot["top5"].clone();
         }
         Ok(Some(report))
+    }
+
+    fn clip(&self, model: ActionClip, _device: &Device) -> anyhow::Result<Clip> {
+        Ok(model.clip)
     }
 }
 

@@ -2,7 +2,7 @@
 //! evaluated by retrieval recall and ranks (with the dual softmax at inference, optionally).
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use clip_core::{ClipConfig, ClipTokenizer};
+use clip_core::{Clip, ClipConfig, ClipTokenizer};
 use clip_task::clip_model::{check_clip_model, clip_config, load_run_model, tokenizer_of};
 use clip_task::{RunContext, Task};
 
@@ -90,6 +90,10 @@ impl Task for Clip4ClipTask {
         let batcher = VideoBatcher::new(&self.run, self.section.frames, val, self.clip.vision.image_size(), false, ClipText::Caption)?;
         let report = evaluate_retrieval(model, &batcher, &self.tokenizer, self.run.eval.batch_size, self.section.dual_softmax, device)?;
         Ok(Some(report))
+    }
+
+    fn clip(&self, model: Clip4Clip, _device: &Device) -> anyhow::Result<Clip> {
+        Ok(model.clip)
     }
 }
 

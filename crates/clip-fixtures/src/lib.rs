@@ -1,5 +1,8 @@
-//! Discovery of reference fixtures (tensors produced by open_clip and transformers), shared by
-//! the parity tests of every ClipForge crate.
+//! # clip-fixtures
+//!
+//! A test helper, not published: discovery of reference fixtures (tensors produced by open_clip,
+//! transformers and each method's official code), shared by the parity tests of every ClipForge
+//! crate.
 //!
 //! The root is `$CLIP_FIXTURES`, or `../shared/fixtures` beside the workspace. Each
 //! `models/<name>/fixture.json` names its `format`; parity tests handle the formats they know
@@ -8,8 +11,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::error::{ClipError, Result};
-use crate::weights::{Checkpoint, RawTensor};
+use clip_core::weights::{Checkpoint, RawTensor};
+use clip_core::{ClipError, Result};
 
 /// The fixture root: `$CLIP_FIXTURES` if set, else `<workspace>/../shared/fixtures`.
 pub fn root() -> PathBuf {
