@@ -105,6 +105,20 @@ impl ConfusionMatrix {
             .collect()
     }
 
+    /// The chance level: mIoU and pixel accuracy of labelling every pixel with the most
+    /// frequent target class (the classes present are those with target pixels); `None`
+    /// before any pixel was seen.
+    pub fn majority_baseline(&self) -> Option<(f64, f64)> {
+        let areas: Vec<u64> = (0..self.num_classes).map(|c| self.target_area(c)).collect();
+        let total: u64 = areas.iter().sum();
+        let largest = areas.iter().copied().max()?;
+        let present = areas.iter().filter(|&&a| a > 0).count();
+        (total > 0).then(|| {
+            let accuracy = largest as f64 / total as f64;
+            (accuracy / present as f64, accuracy)
+        })
+    }
+
     /// Mean IoU over the classes present (those with an IoU); `None` when none is.
     pub fn mean_iou(&self) -> Option<f64> {
         let present: Vec<f64> = self.iou().into_iter().flatten().collect();
@@ -125,6 +139,15 @@ mod tests {
         let mut m = ConfusionMatrix::new(3);
         m.update(&[0, 0, 1, 1, 2, 2, 0, 0], &[0, 0, 0, 1, 1, 2, IGNORE, 0], IGNORE);
         m
+    }
+
+    #[test]
+    fn majority_baseline_labels_everything_with_the_largest_class() {
+        // Targets: class 0 four pixels, class 1 two, class 2 one (and one ignored).
+        let (mean_iou, accuracy) = example().majority_baseline().unwrap();
+        assert!((accuracy - 4.0 / 7.0).abs() < 1e-12);
+        assert!((mean_iou - 4.0 / 7.0 / 3.0).abs() < 1e-12);
+        assert_eq!(ConfusionMatrix::new(2).majority_baseline(), None);
     }
 
     #[test]

@@ -46,6 +46,10 @@ impl Objective for ContrastiveObjective {
     type Batch = ContrastiveBatch;
 
     fn forward(&self, model: &Clip, batch: ContrastiveBatch) -> clip_core::Result<StepOutput> {
+        let (images, texts) = (batch.images.dims()[0], batch.tokens.dims()[0]);
+        if images != texts {
+            return Err(clip_core::ClipError::Shape(format!("ContrastiveBatch: {images} images but {texts} captions")));
+        }
         let image = model.encode_image(batch.images, true);
         let text = model.encode_text(batch.tokens, true);
         let scale = model.logit_scale();
@@ -158,5 +162,29 @@ impl Task for ContrastiveTask {
 
     fn clip(&self, model: Clip, _device: &Device) -> anyhow::Result<Clip> {
         Ok(model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, Int};
+
+    #[test]
+    fn a_batch_that_does_not_fit_is_an_error_not_a_panic() {
+        let device = Device::flex();
+        let json = r#"{"embed_dim": 8, "vision_cfg": {"image_size": 8, "layers": 1, "width": 16, "patch_size": 4,
+            "head_width": 8}, "text_cfg": {"context_length": 8, "width": 16, "heads": 2, "layers": 1}}"#;
+        let model = ClipConfig::from_open_clip_json(json, "test").unwrap().init(&device);
+        let batch = ContrastiveBatch {
+            images: Tensor::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device),
+            tokens: Tensor::<2, Int>::zeros([3, 8], &device),
+        };
+        let error = ContrastiveObjective::default().forward(&model, batch.clone()).unwrap_err().to_string();
+        assert!(error.contains("2 images but 3 captions"), "{error}");
+        let siglip = ContrastiveObjective { loss: ContrastiveLoss::SigLip };
+        let fitting = ContrastiveBatch { tokens: Tensor::<2, Int>::zeros([2, 8], &device), ..batch };
+        let error = siglip.forward(&model, fitting).unwrap_err().to_string();
+        assert!(error.contains("logit bias"), "{error}");
     }
 }

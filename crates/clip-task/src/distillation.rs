@@ -45,6 +45,10 @@ impl Objective for DistillationObjective {
     type Batch = DistillationBatch;
 
     fn forward(&self, model: &ImageTower, batch: DistillationBatch) -> clip_core::Result<StepOutput> {
+        let (images, targets) = (batch.images.dims()[0], batch.teacher.dims()[0]);
+        if images != targets {
+            return Err(clip_core::ClipError::Shape(format!("DistillationBatch: {images} images but {targets} teacher embeddings")));
+        }
         let student = l2_normalize(model.forward(batch.images));
         let difference = student.clone() - batch.teacher.clone();
         let loss = match self.loss {

@@ -73,6 +73,10 @@ impl Objective for SupervisedObjective {
     type Batch = LabelledBatch;
 
     fn forward(&self, model: &ImageClassifier, batch: LabelledBatch) -> clip_core::Result<StepOutput> {
+        let (images, labels) = (batch.images.dims()[0], batch.labels.dims()[0]);
+        if images != labels {
+            return Err(clip_core::ClipError::Shape(format!("LabelledBatch: {images} images but {labels} labels")));
+        }
         let logits = model.forward(batch.images);
         let [samples, _] = logits.dims();
         let correct = logits

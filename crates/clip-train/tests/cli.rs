@@ -612,17 +612,17 @@ fn segment_photographs(model: &Path, out: &Path, extra: &[&str]) {
 fn lseg_learns_the_shapes_and_segments_photographs() {
     let out = scratch("lseg");
     let output = run(&[
-        "train", "configs/lseg.toml", "--output", out.to_str().unwrap(), "--set", "train.batch_size=8",
-        "--set", "train.max_steps=24", "--set", "train.log_every=1", "--set", "train.warmup_steps=2",
+        "train", "configs/lseg.toml", "--output", out.to_str().unwrap(), "--set", "train.batch_size=16",
+        "--set", "train.max_steps=64", "--set", "train.log_every=1", "--set", "train.warmup_steps=4",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
     let (first, last) = loss_drop(&out, 4);
     assert!(last < first, "loss went from {first} to {last}");
+    // Held-out mIoU clearly above labelling every pixel background (the chance level, 0.20 on
+    // the shipped validation masks; 64 steps reach 0.35).
     let eval = &summary_of(&out)["eval"];
-    for key in ["mean_iou", "pixel_accuracy"] {
-        let value = eval[key].as_f64().unwrap_or_else(|| panic!("no {key} in {eval}"));
-        assert!((0.0..=1.0).contains(&value), "{key} = {value}");
-    }
+    let (miou, chance) = (eval["mean_iou"].as_f64().unwrap(), eval["chance_mean_iou"].as_f64().unwrap());
+    assert!(miou > chance + 0.08, "mIoU {miou:.3} is not above the chance level {chance:.3} by 0.08: {eval}");
     // The trained run segments photographs with labels it never saw.
     segment_photographs(&out, &out.join("segmented"), &["--labels", "person,cat,sky,rocket,cup"]);
 }
@@ -684,6 +684,9 @@ fn clip4clip_learns_video_text_retrieval() {
     assert!(last < first, "loss went from {first} to {last}");
     let eval = &summary_of(&out)["eval"];
     assert_eq!(eval["clips"], 32);
+    // Held-out text-to-video R@1 at least twice a random ranking's (1 in 32).
+    let (r1, chance) = (eval["t2v_r1"].as_f64().unwrap(), eval["chance_r1"].as_f64().unwrap());
+    assert!(r1 >= 2.0 * chance, "text-to-video R@1 {r1:.2}% against chance {chance:.2}%: {eval}");
     for direction in ["text_to_video", "video_to_text"] {
         for report in [&eval[direction], &eval["dual_softmax"][direction]] {
             let (r1, r10) = (report["r1"].as_f64().unwrap(), report["r10"].as_f64().unwrap());

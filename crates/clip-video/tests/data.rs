@@ -295,7 +295,8 @@ fn bad_tables_are_named() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Whether the `ffmpeg` and `ffprobe` programs run; prints why a test is skipped when not.
+/// Whether the `ffmpeg` and `ffprobe` programs run; prints why a test is skipped when not, and
+/// fails under `CI`.
 fn ffmpeg_available(test: &str) -> bool {
     let tools = Ffmpeg::from_env();
     let runs = |program: &Path| {
@@ -305,6 +306,13 @@ fn ffmpeg_available(test: &str) -> bool {
             .is_ok_and(|o| o.status.success())
     };
     let available = runs(&tools.ffmpeg) && runs(&tools.ffprobe);
+    // CI installs ffmpeg (`.ci/run`): there, a missing one is a failure, never a silent skip.
+    assert!(
+        available || std::env::var_os("CI").is_none(),
+        "{test}: CI is set but {} or {} does not run (apt install ffmpeg)",
+        tools.ffmpeg.display(),
+        tools.ffprobe.display()
+    );
     if !available {
         println!(
             "skipping {test}: {} or {} is not installed (apt install ffmpeg)",

@@ -178,3 +178,47 @@ impl Splittable for CocoDataset {
         self.split(fraction, seed)
     }
 }
+
+/// The data of a detection run: the training batcher (novel boxes dropped), the base/novel
+/// split, the base category names and the validation dataset.
+pub struct DetectionData {
+    /// Batches of the training images, flipped at random with `detection.flip`.
+    pub train: DetectionBatcher,
+    /// Base and novel categories.
+    pub split: CategorySplit,
+    /// Names of the base categories, in split order.
+    pub base_names: Vec<String>,
+    /// The validation dataset (`data.val` or the `data.val_fraction` split).
+    pub val: Option<CocoDataset>,
+}
+
+impl DetectionData {
+    /// Reads the run's datasets and splits the categories; prints the split.
+    pub fn read(run: &RunContext, det: &DetectionSection) -> anyhow::Result<Self> {
+        let (train, val) = detection_datasets(run, det)?;
+        let split = category_split(&train, det)?;
+        let names: Vec<String> = train.categories.iter().map(|c| c.name.clone()).collect();
+        let base_names: Vec<String> = split.base.iter().map(|&c| names[c].clone()).collect();
+        let novel: Vec<&str> = split.novel.iter().map(|&c| names[c].as_str()).collect();
+        eprintln!("categories: {} base, {} novel ({})", split.base.len(), split.novel.len(), novel.join(", "));
+        let train = DetectionBatcher::new(run, without_novel(train, &split.novel), det.image_size, det.flip);
+        Ok(Self { train, split, base_names, val })
+    }
+
+    /// The index among the base categories of dataset category `category`.
+    pub fn base_index(&self, category: usize) -> anyhow::Result<usize> {
+        self.split.base.iter().position(|&c| c == category).context("a novel box reached training")
+    }
+}
+
+/// The category split and the validation dataset evaluation needs: of `data` when training
+/// read it, read anew otherwise.
+pub fn evaluation_data(run: &RunContext, det: &DetectionSection, data: Option<&DetectionData>) -> anyhow::Result<(CategorySplit, Option<CocoDataset>)> {
+    match data {
+        Some(data) => Ok((data.split.clone(), data.val.clone())),
+        None => {
+            let (train, val) = detection_datasets(run, det)?;
+            Ok((category_split(&train, det)?, val))
+        }
+    }
+}

@@ -9,9 +9,8 @@ use clip_core::preprocess::stack_images;
 use clip_task::clip_model::{check_clip_model, clip_config, load_run_model, tokenizer_of};
 use clip_task::{RunContext, Task};
 
-use crate::data::{CategorySplit, CocoDataset};
 use crate::glip::{Glip, GlipBatch, GlipObjective, GroundingPrompt};
-use crate::task::batcher::{DetectionBatch, DetectionBatcher, category_split, detection_datasets, without_novel};
+use crate::task::batcher::{DetectionBatch, DetectionBatcher, DetectionData, evaluation_data};
 use crate::task::detect::{Loaded, detection_commands, run_detection_command};
 use crate::task::open_detector::evaluate_detection;
 use crate::task::section::{self, DetectionSection};
@@ -27,12 +26,9 @@ pub struct GlipTask {
 
 /// The training data and what its batches need.
 struct Prepared {
-    split: CategorySplit,
+    data: DetectionData,
     /// The prompt of the base categories ("person. bicycle. car.").
     category_prompt: GroundingPrompt,
-    /// The training batcher, whose captions the batches read.
-    train: DetectionBatcher,
-    val: Option<CocoDataset>,
 }
 
 impl Task for GlipTask {
@@ -62,25 +58,19 @@ impl Task for GlipTask {
     }
 
     fn train_source(&mut self, _model: &Glip, _device: &Device) -> anyhow::Result<DetectionBatcher> {
-        let det = &self.section;
-        let (train, val) = detection_datasets(&self.run, det)?;
-        let split = category_split(&train, det)?;
-        let names: Vec<String> = train.categories.iter().map(|c| c.name.clone()).collect();
-        let base_names: Vec<String> = split.base.iter().map(|&c| names[c].clone()).collect();
-        let novel: Vec<&str> = split.novel.iter().map(|&c| names[c].as_str()).collect();
-        eprintln!("categories: {} base, {} novel ({})", split.base.len(), split.novel.len(), novel.join(", "));
-        let category_prompt = GroundingPrompt::from_categories(&self.tokenizer, &base_names).with_context(|| {
-            format!("the prompt of the {} base categories does not fit the text context: train GLIP on captions", base_names.len())
+        let data = DetectionData::read(&self.run, &self.section)?;
+        let base = &data.base_names;
+        let category_prompt = GroundingPrompt::from_categories(&self.tokenizer, base).with_context(|| {
+            format!("the prompt of the {} base categories does not fit the text context: train GLIP on captions", base.len())
         })?;
-        let batcher = DetectionBatcher::new(&self.run, without_novel(train, &split.novel), det.image_size, det.flip);
-        self.prepared = Some(Prepared { split, category_prompt, train: batcher.clone(), val });
+        let batcher = data.train.clone();
+        self.prepared = Some(Prepared { data, category_prompt });
         Ok(batcher)
     }
 
     fn to_batch(&self, batch: DetectionBatch, device: &Device) -> anyhow::Result<GlipBatch> {
         let prepared = self.prepared.as_ref().context("to_batch before train_source")?;
-        let dataset = prepared.train.dataset();
-        let base_index = |category: usize| prepared.split.base.iter().position(|&c| c == category);
+        let dataset = prepared.data.train.dataset();
         let (mut tokens, mut positive_tokens) = (Vec::new(), Vec::new());
         for (&row, sample) in batch.rows.iter().zip(&batch.samples) {
             let record = &dataset.images[row];
@@ -96,7 +86,7 @@ impl Task for GlipTask {
                     let spans = sample
                         .labels
                         .iter()
-                        .map(|&c| base_index(c).map(|i| prepared.category_prompt.phrase_tokens[i].clone()).context("a novel box reached training"))
+                        .map(|&c| prepared.data.base_index(c).map(|i| prepared.category_prompt.phrase_tokens[i].clone()))
                         .collect::<anyhow::Result<Vec<_>>>()?;
                     positive_tokens.push(spans);
                     tokens.extend(prepared.category_prompt.tokens.iter().copied());
@@ -118,13 +108,7 @@ impl Task for GlipTask {
 
     fn evaluate(&self, model: &Glip, device: &Device) -> anyhow::Result<Option<serde_json::Value>> {
         let det = &self.section;
-        let (split, val) = match &self.prepared {
-            Some(prepared) => (prepared.split.clone(), prepared.val.clone()),
-            None => {
-                let (train, val) = detection_datasets(&self.run, det)?;
-                (category_split(&train, det)?, val)
-            }
-        };
+        let (split, val) = evaluation_data(&self.run, det, self.prepared.as_ref().map(|p| &p.data))?;
         let Some(val) = val else { return Ok(None) };
         let batcher = DetectionBatcher::new(&self.run, val, det.image_size, false);
         Ok(Some(evaluate_detection(model, &batcher, None, &self.tokenizer, &split, det, self.run.eval.batch_size, device)?))

@@ -15,8 +15,7 @@ use clip_task::clip_model::{check_clip_model, clip_config, load_run_model, token
 use clip_task::{BatchSource, RunContext, Task};
 
 use crate::boxes::BoxXyxy;
-use crate::data::{CategorySplit, CocoDataset};
-use crate::task::batcher::{DetectionBatch, DetectionBatcher, category_split, detection_datasets, file_proposals, mirrored, without_novel};
+use crate::task::batcher::{DetectionBatch, DetectionBatcher, DetectionData, evaluation_data, file_proposals, mirrored};
 use crate::task::detect::{Loaded, detection_commands, run_detection_command};
 use crate::task::open_detector::evaluate_detection;
 use crate::task::section::{self, DetectionSection};
@@ -33,14 +32,13 @@ pub struct VildTask {
 
 /// The training data and what its batches need.
 struct Prepared {
-    split: CategorySplit,
+    data: DetectionData,
     /// Text embeddings of the base categories, `[base, D]`.
     class_embeddings: TensorData,
     /// ViLD-image's targets, when it is on.
     targets: Option<DistillTargets>,
     /// Precomputed proposals of the training images (`detection.file_proposals`).
     given: Option<Vec<Vec<BoxXyxy>>>,
-    val: Option<CocoDataset>,
 }
 
 impl Task for VildTask {
@@ -80,35 +78,29 @@ impl Task for VildTask {
     fn train_source(&mut self, model: &Vild, device: &Device) -> anyhow::Result<DetectionBatcher> {
         let det = &self.section;
         let eval_device = device.clone().inner();
-        let (train, val) = detection_datasets(&self.run, det)?;
-        let split = category_split(&train, det)?;
-        let names: Vec<String> = train.categories.iter().map(|c| c.name.clone()).collect();
-        let base_names: Vec<String> = split.base.iter().map(|&c| names[c].clone()).collect();
-        let novel: Vec<&str> = split.novel.iter().map(|&c| names[c].as_str()).collect();
-        eprintln!("categories: {} base, {} novel ({})", split.base.len(), split.novel.len(), novel.join(", "));
-        let batcher = DetectionBatcher::new(&self.run, without_novel(train, &split.novel), det.image_size, det.flip);
-        let class_embeddings = model.valid().class_embeddings(&self.tokenizer, &base_names, &det.templates, &eval_device)?.into_data();
+        let data = DetectionData::read(&self.run, det)?;
+        let class_embeddings = model.valid().class_embeddings(&self.tokenizer, &data.base_names, &det.templates, &eval_device)?.into_data();
         let targets = if det.image_weight > 0.0 {
             // The CLIP as loaded, outside autodiff, embeds the proposal crops.
             let (clip, _) = load_run_model(&self.run, &eval_device)?;
             let cache = det.distill_cache.clone().unwrap_or_else(|| self.run.output.join("vild_crop_embeddings.safetensors"));
-            Some(DistillTargets::load(&clip, &batcher, det, &cache, self.run.eval.batch_size, &eval_device)?)
+            Some(DistillTargets::load(&clip, &data.train, det, &cache, self.run.eval.batch_size, &eval_device)?)
         } else {
             None
         };
-        let given = if det.file_proposals { Some(file_proposals(batcher.dataset(), det, det.proposals_per_image)?) } else { None };
-        self.prepared = Some(Prepared { split, class_embeddings, targets, given, val });
+        let given = if det.file_proposals { Some(file_proposals(data.train.dataset(), det, det.proposals_per_image)?) } else { None };
+        let batcher = data.train.clone();
+        self.prepared = Some(Prepared { data, class_embeddings, targets, given });
         Ok(batcher)
     }
 
     fn to_batch(&self, batch: DetectionBatch, device: &Device) -> anyhow::Result<VildBatch> {
         let prepared = self.prepared.as_ref().context("to_batch before train_source")?;
         let size = self.section.image_size;
-        let base_index = |category: usize| prepared.split.base.iter().position(|&c| c == category);
         let labels = batch
             .samples
             .iter()
-            .map(|s| s.labels.iter().map(|&c| base_index(c).context("a novel box reached training")).collect())
+            .map(|s| s.labels.iter().map(|&c| prepared.data.base_index(c)).collect())
             .collect::<anyhow::Result<Vec<Vec<usize>>>>()?;
         let (mut distill_boxes, mut values) = (Vec::new(), Vec::new());
         if let Some(targets) = &prepared.targets {
@@ -142,13 +134,7 @@ impl Task for VildTask {
 
     fn evaluate(&self, model: &Vild, device: &Device) -> anyhow::Result<Option<serde_json::Value>> {
         let det = &self.section;
-        let (split, val) = match &self.prepared {
-            Some(prepared) => (prepared.split.clone(), prepared.val.clone()),
-            None => {
-                let (train, val) = detection_datasets(&self.run, det)?;
-                (category_split(&train, det)?, val)
-            }
-        };
+        let (split, val) = evaluation_data(&self.run, det, self.prepared.as_ref().map(|p| &p.data))?;
         let Some(val) = val else { return Ok(None) };
         let proposals = if det.file_proposals { Some(file_proposals(&val, det, det.proposals_per_image)?) } else { None };
         let batcher = DetectionBatcher::new(&self.run, val, det.image_size, false);

@@ -2,43 +2,44 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
+use clip_core::ClipError;
 
 /// Mean cross-entropy of `logits` `[batch, labels, H, W]` against `targets` `[batch, H, W]`
 /// (label indices), over the pixels whose target is not `ignore_index`:
 /// `-(1/|V|) sum_{p in V} log softmax(logits_p)[target_p]`. Returns `[1]`; 0 when every pixel
 /// is ignored.
 ///
-/// # Panics
-///
-/// If the shapes disagree or a kept target is not in `0..labels` (data loaders check masks).
+/// An error when the shapes disagree or a kept target is not in `0..labels`.
 pub fn pixel_cross_entropy(
     logits: Tensor<4>,
     targets: Tensor<3, Int>,
     ignore_index: i64,
-) -> Tensor<1> {
+) -> clip_core::Result<Tensor<1>> {
     let [batch, labels, h, w] = logits.dims();
-    assert_eq!(
-        targets.dims(),
-        [batch, h, w],
-        "pixel_cross_entropy: targets must be [batch, H, W] = {:?}",
-        [batch, h, w]
-    );
+    if targets.dims() != [batch, h, w] {
+        return Err(ClipError::Shape(format!(
+            "pixel_cross_entropy: targets are {:?}, the logits need [batch, H, W] = {:?}",
+            targets.dims(),
+            [batch, h, w]
+        )));
+    }
     let keep = targets.clone().not_equal_elem(ignore_index);
     let index = targets.mask_fill(keep.clone().bool_not(), 0);
     let out_of_range = index
         .clone()
         .lower_elem(0)
         .bool_or(index.clone().greater_equal_elem(labels as i64));
-    assert!(
-        !out_of_range.any().into_scalar::<bool>(),
-        "pixel_cross_entropy: a target is neither in 0..{labels} nor the ignore index {ignore_index}"
-    );
+    if out_of_range.any().into_scalar::<bool>() {
+        return Err(ClipError::Shape(format!(
+            "pixel_cross_entropy: a target is neither in 0..{labels} nor the ignore index {ignore_index}"
+        )));
+    }
     let picked = log_softmax(logits, 1)
         .gather(1, index.reshape([batch, 1, h, w]))
         .reshape([batch, h, w]);
     let keep = keep.float();
     let count = keep.clone().sum().clamp_min(1.0);
-    -(picked * keep).sum() / count
+    Ok(-(picked * keep).sum() / count)
 }
 
 #[cfg(test)]
@@ -58,7 +59,7 @@ mod tests {
         let logits = leaf(vec![0.0, ln3, 5.0, 0.0, 0.0, -5.0], [1, 2, 1, 3], &device);
         let targets =
             Tensor::<3, Int>::from_data(TensorData::new(vec![0i64, 0, 255], [1, 1, 3]), &device);
-        let loss = pixel_cross_entropy(logits.clone(), targets, 255);
+        let loss = pixel_cross_entropy(logits.clone(), targets, 255).unwrap();
         // Pixel 0: -ln(1/2); pixel 1: -ln(3/4); pixel 2 ignored. Mean over 2 pixels.
         let want = (2f32.ln() + (4f32 / 3.0).ln()) / 2.0;
         let got = loss.clone().into_scalar::<f32>();
@@ -82,7 +83,7 @@ mod tests {
         let logits = leaf(vec![1.0, 2.0, 3.0, 4.0], [1, 2, 1, 2], &device);
         let targets =
             Tensor::<3, Int>::from_data(TensorData::new(vec![-1i64, -1], [1, 1, 2]), &device);
-        let loss = pixel_cross_entropy(logits.clone(), targets, -1);
+        let loss = pixel_cross_entropy(logits.clone(), targets, -1).unwrap();
         assert_eq!(loss.clone().into_scalar::<f32>(), 0.0);
         let grad: Vec<f32> = logits
             .grad(&loss.backward())
@@ -94,12 +95,12 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "neither in 0..2 nor the ignore index 255")]
     fn out_of_range_target_is_named() {
         let device = Device::flex();
         let logits = Tensor::<4>::zeros([1, 2, 1, 2], &device);
         let targets =
             Tensor::<3, Int>::from_data(TensorData::new(vec![0i64, 2], [1, 1, 2]), &device);
-        let _ = pixel_cross_entropy(logits, targets, 255);
+        let error = pixel_cross_entropy(logits, targets, 255).unwrap_err().to_string();
+        assert!(error.contains("neither in 0..2 nor the ignore index 255"), "{error}");
     }
 }

@@ -31,6 +31,10 @@ impl Objective for LsegObjective {
     type Batch = LsegBatch;
 
     fn forward(&self, model: &Lseg, batch: LsegBatch) -> clip_core::Result<StepOutput> {
+        let (images, masks) = (batch.images.dims()[0], batch.masks.dims()[0]);
+        if images != masks {
+            return Err(clip_core::ClipError::Shape(format!("LsegBatch: {images} images but {masks} masks")));
+        }
         let labels = model.label_embeddings(batch.label_tokens);
         let logits = model.logits(batch.images, labels);
         let accuracy = pixel_accuracy(
@@ -38,7 +42,7 @@ impl Objective for LsegObjective {
             batch.masks.clone(),
             self.ignore_index,
         );
-        let loss = pixel_cross_entropy(logits, batch.masks, self.ignore_index);
+        let loss = pixel_cross_entropy(logits, batch.masks, self.ignore_index)?;
         let scale = model.logit_scale().into_scalar::<f32>() as f64;
         Ok(StepOutput {
             loss,

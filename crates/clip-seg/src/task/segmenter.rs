@@ -79,10 +79,13 @@ pub fn evaluate_segmentation(
     anyhow::ensure!(samples > 0, "{}: no readable sample to evaluate", batcher.table().path.display());
     let iou: serde_json::Map<String, serde_json::Value> =
         labels.names.iter().zip(confusion.iou()).map(|(name, iou)| (name.clone(), serde_json::json!(iou))).collect();
+    let (chance_mean_iou, chance_pixel_accuracy) = confusion.majority_baseline().unzip();
     Ok(serde_json::json!({
         "samples": samples,
         "mean_iou": confusion.mean_iou(),
         "pixel_accuracy": confusion.pixel_accuracy(),
+        "chance_mean_iou": chance_mean_iou,
+        "chance_pixel_accuracy": chance_pixel_accuracy,
         "iou": iou,
     }))
 }

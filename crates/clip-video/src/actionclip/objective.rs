@@ -30,6 +30,10 @@ impl Objective for ActionClipObjective {
     type Batch = VideoLabelBatch;
 
     fn forward(&self, model: &ActionClip, batch: VideoLabelBatch) -> clip_core::Result<StepOutput> {
+        let (videos, texts, labels) = (batch.videos.dims()[0], batch.tokens.dims()[0], batch.labels.dims()[0]);
+        if videos != texts || videos != labels {
+            return Err(clip_core::ClipError::Shape(format!("VideoLabelBatch: {videos} videos, {texts} texts, {labels} labels")));
+        }
         let videos = model.video_embeddings(batch.videos);
         let texts = model.text_embeddings(batch.tokens);
         let logits = model.logits_from_embeddings(videos, texts);

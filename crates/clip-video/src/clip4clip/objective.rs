@@ -27,6 +27,10 @@ impl Objective for Clip4ClipObjective {
     type Batch = VideoTextBatch;
 
     fn forward(&self, model: &Clip4Clip, batch: VideoTextBatch) -> clip_core::Result<StepOutput> {
+        let (videos, texts) = (batch.videos.dims()[0], batch.tokens.dims()[0]);
+        if videos != texts {
+            return Err(clip_core::ClipError::Shape(format!("VideoTextBatch: {videos} videos but {texts} texts")));
+        }
         let logits = model.similarity(batch.tokens, batch.videos);
         let loss = symmetric_cross_entropy(logits);
         let scale = model.logit_scale().into_scalar::<f32>() as f64;

@@ -128,6 +128,8 @@ pub fn evaluate_retrieval(model: &Clip4Clip, batcher: &VideoBatcher, tokenizer: 
     };
     let mut result = report(similarity.clone())?;
     result["clips"] = serde_json::json!(count);
+    // Recall is in percent: a random ranking retrieves the right clip first 1 / count of the time.
+    result["chance_r1"] = serde_json::json!(100.0 / count as f64);
     result["t2v_r1"] = result["text_to_video"]["r1"].clone();
     if dual {
         result["dual_softmax"] = report(dual_softmax(similarity, DUAL_SOFTMAX_TEMPERATURE))?;
