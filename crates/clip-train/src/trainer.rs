@@ -167,13 +167,7 @@ impl Run<'_> {
             (model, state) = Checkpoints::load_model(dir, model)?;
         }
         // Groups match parameters by id, which a loaded checkpoint brings: build them now.
-        let adamw = AdamWConfig::new()
-            .with_beta_1(t.beta1 as f32)
-            .with_beta_2(t.beta2 as f32)
-            .with_epsilon(t.eps as f32)
-            .with_weight_decay(t.weight_decay as f32);
-        let no_decay = rank_group(&model, 1);
-        let mut optimizer: ModuleOptimizer = adamw.init().with_group(no_decay, adamw.with_weight_decay(0.0).build(), None);
+        let mut optimizer = adamw(t, &model);
         let lr_policy = LrPolicy::new(&model, t)?;
         if let Some(dir) = &resume_from {
             optimizer = Checkpoints::load_optimizer(dir, optimizer)?;
@@ -349,6 +343,17 @@ impl Run<'_> {
     }
 }
 
+/// AdamW as `t` says, without weight decay on the parameters of fewer than two dimensions
+/// (open_clip's rule, by rank: gains, biases, 1-D embeddings, scalars).
+fn adamw<M: Module>(t: &TrainSection, model: &M) -> ModuleOptimizer {
+    let adamw = AdamWConfig::new()
+        .with_beta_1(t.beta1 as f32)
+        .with_beta_2(t.beta2 as f32)
+        .with_epsilon(t.eps as f32)
+        .with_weight_decay(t.weight_decay as f32);
+    adamw.init().with_group(rank_group(model, 1), adamw.with_weight_decay(0.0).build(), None)
+}
+
 /// Scales all gradients so that their global L2 norm is at most `max_norm`
 /// (`torch.nn.utils.clip_grad_norm_`).
 fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) {
@@ -385,4 +390,40 @@ fn scale_gradients<M: Module>(model: &M, grads: &mut GradientsParams, factor: f3
         }
     }
     model.visit(&mut Scale { grads, factor });
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::Distribution;
+
+    use super::*;
+
+    /// A layer and a free 1-D parameter (as GLIP's alignment bias or ViLD's background).
+    #[derive(Module, Debug)]
+    struct Layer {
+        linear: Linear,
+        offset: Param<Tensor<1>>,
+    }
+
+    #[test]
+    fn weight_decay_spares_every_parameter_of_fewer_than_two_dimensions() {
+        let device = Device::flex().autodiff();
+        let model = Layer {
+            linear: LinearConfig::new(3, 2).init(&device),
+            offset: Param::from_tensor(Tensor::random([2], Distribution::Normal(0.0, 1.0), &device)),
+        };
+        // A zero gradient everywhere: AdamW moves the parameters by weight decay alone.
+        let loss = (model.linear.weight.val().sum() + model.linear.bias.as_ref().unwrap().val().sum() + model.offset.val().sum()) * 0.0;
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let train = TrainSection { weight_decay: 0.5, ..TrainSection::default() };
+        let stepped = adamw(&train, &model).step(0.1, model.clone(), grads);
+        let values = |t: Tensor<2>| t.into_data().iter::<f32>().collect::<Vec<_>>();
+        let decayed: Vec<f32> = values(model.linear.weight.val()).iter().map(|w| w * (1.0 - 0.1 * 0.5)).collect();
+        for (got, want) in values(stepped.linear.weight.val()).iter().zip(&decayed) {
+            assert!((got - want).abs() < 1e-6, "the 2-D weight decays: {got} vs {want}");
+        }
+        stepped.linear.bias.unwrap().val().into_data().assert_eq(&model.linear.bias.unwrap().val().into_data(), true);
+        stepped.offset.val().into_data().assert_eq(&model.offset.val().into_data(), true);
+    }
 }

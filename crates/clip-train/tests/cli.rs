@@ -739,7 +739,7 @@ fn missing_clips_name_the_table_line_or_are_skipped() {
 }
 
 /// Trains `config` briefly on the generated detection set and checks that the loss fell and
-/// the validation AP is a real, non-zero number.
+/// the validation AP50 is above chance.
 fn train_detector(config: &str, out: &Path, steps: &str) -> serde_json::Value {
     let output = run(&[
         "train", config, "--output", out.to_str().unwrap(), "--set", &format!("train.max_steps={steps}"),
@@ -753,7 +753,10 @@ fn train_detector(config: &str, out: &Path, steps: &str) -> serde_json::Value {
         let value = eval[key].as_f64().unwrap_or_else(|| panic!("no {key} in {eval}"));
         assert!((0.0..=1.0).contains(&value), "{key} = {value}");
     }
-    assert!(eval["ap50"].as_f64().unwrap() > 0.0, "no box found: {eval}");
+    // Held-out AP50 clearly above the chance level: the dataset's boxes placed without looking
+    // at the image (about 0.001 on the shipped set).
+    let (ap50, chance) = (eval["ap50"].as_f64().unwrap(), eval["chance_ap50"].as_f64().unwrap());
+    assert!(ap50 > chance + 0.02, "AP50 {ap50:.4} is not above the chance level {chance:.4} by 0.02: {eval}");
     assert!(eval["per_category"]["star"].is_number(), "the novel category is evaluated: {eval}");
     eval
 }
@@ -790,7 +793,7 @@ fn eval_report(args: &[&str]) -> serde_json::Value {
 #[test]
 fn vild_learns_the_shapes_and_detects_in_photographs() {
     let out = scratch("vild");
-    let reported = train_detector("configs/vild.toml", &out, "30");
+    let reported = train_detector("configs/vild.toml", &out, "60");
     // The saved model holds everything inference needs (CLIP's text tower included): the
     // run's checkpoint, evaluated anew, gives the AP the run reported.
     let again = eval_report(&["eval", out.to_str().unwrap()]);

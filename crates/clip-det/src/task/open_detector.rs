@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use anyhow::Context;
+use rand::{Rng, SeedableRng};
 use burn::tensor::{Device, Tensor};
 use clip_core::ClipTokenizer;
 use clip_core::preprocess::stack_images;
@@ -154,6 +155,7 @@ pub fn evaluate_detection(
     anyhow::ensure!(!ground_truth.is_empty(), "{}: no box to evaluate against", dataset.path.display());
     let all: Vec<usize> = (0..names.len()).collect();
     let report = coco_ap(&detections, &ground_truth, &all);
+    let chance = coco_ap(&shuffled_ground_truth(&ground_truth, id_rank.len()), &ground_truth, &all);
     let per_category: serde_json::Map<String, serde_json::Value> = report
         .per_category
         .iter()
@@ -165,8 +167,27 @@ pub fn evaluate_detection(
         "ap": report.ap,
         "ap50": report.ap50,
         "ap75": report.ap75,
+        "chance_ap": chance.ap,
+        "chance_ap50": chance.ap50,
         "ap_base": report.mean_over(&split.base),
         "ap_novel": report.mean_over(&split.novel),
         "per_category": per_category,
     }))
+}
+
+/// The chance level of detection: AP of a detector that never looks at the image but knows
+/// the dataset's boxes. Image `i` gets the ground-truth boxes (categories, places, sizes) of
+/// image `i + 1`, with seeded random scores.
+fn shuffled_ground_truth(ground_truth: &[GroundTruthBox], images: usize) -> Vec<Detection> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    ground_truth
+        .iter()
+        .filter(|g| !g.iscrowd)
+        .map(|g| Detection {
+            image: (g.image + images - 1) % images,
+            category: g.category,
+            bbox: g.bbox,
+            score: rng.random::<f32>(),
+        })
+        .collect()
 }
