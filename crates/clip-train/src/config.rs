@@ -181,7 +181,7 @@ impl RunConfig {
         }
     }
 
-    /// Reads `path`, layers `CLIPFORGE_<SECTION>__<KEY>` environment variables and `overrides`
+    /// Reads `path` (TOML, or the JSON a run writes), layers `CLIPFORGE_<SECTION>__<KEY>` environment variables and `overrides`
     /// (`section.key=value`) on top, and validates the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
         let error = |message: String| ConfigError {
@@ -191,8 +191,10 @@ impl RunConfig {
         if !path.is_file() {
             return Err(error("no such configuration file".into()));
         }
+        // A run folder's `config.json` is the resolved config of that run.
+        let format = if path.extension().is_some_and(|e| e == "json") { config::FileFormat::Json } else { config::FileFormat::Toml };
         let mut builder = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(config::File::from(path).format(format))
             .add_source(
                 config::Environment::with_prefix("CLIPFORGE")
                     .prefix_separator("_")

@@ -11,17 +11,16 @@ use crate::checkpoint::Checkpoints;
 use crate::config::RunConfig;
 use crate::registry;
 
-/// The run config and checkpoint that `model` names: a TOML run config (with `overrides`), or
-/// a run's output folder (its `config.json` and, unless `checkpoint` is given, its newest
-/// checkpoint).
+/// The run config and checkpoint that `model` names: a TOML run config, or a run's output
+/// folder (its `config.json` and, unless `checkpoint` is given, its newest checkpoint); with
+/// `overrides` layered on either.
 pub fn resolve(model: &Path, checkpoint: Option<PathBuf>, overrides: &[String]) -> anyhow::Result<(RunConfig, Option<PathBuf>)> {
     if !model.is_dir() {
         return Ok((RunConfig::load(model, overrides)?, checkpoint));
     }
     let file = model.join("config.json");
-    let text = std::fs::read_to_string(&file).with_context(|| format!("{}: not a run folder", model.display()))?;
-    let mut config: RunConfig = serde_json::from_str(&text).with_context(|| format!("reading {}", file.display()))?;
-    config.file = file;
+    anyhow::ensure!(file.is_file(), "{}: not a run folder (no config.json)", model.display());
+    let config = RunConfig::load(&file, overrides)?;
     let checkpoint = match checkpoint {
         Some(dir) => dir,
         None => Checkpoints::new(model, config.train.keep_checkpoints)
