@@ -17,9 +17,9 @@ use crate::task::Task;
 #[derive(Debug, Clone)]
 pub struct ContrastiveBatch {
     /// `[batch, 3, H, W]`.
-    pub images: Tensor<4>,
+    pub(crate) images: Tensor<4>,
     /// `[batch, context_length]`.
-    pub tokens: Tensor<2, Int>,
+    pub(crate) tokens: Tensor<2, Int>,
 }
 
 /// Which contrastive loss.
@@ -30,6 +30,18 @@ pub enum ContrastiveLoss {
     InfoNce,
     /// Pairwise sigmoid loss with the model's learnable logit bias (SigLIP).
     SigLip,
+}
+
+impl ContrastiveBatch {
+    /// A batch of images `[batch, 3, H, W]` and the token ids of their captions
+    /// `[batch, context_length]`; an error when the counts differ.
+    pub fn new(images: Tensor<4>, tokens: Tensor<2, Int>) -> clip_core::Result<Self> {
+        let (count, texts) = (images.dims()[0], tokens.dims()[0]);
+        if count != texts {
+            return Err(clip_core::ClipError::Shape(format!("ContrastiveBatch: {count} images but {texts} captions")));
+        }
+        Ok(Self { images, tokens })
+    }
 }
 
 /// A contrastive loss over normalized image and text embeddings, scaled by the model's
@@ -46,10 +58,6 @@ impl Objective for ContrastiveObjective {
     type Batch = ContrastiveBatch;
 
     fn forward(&self, model: &Clip, batch: ContrastiveBatch) -> clip_core::Result<StepOutput> {
-        let (images, texts) = (batch.images.dims()[0], batch.tokens.dims()[0]);
-        if images != texts {
-            return Err(clip_core::ClipError::Shape(format!("ContrastiveBatch: {images} images but {texts} captions")));
-        }
         let image = model.encode_image(batch.images, true);
         let text = model.encode_text(batch.tokens, true);
         let scale = model.logit_scale();
@@ -142,10 +150,8 @@ impl Task for ContrastiveTask {
 
     fn to_batch(&self, batch: PairBatch, device: &Device) -> anyhow::Result<ContrastiveBatch> {
         let rows = batch.rows.len();
-        Ok(ContrastiveBatch {
-            images: stack_images(&batch.images, device)?,
-            tokens: Tensor::from_data(TensorData::new(batch.tokens, [rows, self.tokenizer.context_length()]), device),
-        })
+        let tokens = Tensor::from_data(TensorData::new(batch.tokens, [rows, self.tokenizer.context_length()]), device);
+        Ok(ContrastiveBatch::new(stack_images(&batch.images, device)?, tokens)?)
     }
 
     fn objective(&self) -> ContrastiveObjective {
@@ -176,14 +182,11 @@ mod tests {
         let json = r#"{"embed_dim": 8, "vision_cfg": {"image_size": 8, "layers": 1, "width": 16, "patch_size": 4,
             "head_width": 8}, "text_cfg": {"context_length": 8, "width": 16, "heads": 2, "layers": 1}}"#;
         let model = ClipConfig::from_open_clip_json(json, "test").unwrap().init(&device);
-        let batch = ContrastiveBatch {
-            images: Tensor::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device),
-            tokens: Tensor::<2, Int>::zeros([3, 8], &device),
-        };
-        let error = ContrastiveObjective::default().forward(&model, batch.clone()).unwrap_err().to_string();
+        let images = Tensor::<4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        let error = ContrastiveBatch::new(images.clone(), Tensor::<2, Int>::zeros([3, 8], &device)).unwrap_err().to_string();
         assert!(error.contains("2 images but 3 captions"), "{error}");
         let siglip = ContrastiveObjective { loss: ContrastiveLoss::SigLip };
-        let fitting = ContrastiveBatch { tokens: Tensor::<2, Int>::zeros([2, 8], &device), ..batch };
+        let fitting = ContrastiveBatch::new(images, Tensor::<2, Int>::zeros([2, 8], &device)).unwrap();
         let error = siglip.forward(&model, fitting).unwrap_err().to_string();
         assert!(error.contains("logit bias"), "{error}");
     }

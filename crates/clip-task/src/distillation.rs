@@ -19,9 +19,21 @@ use crate::task::Task;
 #[derive(Debug, Clone)]
 pub struct DistillationBatch {
     /// `[batch, 3, H, W]`.
-    pub images: Tensor<4>,
+    pub(crate) images: Tensor<4>,
     /// `[batch, embed_dim]`, L2-normalized.
-    pub teacher: Tensor<2>,
+    pub(crate) teacher: Tensor<2>,
+}
+
+impl DistillationBatch {
+    /// Images `[batch, 3, H, W]` and the teacher's normalized embeddings of them
+    /// `[batch, embed_dim]`; an error when the counts differ.
+    pub fn new(images: Tensor<4>, teacher: Tensor<2>) -> clip_core::Result<Self> {
+        let (count, targets) = (images.dims()[0], teacher.dims()[0]);
+        if count != targets {
+            return Err(clip_core::ClipError::Shape(format!("DistillationBatch: {count} images but {targets} teacher embeddings")));
+        }
+        Ok(Self { images, teacher })
+    }
 }
 
 /// Distance between student and teacher embeddings.
@@ -45,10 +57,6 @@ impl Objective for DistillationObjective {
     type Batch = DistillationBatch;
 
     fn forward(&self, model: &ImageTower, batch: DistillationBatch) -> clip_core::Result<StepOutput> {
-        let (images, targets) = (batch.images.dims()[0], batch.teacher.dims()[0]);
-        if images != targets {
-            return Err(clip_core::ClipError::Shape(format!("DistillationBatch: {images} images but {targets} teacher embeddings")));
-        }
         let student = l2_normalize(model.forward(batch.images));
         let difference = student.clone() - batch.teacher.clone();
         let loss = match self.loss {
@@ -153,10 +161,8 @@ impl Task for DistillationTask {
     fn to_batch(&self, batch: PairBatch, device: &Device) -> anyhow::Result<DistillationBatch> {
         let dim = self.config.embed_dim;
         let values: Vec<f32> = batch.rows.iter().flat_map(|&r| self.targets[r * dim..(r + 1) * dim].iter().copied()).collect();
-        Ok(DistillationBatch {
-            images: stack_images(&batch.images, device)?,
-            teacher: Tensor::from_data(TensorData::new(values, [batch.rows.len(), dim]), device),
-        })
+        let teacher = Tensor::from_data(TensorData::new(values, [batch.rows.len(), dim]), device);
+        Ok(DistillationBatch::new(stack_images(&batch.images, device)?, teacher)?)
     }
 
     fn objective(&self) -> DistillationObjective {

@@ -21,9 +21,21 @@ use crate::task::Task;
 #[derive(Debug, Clone)]
 pub struct LabelledBatch {
     /// `[batch, 3, H, W]`.
-    pub images: Tensor<4>,
+    pub(crate) images: Tensor<4>,
     /// `[batch]` class indices.
-    pub labels: Tensor<1, Int>,
+    pub(crate) labels: Tensor<1, Int>,
+}
+
+impl LabelledBatch {
+    /// Images `[batch, 3, H, W]` and their class indices `[batch]`; an error when the counts
+    /// differ.
+    pub fn new(images: Tensor<4>, labels: Tensor<1, Int>) -> clip_core::Result<Self> {
+        let (count, labelled) = (images.dims()[0], labels.dims()[0]);
+        if count != labelled {
+            return Err(clip_core::ClipError::Shape(format!("LabelledBatch: {count} images but {labelled} labels")));
+        }
+        Ok(Self { images, labels })
+    }
 }
 
 /// A CLIP image tower and a linear classifier over its L2-normalized embeddings.
@@ -73,10 +85,6 @@ impl Objective for SupervisedObjective {
     type Batch = LabelledBatch;
 
     fn forward(&self, model: &ImageClassifier, batch: LabelledBatch) -> clip_core::Result<StepOutput> {
-        let (images, labels) = (batch.images.dims()[0], batch.labels.dims()[0]);
-        if images != labels {
-            return Err(clip_core::ClipError::Shape(format!("LabelledBatch: {images} images but {labels} labels")));
-        }
         let logits = model.forward(batch.images);
         let [samples, _] = logits.dims();
         let correct = logits
@@ -196,10 +204,8 @@ impl Task for SupervisedTask {
     fn to_batch(&self, batch: PairBatch, device: &Device) -> anyhow::Result<LabelledBatch> {
         let table = self.train.as_ref().ok_or_else(|| anyhow::anyhow!("to_batch before train_source"))?;
         let labels = class_indices(table, &batch.rows, &self.classes)?;
-        Ok(LabelledBatch {
-            images: stack_images(&batch.images, device)?,
-            labels: Tensor::from_data(TensorData::new(labels, [batch.rows.len()]), device),
-        })
+        let labels = Tensor::from_data(TensorData::new(labels, [batch.rows.len()]), device);
+        Ok(LabelledBatch::new(stack_images(&batch.images, device)?, labels)?)
     }
 
     fn objective(&self) -> SupervisedObjective {

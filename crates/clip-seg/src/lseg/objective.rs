@@ -10,11 +10,27 @@ use crate::lseg::model::Lseg;
 #[derive(Debug, Clone)]
 pub struct LsegBatch {
     /// `[batch, 3, H, W]` preprocessed images.
-    pub images: Tensor<4>,
+    pub(crate) images: Tensor<4>,
     /// `[batch, H, W]` label index per pixel, or the ignore index.
-    pub masks: Tensor<3, Int>,
+    pub(crate) masks: Tensor<3, Int>,
     /// `[labels, context]` tokenized label names (index `i` is label `i` of the masks).
-    pub label_tokens: Tensor<2, Int>,
+    pub(crate) label_tokens: Tensor<2, Int>,
+}
+
+impl LsegBatch {
+    /// Images `[batch, 3, H, W]`, their masks `[batch, H, W]` and the tokenized label names
+    /// `[labels, context]`; an error when the images and masks disagree in count or size.
+    pub fn new(images: Tensor<4>, masks: Tensor<3, Int>, label_tokens: Tensor<2, Int>) -> clip_core::Result<Self> {
+        let [count, _, height, width] = images.dims();
+        if masks.dims() != [count, height, width] {
+            return Err(clip_core::ClipError::Shape(format!(
+                "LsegBatch: masks {:?} for images {:?}",
+                masks.dims(),
+                images.dims()
+            )));
+        }
+        Ok(Self { images, masks, label_tokens })
+    }
 }
 
 /// [`pixel_cross_entropy`] of [`Lseg::logits`] against the masks; logs the pixel accuracy
@@ -31,10 +47,6 @@ impl Objective for LsegObjective {
     type Batch = LsegBatch;
 
     fn forward(&self, model: &Lseg, batch: LsegBatch) -> clip_core::Result<StepOutput> {
-        let (images, masks) = (batch.images.dims()[0], batch.masks.dims()[0]);
-        if images != masks {
-            return Err(clip_core::ClipError::Shape(format!("LsegBatch: {images} images but {masks} masks")));
-        }
         let labels = model.label_embeddings(batch.label_tokens);
         let logits = model.logits(batch.images, labels);
         let accuracy = pixel_accuracy(

@@ -81,11 +81,8 @@ impl Task for LsegTask {
     fn to_batch(&self, batch: SegmentationBatch, device: &Device) -> anyhow::Result<LsegBatch> {
         // Training scores each pixel against one prompt per label: the first template.
         let prompts: Vec<String> = self.labels.names.iter().map(|name| self.section.templates[0].replace("{}", name)).collect();
-        Ok(LsegBatch {
-            images: stack_images(&batch.images, device)?,
-            masks: stack_masks(&batch.masks, device)?,
-            label_tokens: self.tokenizer.tokenize_batch(&prompts, device)?,
-        })
+        let label_tokens = self.tokenizer.tokenize_batch(&prompts, device)?;
+        Ok(LsegBatch::new(stack_images(&batch.images, device)?, stack_masks(&batch.masks, device)?, label_tokens)?)
     }
 
     fn objective(&self) -> LsegObjective {

@@ -10,12 +10,24 @@ use crate::actionclip::model::ActionClip;
 #[derive(Debug, Clone)]
 pub struct VideoLabelBatch {
     /// `[B, T, 3, H, W]` CLIP-normalized frames.
-    pub videos: Tensor<5>,
+    pub(crate) videos: Tensor<5>,
     /// `[B, context]` token ids: row `i` is a prompt for video `i`'s class (the official code
     /// draws one of its 16 templates per video).
-    pub tokens: Tensor<2, Int>,
+    pub(crate) tokens: Tensor<2, Int>,
     /// `[B]` class indices.
-    pub labels: Tensor<1, Int>,
+    pub(crate) labels: Tensor<1, Int>,
+}
+
+impl VideoLabelBatch {
+    /// Videos `[B, T, 3, H, W]`, a class prompt's token ids each `[B, context]` and the class
+    /// indices `[B]`; an error when the counts differ.
+    pub fn new(videos: Tensor<5>, tokens: Tensor<2, Int>, labels: Tensor<1, Int>) -> clip_core::Result<Self> {
+        let (count, texts, labelled) = (videos.dims()[0], tokens.dims()[0], labels.dims()[0]);
+        if count != texts || count != labelled {
+            return Err(clip_core::ClipError::Shape(format!("VideoLabelBatch: {count} videos, {texts} texts, {labelled} labels")));
+        }
+        Ok(Self { videos, tokens, labels })
+    }
 }
 
 /// [`kl_video_text_loss`] over `logit_scale * v · tᵀ` `[B, B]` of the batch's videos and
@@ -30,10 +42,6 @@ impl Objective for ActionClipObjective {
     type Batch = VideoLabelBatch;
 
     fn forward(&self, model: &ActionClip, batch: VideoLabelBatch) -> clip_core::Result<StepOutput> {
-        let (videos, texts, labels) = (batch.videos.dims()[0], batch.tokens.dims()[0], batch.labels.dims()[0]);
-        if videos != texts || videos != labels {
-            return Err(clip_core::ClipError::Shape(format!("VideoLabelBatch: {videos} videos, {texts} texts, {labels} labels")));
-        }
         let videos = model.video_embeddings(batch.videos);
         let texts = model.text_embeddings(batch.tokens);
         let logits = model.logits_from_embeddings(videos, texts);

@@ -10,9 +10,21 @@ use crate::clip4clip::model::Clip4Clip;
 #[derive(Debug, Clone)]
 pub struct VideoTextBatch {
     /// `[B, T, 3, H, W]` CLIP-normalized frames.
-    pub videos: Tensor<5>,
+    pub(crate) videos: Tensor<5>,
     /// `[B, context]` token ids; row `i` is video `i`'s caption.
-    pub tokens: Tensor<2, Int>,
+    pub(crate) tokens: Tensor<2, Int>,
+}
+
+impl VideoTextBatch {
+    /// Videos `[B, T, 3, H, W]` and one caption's token ids each `[B, context]`; an error when
+    /// the counts differ.
+    pub fn new(videos: Tensor<5>, tokens: Tensor<2, Int>) -> clip_core::Result<Self> {
+        let (count, texts) = (videos.dims()[0], tokens.dims()[0]);
+        if count != texts {
+            return Err(clip_core::ClipError::Shape(format!("VideoTextBatch: {count} videos but {texts} texts")));
+        }
+        Ok(Self { videos, tokens })
+    }
 }
 
 /// `(CE(S) + CE(Sᵀ)) / 2` over the `[B, B]` logits `S = Clip4Clip::similarity(tokens, videos)`,
@@ -27,10 +39,6 @@ impl Objective for Clip4ClipObjective {
     type Batch = VideoTextBatch;
 
     fn forward(&self, model: &Clip4Clip, batch: VideoTextBatch) -> clip_core::Result<StepOutput> {
-        let (videos, texts) = (batch.videos.dims()[0], batch.tokens.dims()[0]);
-        if videos != texts {
-            return Err(clip_core::ClipError::Shape(format!("VideoTextBatch: {videos} videos but {texts} texts")));
-        }
         let logits = model.similarity(batch.tokens, batch.videos);
         let loss = symmetric_cross_entropy(logits);
         let scale = model.logit_scale().into_scalar::<f32>() as f64;

@@ -129,11 +129,8 @@ impl Task for ActionClipTask {
                     .with_context(|| format!("{}:{}: label {label:?} outside the label set", table.path.display(), video.line))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(VideoLabelBatch {
-            videos: stack_videos(&batch.clips, device)?,
-            tokens: text_tokens(&self.tokenizer, &batch.texts, device)?,
-            labels: Tensor::from_data(TensorData::new(labels, [batch.rows.len()]), device),
-        })
+        let labels = Tensor::from_data(TensorData::new(labels, [batch.rows.len()]), device);
+        Ok(VideoLabelBatch::new(stack_videos(&batch.clips, device)?, text_tokens(&self.tokenizer, &batch.texts, device)?, labels)?)
     }
 
     fn objective(&self) -> ActionClipObjective {

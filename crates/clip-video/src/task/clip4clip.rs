@@ -72,7 +72,7 @@ impl Task for Clip4ClipTask {
     }
 
     fn to_batch(&self, batch: VideoBatch, device: &Device) -> anyhow::Result<VideoTextBatch> {
-        Ok(VideoTextBatch { videos: stack_videos(&batch.clips, device)?, tokens: text_tokens(&self.tokenizer, &batch.texts, device)? })
+        Ok(VideoTextBatch::new(stack_videos(&batch.clips, device)?, text_tokens(&self.tokenizer, &batch.texts, device)?)?)
     }
 
     fn objective(&self) -> Clip4ClipObjective {
