@@ -298,11 +298,31 @@ fn supervised_objective_starts_at_zero_shot_and_reports_accuracy() {
     assert_eq!(before["samples"], zero_shot["samples"]);
     assert_eq!(before["top1"], zero_shot["zero_shot_top1"], "{before} vs {zero_shot}");
     assert_eq!(before["top5"], zero_shot["zero_shot_top5"], "{before} vs {zero_shot}");
+
+    // The fine-tuned image tower (with the text tower the run started from) serves the commands
+    // that take a CLIP: its embeddings are the trained tower's, not the starting one's.
+    let tuned = run_dir.join("checkpoints/step-00000012");
+    let start = embed_image(&checkpoint, &run_dir.join("start.safetensors"));
+    assert_ne!(embed_image(&tuned, &run_dir.join("tuned.safetensors")), start);
+    let image = workspace().join("datasets/digits/images/0000.png");
+    let output = run(&["zero-shot", "--weights", tuned.to_str().unwrap(), "--labels", "zero,one", image.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     assert!(metrics.lines().all(|l| l.contains("\"accuracy\"")), "{metrics}");
     let losses = losses(&run_dir);
     assert!(losses[&12] < losses[&1], "cross-entropy went from {} to {}", losses[&1], losses[&12]);
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `clipforge embed` of the first digit with the CLIP of `weights`, written to `file`.
+fn embed_image(weights: &Path, file: &Path) -> Vec<f32> {
+    let image = workspace().join("datasets/digits/images/0000.png");
+    let output = run(&["embed", "--weights", weights.to_str().unwrap(), "--images", image.to_str().unwrap(), "--output",
+        file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let tensors = clip_fixtures::read_tensors(file).unwrap();
+    assert_eq!(tensors["embeddings"].shape, vec![1, 32]);
+    tensors["embeddings"].values.clone()
 }
 
 #[test]
@@ -322,6 +342,8 @@ fn distillation_objective_caches_the_teacher_and_learns_its_embeddings() {
     assert!(losses[&15] < losses[&1], "L1 distance went from {} to {}", losses[&1], losses[&15]);
     let summary = summary_of(&run_dir);
     assert!(summary["eval"]["teacher_cosine"].as_f64().unwrap() > 0.0, "{summary}");
+    // The student's checkpoint embeds images like any CLIP.
+    embed_image(&run_dir.join("checkpoints/step-00000015"), &run_dir.join("student.safetensors"));
 
     // The cache is reused by a second run.
     let second = out.join("distill-again");
