@@ -165,6 +165,25 @@ fn bad_configs_name_the_file_and_the_key() {
     }
     let output = run(&["check", "configs/quickstart.toml", "--set", "train.epochs=0"]);
     assert!(stderr(&output).contains("train.epochs"), "{}", stderr(&output));
+    // Task sections are the task's to parse and check; others' sections are refused.
+    let task_cases = [
+        (vec!["--set", "contrastive.temperature=0.07"], "[contrastive]: unknown field `temperature`"),
+        (vec!["--set", "video.frames=8"], "[video] is read by train.objective clip4clip or actionclip, not by \"contrastive\""),
+        (vec!["--set", "augment.flip=true"], "unknown key \"augment\""),
+        (vec!["--set", "train.objective=segmentation"], "train.objective = \"segmentation\": use one of \"contrastive\""),
+        (vec!["--set", "train.objective=lseg"], "[contrastive] is read by train.objective contrastive, not by \"lseg\""),
+    ];
+    for (set, expected) in task_cases {
+        let mut args = vec!["check", "configs/quickstart.toml"];
+        args.extend(set);
+        let output = run(&args);
+        assert!(!output.status.success() && stderr(&output).contains("quickstart.toml"), "{}", stderr(&output));
+        assert!(stderr(&output).contains(expected), "{expected}: {}", stderr(&output));
+    }
+    let output = run(&["check", "configs/lseg.toml", "--set", "segmentation.readout=concat"]);
+    assert!(stderr(&output).contains("segmentation.readout = \"concat\""), "{}", stderr(&output));
+    let output = run(&["check", "configs/lseg.toml", "--set", "segmentation.labels="]);
+    assert!(stderr(&output).contains("train.objective = \"lseg\" needs segmentation.labels"), "{}", stderr(&output));
     let output = run(&["check", "configs/quickstart.toml"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let _ = std::fs::remove_dir_all(&dir);
