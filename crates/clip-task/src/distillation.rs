@@ -171,7 +171,11 @@ impl Task for DistillationTask {
     }
 
     fn evaluate(&self, model: &ImageTower, device: &Device) -> anyhow::Result<Option<serde_json::Value>> {
-        let Some(val) = self.val.clone().or(self.run.tables()?.1) else { return Ok(None) };
+        let val = match &self.val {
+            Some(val) => Some(val.clone()),
+            None => self.run.tables()?.1,
+        };
+        let Some(val) = val else { return Ok(None) };
         let loaded;
         let (teacher, teacher_config) = match &self.teacher {
             Some((teacher, config)) => (teacher, config),

@@ -65,8 +65,8 @@ pub trait Task: Sized {
     /// `None` when the run has none. Metrics are top-level numbers (or arrays of numbers).
     fn evaluate(&self, model: &TaskModel<Self>, device: &Device) -> anyhow::Result<Option<serde_json::Value>>;
 
-    /// The CLIP inside a trained model, for the commands that take any CLIP (`eval`'s
-    /// zero-shot, `zero-shot`, `embed`, `export`); an error for models without one.
+    /// The CLIP inside a trained model, for the commands that take any CLIP (`zero-shot`,
+    /// `embed`, `export`); an error for models without one.
     fn clip(&self, model: TaskModel<Self>, device: &Device) -> anyhow::Result<Clip> {
         let _ = (model, device);
         anyhow::bail!("a train.objective = {:?} model holds no CLIP", self.run().objective)

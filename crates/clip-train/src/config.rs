@@ -181,20 +181,34 @@ impl RunConfig {
         }
     }
 
-    /// Reads `path` (TOML, or the JSON a run writes), layers `CLIPFORGE_<SECTION>__<KEY>` environment variables and `overrides`
-    /// (`section.key=value`) on top, and validates the result.
+    /// Reads the TOML file `path`, layers `CLIPFORGE_<SECTION>__<KEY>` environment variables
+    /// and `overrides` (`section.key=value`) on top, and validates the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError { file: path.to_path_buf(), message: "no such configuration file".into() });
+        }
+        Self::load_source(path, config::File::from(path).format(config::FileFormat::Toml), overrides)
+    }
+
+    /// Reads the `config.json` a run wrote (upgrading one written before the task sections:
+    /// `null` sections dropped, `train.loss`, `train.zero_shot_head` and `train.label_smoothing`
+    /// moved into their task's section), then layers and validates as [`Self::load`].
+    pub fn load_run(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let error = |message: String| ConfigError { file: path.to_path_buf(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let mut value: serde_json::Value = serde_json::from_str(&text).map_err(|e| error(e.to_string()))?;
+        upgrade_run_json(&mut value);
+        Self::load_source(path, config::File::from_str(&value.to_string(), config::FileFormat::Json), overrides)
+    }
+
+    /// `source` (read from `path`) with the environment and `overrides` on top, validated.
+    fn load_source<S: config::Source + Send + Sync + 'static>(path: &Path, source: S, overrides: &[String]) -> Result<Self, ConfigError> {
         let error = |message: String| ConfigError {
             file: path.to_path_buf(),
             message,
         };
-        if !path.is_file() {
-            return Err(error("no such configuration file".into()));
-        }
-        // A run folder's `config.json` is the resolved config of that run.
-        let format = if path.extension().is_some_and(|e| e == "json") { config::FileFormat::Json } else { config::FileFormat::Toml };
         let mut builder = config::Config::builder()
-            .add_source(config::File::from(path).format(format))
+            .add_source(source)
             .add_source(
                 config::Environment::with_prefix("CLIPFORGE")
                     .prefix_separator("_")
@@ -293,6 +307,24 @@ impl RunConfig {
     }
 }
 
+/// Brings a run's `config.json` written before the task sections up to date: drops `null`
+/// sections and moves the keys that became task keys into the section of the run's task
+/// (dropping them for other tasks, which never read them).
+fn upgrade_run_json(value: &mut serde_json::Value) {
+    let Some(map) = value.as_object_mut() else { return };
+    map.retain(|_, v| !v.is_null());
+    let objective = map.get("train").and_then(|t| t.get("objective")).and_then(|o| o.as_str()).unwrap_or("contrastive").to_string();
+    for (key, section) in [("loss", "contrastive"), ("zero_shot_head", "supervised"), ("label_smoothing", "supervised")] {
+        let Some(moved) = map.get_mut("train").and_then(|t| t.as_object_mut()).and_then(|t| t.remove(key)) else { continue };
+        if objective == section
+            && !moved.is_null()
+            && let Some(table) = map.entry(section).or_insert_with(|| serde_json::json!({})).as_object_mut()
+        {
+            table.entry(key).or_insert(moved);
+        }
+    }
+}
+
 /// `--set` values: numbers and booleans typed, anything else a string.
 fn parse_override(value: &str) -> config::Value {
     if let Ok(v) = value.parse::<i64>() {
@@ -303,5 +335,26 @@ fn parse_override(value: &str) -> config::Value {
         v.into()
     } else {
         value.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upgrade_run_json;
+
+    #[test]
+    fn a_run_config_written_before_the_task_sections_is_upgraded() {
+        let mut old = serde_json::json!({
+            "train": {"objective": "supervised", "loss": "infonce", "zero_shot_head": false, "label_smoothing": 0.1, "lr": 0.1},
+            "segmentation": null, "video": null, "distill": null, "detection": null,
+        });
+        upgrade_run_json(&mut old);
+        assert_eq!(
+            old,
+            serde_json::json!({
+                "train": {"objective": "supervised", "lr": 0.1},
+                "supervised": {"zero_shot_head": false, "label_smoothing": 0.1},
+            })
+        );
     }
 }

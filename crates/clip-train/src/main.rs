@@ -46,8 +46,9 @@ enum Command {
     Eval {
         /// A run config (TOML), or a run's output folder (its newest checkpoint).
         config: PathBuf,
-        /// Weights to evaluate in place of `model.weights` (a run checkpoint folder, open_clip /
-        /// Hugging Face weights).
+        /// Weights to evaluate in place of `model.weights`: what `model.weights` takes (open_clip /
+        /// Hugging Face weights, a contrastive run's checkpoint folder); for a run checkpoint of
+        /// the config's own task, use `--checkpoint`.
         #[arg(long)]
         weights: Option<PathBuf>,
         /// A run checkpoint folder (`<output>/checkpoints/step-N`) of the config's task.
@@ -211,9 +212,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", path.display());
         }
         Command::Eval { config: path, weights, checkpoint, overrides } => {
-            let (mut config, checkpoint) = runs::resolve(&path, checkpoint, &overrides)?;
+            let explicit = checkpoint.clone();
+            let (mut config, mut checkpoint) = runs::resolve(&path, checkpoint, &overrides)?;
             if weights.is_some() {
+                // The weights given are the model evaluated, not a run folder's newest checkpoint.
                 config.model.weights = weights;
+                checkpoint = explicit;
             }
             let device = trainer::select_device(&config.run.device)?;
             let task = registry::task(&config.train.objective).map_err(anyhow::Error::msg)?;

@@ -101,9 +101,10 @@ impl<T: Task> RegisteredTask for Entry<T> {
     }
 
     fn clip(&self, section: Option<&Value>, run: RunContext, checkpoint: Option<&Path>, device: &Device) -> anyhow::Result<(Clip, ClipConfig)> {
-        let config = clip_config(&run.model.name, run.model.weights.as_deref())?;
+        let (name, weights) = (run.model.name.clone(), run.model.weights.clone());
         let (task, model) = task_and_model::<T>(section, run, checkpoint, device)?;
-        Ok((task.clip(model, device)?, config))
+        let clip = task.clip(model, device)?;
+        Ok((clip, clip_config(&name, weights.as_deref())?))
     }
 
     fn commands(&self) -> Vec<clap::Command> {

@@ -20,7 +20,7 @@ pub fn resolve(model: &Path, checkpoint: Option<PathBuf>, overrides: &[String]) 
     }
     let file = model.join("config.json");
     anyhow::ensure!(file.is_file(), "{}: not a run folder (no config.json)", model.display());
-    let config = RunConfig::load(&file, overrides)?;
+    let config = RunConfig::load_run(&file, overrides)?;
     let checkpoint = match checkpoint {
         Some(dir) => dir,
         None => Checkpoints::new(model, config.train.keep_checkpoints)
@@ -33,10 +33,7 @@ pub fn resolve(model: &Path, checkpoint: Option<PathBuf>, overrides: &[String]) 
 /// The run a checkpoint folder (`<run>/checkpoints/step-N`) belongs to, by its `config.json`.
 fn run_of_checkpoint(checkpoint: &Path) -> Option<RunConfig> {
     let run = checkpoint.parent()?.parent()?;
-    let text = std::fs::read_to_string(run.join("config.json")).ok()?;
-    let mut config: RunConfig = serde_json::from_str(&text).ok()?;
-    config.file = run.join("config.json");
-    Some(config)
+    RunConfig::load_run(&run.join("config.json"), &[]).ok()
 }
 
 /// A CLIP from `weights`: the CLIP inside a run checkpoint of any task (its image tower with
@@ -48,9 +45,11 @@ pub fn load_clip(name: &str, weights: &Path, device: &Device) -> anyhow::Result<
     {
         let task = registry::task(&config.train.objective).map_err(anyhow::Error::msg)?;
         let section = task.section().and_then(|key| config.sections.get(key));
-        return task
+        let from_run = task
             .clip(section, config.context(&config.run.output), Some(weights), device)
             .with_context(|| format!("{}: the CLIP of a {:?} run", weights.display(), config.train.objective));
+        // A CLIP checkpoint whose run cannot be rebuilt here (moved files) still loads as one.
+        return from_run.or_else(|error| clip_task::clip_model::load_model(name, Some(weights), device).map_err(|_| error));
     }
     clip_task::clip_model::load_model(name, Some(weights), device)
 }

@@ -47,7 +47,8 @@ pub struct ProbeSection {
 pub struct ProbeTask {
     section: ProbeSection,
     run: RunContext,
-    train: Option<PairTable>,
+    /// The training table and the class names, once `train_source` read them.
+    train: Option<(PairTable, Vec<String>)>,
 }
 
 impl Task for ProbeTask {
@@ -82,14 +83,14 @@ impl Task for ProbeTask {
 
     fn train_source(&mut self, _model: &Probe, _device: &Device) -> anyhow::Result<Batcher> {
         let (train, _) = self.run.tables()?;
-        self.train = Some(train.clone());
+        self.train = Some((train.clone(), self.classes()?));
         let config = clip_config(&self.run.model.name, self.run.model.weights.as_deref())?;
         Batcher::for_training(&self.run, train, &tokenizer_of(&config)?, config.vision.image_size())
     }
 
     fn to_batch(&self, batch: PairBatch, device: &Device) -> anyhow::Result<ProbeBatch> {
-        let table = self.train.as_ref().expect("train_source runs first");
-        let labels = class_indices(table, &batch.rows, &self.classes()?)?;
+        let (table, classes) = self.train.as_ref().expect("train_source runs first");
+        let labels = class_indices(table, &batch.rows, classes)?;
         Ok(ProbeBatch {
             images: stack_images(&batch.images, device)?,
             labels: Tensor::from_data(TensorData::new(labels, [batch.rows.len()]), device),
