@@ -179,21 +179,42 @@ impl Vild {
 #[derive(Debug, Clone)]
 pub struct VildBatch {
     /// `[B, 3, S, S]` CLIP-normalized images.
-    pub images: Tensor<4>,
+    pub(crate) images: Tensor<4>,
     /// Ground-truth boxes per image, input pixels.
-    pub boxes: Vec<Vec<BoxXyxy>>,
+    pub(crate) boxes: Vec<Vec<BoxXyxy>>,
     /// Per image and box, the class index into `class_embeddings` (base classes only).
-    pub labels: Vec<Vec<usize>>,
+    pub(crate) labels: Vec<Vec<usize>>,
     /// Normalized text embeddings of the training classes `[C, D]`.
-    pub class_embeddings: Tensor<2>,
+    pub(crate) class_embeddings: Tensor<2>,
     /// Boxes per image (usually proposals) whose CLIP embeddings are distilled.
-    pub distill_boxes: Vec<Vec<BoxXyxy>>,
+    pub(crate) distill_boxes: Vec<Vec<BoxXyxy>>,
     /// CLIP embeddings of `distill_boxes` in order, `[sum of distill_boxes, D]` normalized
     /// (see [`crop_embeddings`]); `None` turns ViLD-image off.
-    pub distill_targets: Option<Tensor<2>>,
+    pub(crate) distill_targets: Option<Tensor<2>>,
     /// Precomputed proposals per image (input pixels) the box head trains on instead of the
     /// RPN's (the RPN is trained all the same); `None`: the RPN's.
-    pub proposals: Option<Vec<Vec<BoxXyxy>>>,
+    pub(crate) proposals: Option<Vec<Vec<BoxXyxy>>>,
+}
+
+impl VildBatch {
+    /// A batch: images `[B, 3, S, S]`; per image its boxes (input pixels) and their class
+    /// indices into `class_embeddings` `[C, D]`; per image the boxes whose CLIP embeddings
+    /// `distill_targets` `[sum, D]` are distilled (`None`: ViLD-image off); per image the
+    /// proposals the box head trains on (`None`: the RPN's). An error names any disagreement
+    /// between the parts.
+    pub fn new(
+        images: Tensor<4>,
+        boxes: Vec<Vec<BoxXyxy>>,
+        labels: Vec<Vec<usize>>,
+        class_embeddings: Tensor<2>,
+        distill_boxes: Vec<Vec<BoxXyxy>>,
+        distill_targets: Option<Tensor<2>>,
+        proposals: Option<Vec<Vec<BoxXyxy>>>,
+    ) -> clip_core::Result<Self> {
+        let batch = Self { images, boxes, labels, class_embeddings, distill_boxes, distill_targets, proposals };
+        check_batch(&batch, batch.images.dims()[0], batch.class_embeddings.dims()[0])?;
+        Ok(batch)
+    }
 }
 
 /// ViLD's loss: `rpn_weight * rpn + box_weight * box + text_weight * text + image_weight *
@@ -335,6 +356,9 @@ fn check_batch(batch: &VildBatch, images: usize, classes: usize) -> clip_core::R
             return error(format!("image {i} has label {label} but only {classes} class embeddings"));
         }
     }
+    if let Some(proposals) = batch.proposals.as_ref().filter(|p| p.len() != images) {
+        return error(format!("{images} images but {} proposal lists", proposals.len()));
+    }
     if let Some(targets) = &batch.distill_targets {
         let distilled: usize = batch.distill_boxes.iter().map(Vec::len).sum();
         if targets.dims()[0] != distilled {
@@ -399,6 +423,24 @@ mod tests {
     use crate::detector::tests::{tiny_clip, tiny_detector_config};
     use burn::optim::{AdamWConfig, GradientsParams};
     use burn::tensor::TensorData;
+
+    #[test]
+    fn a_batch_whose_parts_disagree_is_an_error() {
+        let device = Device::flex();
+        let images = Tensor::<4>::zeros([2, 3, 8, 8], &device);
+        let classes = Tensor::<2>::zeros([3, 4], &device);
+        let one_box = vec![[0.0, 0.0, 4.0, 4.0]];
+        let batch = |boxes: Vec<Vec<BoxXyxy>>, labels: Vec<Vec<usize>>| {
+            VildBatch::new(images.clone(), boxes, labels, classes.clone(), vec![vec![]; 2], None, None)
+        };
+        assert!(batch(vec![one_box.clone(), vec![]], vec![vec![2], vec![]]).is_ok());
+        let error = batch(vec![one_box.clone()], vec![vec![2]]).unwrap_err().to_string();
+        assert!(error.contains("2 images but 1 box lists"), "{error}");
+        let error = batch(vec![one_box.clone(), vec![]], vec![vec![3], vec![]]).unwrap_err().to_string();
+        assert!(error.contains("label 3 but only 3 class embeddings"), "{error}");
+        let error = batch(vec![one_box, vec![]], vec![vec![], vec![]]).unwrap_err().to_string();
+        assert!(error.contains("image 0 has 1 boxes but 0 labels"), "{error}");
+    }
 
     fn tiny_config() -> VildConfig {
         VildConfig::new(tiny_detector_config())

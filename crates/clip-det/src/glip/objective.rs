@@ -15,14 +15,44 @@ use crate::glip::model::{Glip, GlipConfig, anchor_tensor};
 #[derive(Debug, Clone)]
 pub struct GlipBatch {
     /// `[batch, 3, H, W]` preprocessed images.
-    pub images: Tensor<4>,
+    pub(crate) images: Tensor<4>,
     /// `[batch, words]` prompt token ids (one prompt per image, see `GroundingPrompt::tokens`).
-    pub tokens: Tensor<2, Int>,
+    pub(crate) tokens: Tensor<2, Int>,
     /// Per image, ground-truth boxes in input pixels.
-    pub boxes: Vec<Vec<BoxXyxy>>,
+    pub(crate) boxes: Vec<Vec<BoxXyxy>>,
     /// Per image, per box, the token positions of its phrase in that image's prompt (for a
     /// category prompt, `GroundingPrompt::phrase_tokens` of the box's category).
-    pub positive_tokens: Vec<Vec<Vec<Range<usize>>>>,
+    pub(crate) positive_tokens: Vec<Vec<Vec<Range<usize>>>>,
+}
+
+impl GlipBatch {
+    /// A batch: images `[B, 3, H, W]`, one prompt's token ids per image `[B, words]`, per image
+    /// its boxes (input pixels) and per box the token spans of its phrase in that image's
+    /// prompt. An error names any disagreement in counts; spans outside the prompt's words are
+    /// found (and named) by the objective, which knows the words.
+    pub fn new(
+        images: Tensor<4>,
+        tokens: Tensor<2, Int>,
+        boxes: Vec<Vec<BoxXyxy>>,
+        positive_tokens: Vec<Vec<Vec<Range<usize>>>>,
+    ) -> clip_core::Result<Self> {
+        let (count, prompts) = (images.dims()[0], tokens.dims()[0]);
+        if prompts != count || boxes.len() != count || positive_tokens.len() != count {
+            return Err(ClipError::Shape(format!(
+                "GlipBatch: {count} images, {prompts} prompts, {} box lists, {} positive-token lists",
+                boxes.len(),
+                positive_tokens.len()
+            )));
+        }
+        if let Some(image) = (0..count).find(|&i| boxes[i].len() != positive_tokens[i].len()) {
+            return Err(ClipError::Shape(format!(
+                "GlipBatch image {image}: {} boxes but {} positive-token lists",
+                boxes[image].len(),
+                positive_tokens[image].len()
+            )));
+        }
+        Ok(Self { images, tokens, boxes, positive_tokens })
+    }
 }
 
 /// What an anchor is trained as.

@@ -94,12 +94,9 @@ impl Task for GlipTask {
             }
         }
         let images = stack_images(&batch.samples.iter().map(|s| s.image.clone()).collect::<Vec<_>>(), device)?;
-        Ok(GlipBatch {
-            images,
-            tokens: Tensor::from_data(TensorData::new(tokens, [batch.rows.len(), self.tokenizer.context_length()]), device),
-            boxes: batch.samples.iter().map(|s| s.boxes.clone()).collect(),
-            positive_tokens,
-        })
+        let tokens = Tensor::from_data(TensorData::new(tokens, [batch.rows.len(), self.tokenizer.context_length()]), device);
+        let boxes = batch.samples.iter().map(|s| s.boxes.clone()).collect();
+        Ok(GlipBatch::new(images, tokens, boxes, positive_tokens)?)
     }
 
     fn objective(&self) -> GlipObjective {

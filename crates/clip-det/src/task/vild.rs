@@ -117,15 +117,9 @@ impl Task for VildTask {
             .as_ref()
             .map(|given| batch.rows.iter().zip(&batch.flipped).map(|(&row, &flip)| mirrored(&given[row], flip, size)).collect());
         let images = stack_images(&batch.samples.iter().map(|s| s.image.clone()).collect::<Vec<_>>(), device)?;
-        Ok(VildBatch {
-            images,
-            boxes: batch.samples.iter().map(|s| s.boxes.clone()).collect(),
-            labels,
-            class_embeddings: Tensor::from_data(prepared.class_embeddings.clone(), device),
-            distill_boxes,
-            distill_targets,
-            proposals,
-        })
+        let boxes = batch.samples.iter().map(|s| s.boxes.clone()).collect();
+        let class_embeddings = Tensor::from_data(prepared.class_embeddings.clone(), device);
+        Ok(VildBatch::new(images, boxes, labels, class_embeddings, distill_boxes, distill_targets, proposals)?)
     }
 
     fn objective(&self) -> VildObjective {
