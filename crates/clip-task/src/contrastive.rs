@@ -160,11 +160,7 @@ impl Task for ContrastiveTask {
     }
 
     fn evaluate(&self, model: &Clip, device: &Device) -> anyhow::Result<Option<serde_json::Value>> {
-        let val = match &self.val {
-            Some(val) => Some(val.clone()),
-            None => self.run.tables()?.1,
-        };
-        let Some(val) = val else { return Ok(None) };
+        let Some(val) = self.run.val_table(self.val.as_ref())? else { return Ok(None) };
         let batcher = Batcher::for_eval(&self.run, val, &self.tokenizer, self.config.vision.image_size());
         let report = evaluate(model, &batcher, &self.tokenizer, &self.run.eval, device)?;
         Ok(Some(serde_json::to_value(report)?))

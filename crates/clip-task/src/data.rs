@@ -27,6 +27,23 @@ pub fn sample_rng(seed: u64, step: usize, slot: usize) -> StdRng {
     StdRng::seed_from_u64(seed ^ ((step as u64) << 20) ^ slot as u64)
 }
 
+/// Readable samples with their table rows, and the failures that were skipped.
+pub type Readable<T> = (Vec<(usize, T)>, Vec<DataError>);
+
+/// The rows of `indices` whose `loaded` result (in the same order) is a sample, paired with it,
+/// and the failures: collected when `skip_bad_samples` is set, else the first one is returned.
+pub fn keep_readable<T>(indices: &[usize], loaded: Vec<Result<T, DataError>>, skip_bad_samples: bool) -> Result<Readable<T>, DataError> {
+    let (mut kept, mut skipped) = (Vec::with_capacity(indices.len()), Vec::new());
+    for (&row, sample) in indices.iter().zip(loaded) {
+        match sample {
+            Ok(sample) => kept.push((row, sample)),
+            Err(error) if skip_bad_samples => skipped.push(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Ok((kept, skipped))
+}
+
 /// What the training loop draws batches from: a number of rows, loaded by index for a step.
 /// Image-caption tables ([`Batcher`]) and segmentation tables implement it.
 pub trait BatchSource: Clone + Send + 'static {
@@ -146,5 +163,15 @@ mod tests {
         assert_eq!(epoch.len(), 9, "an epoch visits distinct rows");
         assert_eq!(schedule.indices(4), Schedule::new(10, 3, 7).indices(4), "the cache does not change the order");
         assert_ne!(schedule.indices(0), schedule.indices(3), "epochs are shuffled differently");
+    }
+
+    #[test]
+    fn unreadable_rows_are_skipped_and_counted_or_stop_the_batch() {
+        let bad = |line| DataError { path: "t.tsv".into(), line: Some(line), message: "unreadable".into() };
+        let loaded = || vec![Ok('a'), Err(bad(3)), Ok('c'), Err(bad(5))];
+        let (kept, skipped) = keep_readable(&[10, 11, 12, 13], loaded(), true).unwrap();
+        assert_eq!(kept, [(10, 'a'), (12, 'c')]);
+        assert_eq!(skipped.iter().map(|e| e.line).collect::<Vec<_>>(), [Some(3), Some(5)]);
+        assert_eq!(keep_readable(&[10, 11, 12, 13], loaded(), false).unwrap_err().line, Some(3));
     }
 }

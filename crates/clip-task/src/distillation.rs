@@ -171,11 +171,7 @@ impl Task for DistillationTask {
     }
 
     fn evaluate(&self, model: &ImageTower, device: &Device) -> anyhow::Result<Option<serde_json::Value>> {
-        let val = match &self.val {
-            Some(val) => Some(val.clone()),
-            None => self.run.tables()?.1,
-        };
-        let Some(val) = val else { return Ok(None) };
+        let Some(val) = self.run.val_table(self.val.as_ref())? else { return Ok(None) };
         let loaded;
         let (teacher, teacher_config) = match &self.teacher {
             Some((teacher, config)) => (teacher, config),

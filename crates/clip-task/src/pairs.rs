@@ -161,6 +161,14 @@ impl RunContext {
         let train = PairTable::read(&self.data.train, &self.data)?;
         self.with_validation(train, |val| PairTable::read(val, &self.data))
     }
+
+    /// The validation table: `read` (kept by a task that trained here), or read anew.
+    pub fn val_table(&self, read: Option<&PairTable>) -> Result<Option<PairTable>, DataError> {
+        match read {
+            Some(val) => Ok(Some(val.clone())),
+            None => Ok(self.tables()?.1),
+        }
+    }
 }
 
 /// Images and token ids of one batch, ready to become tensors.

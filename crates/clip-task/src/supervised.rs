@@ -213,11 +213,7 @@ impl Task for SupervisedTask {
     }
 
     fn evaluate(&self, model: &ImageClassifier, device: &Device) -> anyhow::Result<Option<serde_json::Value>> {
-        let val = match &self.val {
-            Some(val) => Some(val.clone()),
-            None => self.run.tables()?.1,
-        };
-        let Some(val) = val else { return Ok(None) };
+        let Some(val) = self.run.val_table(self.val.as_ref())? else { return Ok(None) };
         let batcher = Batcher::for_eval(&self.run, val, &self.tokenizer, self.config.vision.image_size());
         Ok(Some(evaluate_classifier(model, &batcher, &self.classes()?, self.run.eval.batch_size, device)?))
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use clip_task::data::{BatchSource, DataError, LoadedBatch, load_on_workers, sample_rng};
+use clip_task::data::{BatchSource, DataError, LoadedBatch, keep_readable, load_on_workers, sample_rng};
 use clip_task::{RunContext, Splittable};
 
 use crate::boxes::BoxXyxy;
@@ -86,19 +86,10 @@ impl BatchSource for DetectionBatcher {
                 .map(|sample| (sample, flip))
                 .map_err(|e| DataError { path: self.dataset.path.clone(), line: None, message: e.to_string() })
         });
-        let mut batch = DetectionBatch { rows: Vec::new(), samples: Vec::new(), flipped: Vec::new(), skipped: Vec::new() };
-        for (&row, sample) in indices.iter().zip(loaded) {
-            match sample {
-                Ok((sample, flipped)) => {
-                    batch.rows.push(row);
-                    batch.samples.push(sample);
-                    batch.flipped.push(flipped);
-                }
-                Err(error) if self.skip_bad_samples => batch.skipped.push(error),
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(batch)
+        let (kept, skipped) = keep_readable(indices, loaded, self.skip_bad_samples)?;
+        let (rows, loaded): (Vec<usize>, Vec<_>) = kept.into_iter().unzip();
+        let (samples, flipped) = loaded.into_iter().unzip();
+        Ok(DetectionBatch { rows, samples, flipped, skipped })
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clip_core::preprocess::ImageTensorData;
-use clip_task::data::{BatchSource, DataError, LoadedBatch, load_on_workers, sample_rng};
+use clip_task::data::{BatchSource, DataError, LoadedBatch, keep_readable, load_on_workers, sample_rng};
 use clip_task::{RunContext, Splittable};
 
 use crate::data::{LabelSet, MaskData, SegmentationColumns, SegmentationTable, SegmentationTransform, SegmentationTransformConfig, load_sample};
@@ -87,19 +87,10 @@ impl BatchSource for SegmentationBatcher {
                 message: e.to_string(),
             })
         });
-        let mut batch = SegmentationBatch { rows: Vec::new(), images: Vec::new(), masks: Vec::new(), skipped: Vec::new() };
-        for (&row, sample) in indices.iter().zip(loaded) {
-            match sample {
-                Ok((image, mask)) => {
-                    batch.rows.push(row);
-                    batch.images.push(image);
-                    batch.masks.push(mask);
-                }
-                Err(error) if self.skip_bad_samples => batch.skipped.push(error),
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(batch)
+        let (kept, skipped) = keep_readable(indices, loaded, self.skip_bad_samples)?;
+        let (rows, loaded): (Vec<usize>, Vec<_>) = kept.into_iter().unzip();
+        let (images, masks) = loaded.into_iter().unzip();
+        Ok(SegmentationBatch { rows, images, masks, skipped })
     }
 }
 
@@ -118,6 +109,14 @@ pub fn segmentation_tables(run: &RunContext, seg: &SegmentationSection, captions
     };
     let train = read(&run.data.train, seg.train_masks.as_ref(), seg.train_list.as_ref(), captions)?;
     run.with_validation(train, |val| read(val, seg.val_masks.as_ref(), seg.val_list.as_ref(), None))
+}
+
+/// The validation table: `read` (kept by a task that trained here), or read anew.
+pub fn validation_table(run: &RunContext, seg: &SegmentationSection, read: Option<&SegmentationTable>) -> anyhow::Result<Option<SegmentationTable>> {
+    match read {
+        Some(val) => Ok(Some(val.clone())),
+        None => Ok(segmentation_tables(run, seg, false)?.1),
+    }
 }
 
 impl Splittable for SegmentationTable {

@@ -16,7 +16,7 @@ use clip_task::{RunContext, Task};
 use crate::data::{LabelSet, SegmentationTable};
 use crate::groupvit::{self, GroupVit, GroupVitBatch, GroupVitConfig, GroupVitObjective};
 use crate::nouns::NounPrompts;
-use crate::task::batcher::{SegmentationBatcher, segmentation_tables};
+use crate::task::batcher::{SegmentationBatcher, segmentation_tables, validation_table};
 use crate::task::section::{self, SegmentationSection, label_set};
 use crate::task::segment::{SEGMENT, SegmentArgs, segment, segment_command};
 use crate::task::segmenter::{Segmenter, evaluate_segmentation};
@@ -137,13 +137,7 @@ impl Task for GroupVitTask {
     }
 
     fn evaluate(&self, model: &GroupVit, device: &Device) -> anyhow::Result<Option<serde_json::Value>> {
-        let val = match self.val.clone() {
-            Some(val) => val,
-            None => match segmentation_tables(&self.run, &self.section, false)?.1 {
-                Some(val) => val,
-                None => return Ok(None),
-            },
-        };
+        let Some(val) = validation_table(&self.run, &self.section, self.val.as_ref())? else { return Ok(None) };
         let batcher = SegmentationBatcher::of(&self.run, &self.section, val, &self.labels, self.config.image_size(), false)?;
         let label_embeds = model.embed_labels(&self.tokenizer, &self.labels.names, &self.section.templates, device)?;
         Ok(Some(evaluate_segmentation(model, &batcher, &label_embeds, &self.labels, self.run.eval.batch_size, device)?))

@@ -8,7 +8,7 @@ use clip_task::{RunContext, Task};
 
 use crate::data::{LabelSet, SegmentationTable, stack_masks};
 use crate::lseg::{Lseg, LsegBatch, LsegConfig, LsegObjective, Readout};
-use crate::task::batcher::{SegmentationBatch, SegmentationBatcher, segmentation_tables};
+use crate::task::batcher::{SegmentationBatch, SegmentationBatcher, segmentation_tables, validation_table};
 use crate::task::section::{self, SegmentationSection, label_set};
 use crate::task::segment::{SEGMENT, SegmentArgs, segment, segment_command};
 use crate::task::segmenter::{Segmenter, evaluate_segmentation};
@@ -90,13 +90,7 @@ impl Task for LsegTask {
     }
 
     fn evaluate(&self, model: &Lseg, device: &Device) -> anyhow::Result<Option<serde_json::Value>> {
-        let val = match self.val.clone() {
-            Some(val) => val,
-            None => match segmentation_tables(&self.run, &self.section, false)?.1 {
-                Some(val) => val,
-                None => return Ok(None),
-            },
-        };
+        let Some(val) = validation_table(&self.run, &self.section, self.val.as_ref())? else { return Ok(None) };
         let image_size = self.clip.vision.image_size();
         let batcher = SegmentationBatcher::of(&self.run, &self.section, val, &self.labels, image_size, false)?;
         let label_embeds = model.embed_labels(&self.tokenizer, &self.labels.names, &self.section.templates, device)?;

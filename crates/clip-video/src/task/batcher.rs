@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use burn::tensor::{Device, Tensor};
 use clip_core::preprocess::{EvalTransform, EvalTransformConfig, ImageTensorData};
-use clip_task::data::{BatchSource, DataError, LoadedBatch, load_on_workers, sample_rng};
+use clip_task::data::{BatchSource, DataError, LoadedBatch, keep_readable, load_on_workers, sample_rng};
 use clip_task::{RunContext, Splittable};
 use rand::Rng;
 
@@ -116,19 +116,10 @@ impl BatchSource for VideoBatcher {
             };
             Ok((frames, text))
         });
-        let mut batch = VideoBatch { rows: Vec::new(), clips: Vec::new(), texts: Vec::new(), skipped: Vec::new() };
-        for (&row, clip) in indices.iter().zip(loaded) {
-            match clip {
-                Ok((frames, text)) => {
-                    batch.rows.push(row);
-                    batch.clips.push(frames);
-                    batch.texts.push(text);
-                }
-                Err(error) if self.skip_bad_samples => batch.skipped.push(error),
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(batch)
+        let (kept, skipped) = keep_readable(indices, loaded, self.skip_bad_samples)?;
+        let (rows, loaded): (Vec<usize>, Vec<_>) = kept.into_iter().unzip();
+        let (clips, texts) = loaded.into_iter().unzip();
+        Ok(VideoBatch { rows, clips, texts, skipped })
     }
 }
 

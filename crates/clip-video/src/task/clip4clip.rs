@@ -80,13 +80,11 @@ impl Task for Clip4ClipTask {
     }
 
     fn evaluate(&self, model: &Clip4Clip, device: &Device) -> anyhow::Result<Option<serde_json::Value>> {
-        let val = match self.val.clone() {
-            Some(val) => val,
-            None => match video_tables(&self.run, &self.section, false)?.1 {
-                Some(val) => val,
-                None => return Ok(None),
-            },
+        let val = match &self.val {
+            Some(val) => Some(val.clone()),
+            None => video_tables(&self.run, &self.section, false)?.1,
         };
+        let Some(val) = val else { return Ok(None) };
         let batcher = VideoBatcher::new(&self.run, self.section.frames, val, self.clip.vision.image_size(), false, ClipText::Caption)?;
         let report = evaluate_retrieval(model, &batcher, &self.tokenizer, self.run.eval.batch_size, self.section.dual_softmax, device)?;
         Ok(Some(report))
