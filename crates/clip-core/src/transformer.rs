@@ -113,6 +113,15 @@ impl Transformer {
             .fold(x, |x, block| block.forward(x, causal))
     }
 
+    /// Bidirectional attention with an additive bias `[batch, seq, seq]` on the attention scores
+    /// (the same for every head): `-1e6` (or `-inf`) on a key masks it out, as the official
+    /// CLIP4Clip code masks padded frames with `(1 - mask) * -1e6`.
+    pub fn forward_with_bias(&self, x: Tensor<3>, bias: Tensor<3>) -> Tensor<3> {
+        self.resblocks
+            .iter()
+            .fold(x, |x, block| block.forward_with_bias(x, bias.clone()))
+    }
+
     /// As [`forward`](Self::forward), also returning the output of every block.
     pub fn forward_with_hidden_states(&self, x: Tensor<3>, causal: bool) -> (Tensor<3>, Vec<Tensor<3>>) {
         let mut hidden_states = Vec::with_capacity(self.resblocks.len());
@@ -144,6 +153,14 @@ impl ResidualAttentionBlock {
         let x = x.clone() + self.attn.forward(self.ln_1.forward(x), causal);
         x.clone() + self.mlp.forward(self.ln_2.forward(x))
     }
+
+    /// As [`forward`](Self::forward) without a causal mask, with an additive attention bias
+    /// `[batch, seq, seq]` shared by the heads.
+    pub fn forward_with_bias(&self, x: Tensor<3>, bias: Tensor<3>) -> Tensor<3> {
+        let normed = self.ln_1.forward(x.clone());
+        let x = x + self.attn.attend(normed.clone(), normed, false, Some(bias));
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    }
 }
 
 /// Multi-head self-attention with separate query, key and value projections
@@ -165,16 +182,18 @@ pub struct MultiHeadAttention {
 impl MultiHeadAttention {
     /// `[batch, seq, width]` in and out.
     pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
-        self.attend(x.clone(), x, causal)
+        self.attend(x.clone(), x, causal, None)
     }
 
     /// Cross-attention: `query` `[batch, queries, width]` attends to `context`
     /// `[batch, keys, width]` (keys and values both projected from `context`).
     pub fn forward_cross(&self, query: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
-        self.attend(query, context, false)
+        self.attend(query, context, false, None)
     }
 
-    fn attend(&self, query: Tensor<3>, context: Tensor<3>, causal: bool) -> Tensor<3> {
+    /// `query` attends to `context`; `bias` `[batch, queries, keys]`, when given, is added to
+    /// every head's attention scores.
+    pub fn attend(&self, query: Tensor<3>, context: Tensor<3>, causal: bool, bias: Option<Tensor<3>>) -> Tensor<3> {
         let [batch, queries, width] = query.dims();
         let keys = context.dims()[1];
         let head_dim = width / self.heads;
@@ -190,7 +209,8 @@ impl MultiHeadAttention {
             softcap: None,
             is_causal: causal,
         };
-        let out = attention(q, k, v, None, None, options)
+        let bias = bias.map(|b| b.unsqueeze_dim::<4>(1).expand([batch, self.heads, queries, keys]));
+        let out = attention(q, k, v, None, bias, options)
             .swap_dims(1, 2)
             .reshape([batch, queries, width]);
         self.out_proj.forward(out)

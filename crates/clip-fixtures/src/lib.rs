@@ -39,15 +39,56 @@ impl ModelFixture {
         self.meta["model_config"].clone()
     }
 
-    /// Tensors of `<dir>/<name>.safetensors` (`model`, `inputs`, `expected`).
+    /// Tensors of `<dir>/<name>.safetensors` or, where only that exists, the gzip-compressed
+    /// `<dir>/<name>.safetensors.gz` (`model`, `inputs`, `expected`).
     pub fn tensors(&self, name: &str) -> Result<BTreeMap<String, RawTensor>> {
-        read_tensors(&self.dir.join(format!("{name}.safetensors")))
+        Ok(self.checkpoint(name)?.tensors)
+    }
+
+    /// As [`tensors`](Self::tensors), as a [`Checkpoint`] naming the file it came from (for
+    /// loaders that take a checkpoint).
+    pub fn checkpoint(&self, name: &str) -> Result<Checkpoint> {
+        let plain = self.file(name);
+        if plain.is_file() {
+            return Checkpoint::read(&plain);
+        }
+        let gz = self.dir.join(format!("{name}.safetensors.gz"));
+        read_gzip_safetensors(&gz)
     }
 
     /// Path of `<dir>/<name>.safetensors`.
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.safetensors"))
     }
+
+    /// The folder's name (`clip4clip-seqTransf`, ...).
+    pub fn name(&self) -> String {
+        self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+}
+
+/// Reads a gzip-compressed safetensors file: decompressed into a uniquely named temporary
+/// file, read, and removed. The checkpoint names the `.gz` file.
+fn read_gzip_safetensors(gz: &Path) -> Result<Checkpoint> {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let file = std::fs::File::open(gz).map_err(|e| ClipError::io(gz, e))?;
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ClipError::io(gz, e))?;
+    let tmp = std::env::temp_dir().join(format!(
+        "clip-fixture-{}-{}.safetensors",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&tmp, &bytes).map_err(|e| ClipError::io(&tmp, e))?;
+    let read = Checkpoint::read(&tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut checkpoint = read.map_err(|e| ClipError::checkpoint(gz, e.to_string()))?;
+    checkpoint.path = gz.to_path_buf();
+    Ok(checkpoint)
 }
 
 /// Every model fixture under `root/models`, sorted by folder name.
@@ -58,6 +99,44 @@ pub fn model_fixtures(root: &Path) -> Result<Vec<ModelFixture>> {
 /// Every ResNet CLIP fixture under `root/resnet` (the layout of `models/`), sorted by name.
 pub fn resnet_fixtures(root: &Path) -> Result<Vec<ModelFixture>> {
     fixtures_in(&root.join("resnet"))
+}
+
+/// Every fixture of a method's official code under `root/methods`, sorted by folder name.
+pub fn method_fixtures(root: &Path) -> Result<Vec<ModelFixture>> {
+    fixtures_in(&root.join("methods"))
+}
+
+/// The method-fixture formats and the crate whose parity tests check each. A format not listed
+/// here is unknown and fails every method parity test.
+pub const METHOD_FORMATS: &[(&str, &str)] = &[
+    ("clip4clip", "clip-video"),
+    ("actionclip", "clip-video"),
+    ("lseg", "clip-seg"),
+    ("audioclip", "clip-audio (issue 15)"),
+    ("pointclip-projection", "clip-3d (issue 16)"),
+    ("pointclip-zeroshot", "clip-3d (issue 16)"),
+    ("pointclip-adapter", "clip-3d (issue 16)"),
+    ("pointclip-fewshot", "clip-3d (issue 16)"),
+    ("depthclip", "clip-3d (issue 16)"),
+];
+
+/// Which crate checks the method fixture `fixture`; an error naming the folder for a format
+/// not in [`METHOD_FORMATS`].
+pub fn method_owner(fixture: &ModelFixture) -> Result<&'static str> {
+    METHOD_FORMATS
+        .iter()
+        .find(|(format, _)| *format == fixture.format)
+        .map(|(_, owner)| *owner)
+        .ok_or_else(|| {
+            ClipError::checkpoint(
+                fixture.dir.join("fixture.json"),
+                format!(
+                    "unknown method fixture format '{}' (known: {})",
+                    fixture.format,
+                    METHOD_FORMATS.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
 }
 
 /// Every fixture folder (one holding `fixture.json`) directly under `dir`, sorted by name.

@@ -735,6 +735,20 @@ fn clip4clip_learns_video_text_retrieval() {
             assert!((1.0..=32.0).contains(&report["median_rank"].as_f64().unwrap()), "{report}");
         }
     }
+    // The model written in the official layout and evaluated from a config that names it (no
+    // run) ranks every clip as the run did.
+    let official = out.join("official.safetensors");
+    let output = run(&["export-official", out.to_str().unwrap(), "--output", official.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let set = format!("video.official_checkpoint={}", official.display());
+    let output = run(&["eval", "configs/clip4clip.toml", "--set", &set]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let again: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(again["text_to_video"], eval["text_to_video"], "{again}");
+    assert_eq!(again["video_to_text"], eval["video_to_text"], "{again}");
+    let output = run(&["eval", "configs/clip4clip.toml", "--set", &set, "--set", "video.similarity=meanP"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("SeqTransf"), "{}", stderr(&output));
 }
 
 #[test]
@@ -756,6 +770,16 @@ fn actionclip_reports_zero_shot_and_fine_tuned_accuracy() {
     // from scratch, 96 training clips are memorized rather than their motion learned).
     let top1 = summary["eval"]["top1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&top1) && summary["eval"]["clips"] == 32, "{summary}");
+    // Exported in the official layout and evaluated from a config naming it: the same accuracy.
+    let official = out.join("official.safetensors");
+    let output = run(&["export-official", out.to_str().unwrap(), "--output", official.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let set = format!("video.official_checkpoint={}", official.display());
+    let output = run(&["eval", "configs/actionclip.toml", "--set", &set]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let again: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(again["top1"], summary["eval"]["top1"], "{again}");
+    assert_eq!(again["top5"], summary["eval"]["top5"], "{again}");
 }
 
 #[test]

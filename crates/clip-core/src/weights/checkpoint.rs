@@ -102,11 +102,54 @@ impl Checkpoint {
         Self::write_safetensors_with_integers(tensors, &BTreeSet::new(), path)
     }
 
+    /// As [`write_safetensors`](Self::write_safetensors), with `metadata` entries added to
+    /// the file's `__metadata__` (readers that do not know them ignore them).
+    pub fn write_safetensors_with_metadata(
+        tensors: &BTreeMap<String, RawTensor>,
+        metadata: &[(String, String)],
+        path: &Path,
+    ) -> Result<()> {
+        Self::write(tensors, &BTreeSet::new(), metadata, path)
+    }
+
+    /// The `__metadata__` of a safetensors file (empty for other files and files without it).
+    pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+        use std::io::Read;
+        if path.extension().is_none_or(|ext| ext != "safetensors") {
+            return Ok(BTreeMap::new());
+        }
+        let mut file = std::fs::File::open(path).map_err(|e| ClipError::io(path, e))?;
+        let mut length = [0u8; 8];
+        file.read_exact(&mut length).map_err(|e| ClipError::io(path, e))?;
+        let mut header = vec![0u8; u64::from_le_bytes(length).min(100_000_000) as usize];
+        file.read_exact(&mut header).map_err(|e| ClipError::io(path, e))?;
+        let header: serde_json::Value = serde_json::from_slice(&header)
+            .map_err(|e| ClipError::checkpoint(path, format!("safetensors header: {e}")))?;
+        Ok(header["__metadata__"]
+            .as_object()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// As [`write_safetensors`](Self::write_safetensors), writing the tensors named in
     /// `integers` (counters such as BatchNorm's `num_batches_tracked`) as int64.
     pub fn write_safetensors_with_integers(
         tensors: &BTreeMap<String, RawTensor>,
         integers: &BTreeSet<String>,
+        path: &Path,
+    ) -> Result<()> {
+        Self::write(tensors, integers, &[], path)
+    }
+
+    fn write(
+        tensors: &BTreeMap<String, RawTensor>,
+        integers: &BTreeSet<String>,
+        metadata: &[(String, String)],
         path: &Path,
     ) -> Result<()> {
         let bytes: Vec<(String, Dtype, Vec<u8>, Vec<usize>)> = tensors
@@ -128,10 +171,9 @@ impl Checkpoint {
                     .map_err(|e| ClipError::checkpoint(path, format!("{key}: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let metadata = Some(std::collections::HashMap::from([(
-            "format".to_string(),
-            "pt".to_string(),
-        )]));
+        let mut entries = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        entries.extend(metadata.iter().cloned());
+        let metadata = Some(entries);
         let serialized = safetensors::serialize(views, metadata)
             .map_err(|e| ClipError::checkpoint(path, e.to_string()))?;
         write_atomically(path, &serialized)

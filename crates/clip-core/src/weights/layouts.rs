@@ -109,7 +109,10 @@ fn open_clip_resnet(e: &mut Vec<Entry>, vision: &ModifiedResNetConfig) {
     }
 }
 
-fn open_clip_blocks(e: &mut Vec<Entry>, checkpoint: &str, ours: &str, layers: usize) {
+/// Entries of OpenAI's residual attention blocks `{checkpoint}.resblocks.N` (fused
+/// `attn.in_proj_*`, `attn.out_proj`, `ln_1`, `ln_2`, `mlp.c_fc`, `mlp.c_proj`) onto the blocks of
+/// a clip-core [`Transformer`](crate::transformer::Transformer) `ours`.
+pub fn open_clip_blocks(e: &mut Vec<Entry>, checkpoint: &str, ours: &str, layers: usize) {
     for i in 0..layers {
         let c = format!("{checkpoint}.resblocks.{i}");
         let o = format!("{ours}.resblocks.{i}");

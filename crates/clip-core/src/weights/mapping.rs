@@ -70,6 +70,19 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The same table with `checkpoint` prepended to every checkpoint key (and ignored key) and
+    /// `ours` to every parameter path: CLIP's layout inside a method's model (`clip.`).
+    pub fn prefixed(self, checkpoint: &str, ours: &str) -> Layout {
+        Layout {
+            entries: self
+                .entries
+                .into_iter()
+                .map(|e| Entry::new(format!("{checkpoint}{}", e.checkpoint), format!("{ours}{}", e.ours), e.transform))
+                .collect(),
+            ignored: self.ignored.into_iter().map(|key| format!("{checkpoint}{key}")).collect(),
+        }
+    }
+
     /// Checkpoint keys that hold integers ([`Transform::Count`]), to be written as int64.
     pub fn integer_keys(&self) -> BTreeSet<String> {
         self.entries

@@ -14,6 +14,7 @@
 mod checkpoint;
 pub mod layouts;
 mod mapping;
+mod openai;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ use burn::tensor::Device;
 
 pub use checkpoint::{Checkpoint, RawTensor, write_atomically};
 pub use mapping::{Entry, Layout, Transform, export, import};
+pub use openai::openai_config;
 
 use crate::config::ClipConfig;
 use crate::error::{ClipError, Result};

@@ -15,17 +15,23 @@ pub fn same_label_targets(labels: Tensor<1, Int>) -> Tensor<2> {
     let [batch] = labels.dims();
     let rows = labels.clone().reshape([batch, 1]).expand([batch, batch]);
     let cols = labels.reshape([1, batch]).expand([batch, batch]);
-    let same = rows.equal(cols).float();
-    softmax(same * TARGET_SHARPNESS, 1)
+    soft_targets(rows.equal(cols).float())
 }
 
-/// `KL(targets || softmax(logits))` summed over each row and averaged over the rows: the
-/// official `nn.KLDivLoss(size_average=True)` (a mean over all `B²` entries) times `B`.
-/// `logits` and `targets` are `[B, B]`; targets are positive, as [`same_label_targets`] gives.
+/// The official `KLLoss`'s targets from a 0/1 ground truth `[N, C]` (`gen_label`):
+/// `softmax_j(10 * G[i, j])`.
+pub fn soft_targets(ground_truth: Tensor<2>) -> Tensor<2> {
+    softmax(ground_truth * TARGET_SHARPNESS, 1)
+}
+
+/// The official `KLLoss`: `KL(targets || softmax(logits))` over rows, as
+/// `nn.KLDivLoss(size_average=True)` (a mean over all `N · C` entries) times the batch size
+/// `N`, i.e. the sum divided by `C`. `logits` and `targets` are `[N, C]`; targets are positive,
+/// as [`soft_targets`] gives.
 pub fn kl_divergence(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
-    let [batch, _] = logits.dims();
+    let [_, columns] = logits.dims();
     let terms = targets.clone() * (targets.log() - log_softmax(logits, 1));
-    terms.sum() / batch as f64
+    terms.sum() / columns as f64
 }
 
 /// ActionCLIP's loss `(KL(G̃ || softmax(L)) + KL(G̃ᵀ || softmax(Lᵀ))) / 2` for video-to-text

@@ -1,19 +1,37 @@
 //! The ActionCLIP model: CLIP per frame, a temporal fusion, class prompts as text.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
+use burn::nn::Lstm;
+use burn::nn::conv::Conv1d;
+use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor};
 use clip_core::{Clip, l2_normalize};
 
+use crate::actionclip::aggregate::TemporalAggregate;
 use crate::clip4clip::temporal::TemporalTransformer;
 
-/// ActionCLIP: video embedding = mean over frames of the fused CLIP frame embeddings; a class is
-/// scored by the scaled cosine between the video and its prompt's text embedding.
+/// The fixed logit scale of the official evaluation (`test.py`: `100.0 * v @ t.T`).
+pub const EVAL_LOGIT_SCALE: f64 = 100.0;
+
+/// ActionCLIP: the fusion turns CLIP's frame embeddings into a video embedding; a class is
+/// scored by the scaled cosine between the video and its prompts' text embeddings. Exactly one
+/// fusion module is present (none for `meanP`).
 #[derive(Module, Debug)]
 pub struct ActionClip {
-    /// The CLIP model; its logit scale scales the logits.
+    /// The CLIP model; its logit scale scales the training logits.
     pub clip: Clip,
-    /// The `transf` fusion; `None` for `meanP`.
+    /// The `Transf` fusion.
     pub fusion: Option<TemporalTransformer>,
+    /// The `LSTM` fusion.
+    pub lstm: Option<Lstm>,
+    /// The `Conv_1D` fusion: a depthwise convolution, kernel 3, no bias.
+    pub shift: Option<Conv1d>,
+    /// The `Transf_cls` fusion.
+    pub aggregate: Option<TemporalAggregate>,
+    /// `[positions, width]`: the frame position embeddings the official code creates and saves
+    /// for `LSTM`, `Conv_1D` and `Transf_cls` but does not use; kept so that official checkpoints
+    /// load and save back unchanged.
+    pub unused_positions: Option<Param<Tensor<2>>>,
 }
 
 impl ActionClip {
@@ -27,16 +45,33 @@ impl ActionClip {
         features.reshape([batch, frames, dim])
     }
 
-    /// L2-normalized video embeddings `[B, D]`: `normalize(mean_t(fusion(x)))` over the frame
-    /// features `x` (the official code averages unnormalized frames, then normalizes).
-    pub fn video_embeddings(&self, videos: Tensor<5>) -> Tensor<2> {
-        let frames = self.frame_features(videos);
-        let frames = match &self.fusion {
-            Some(fusion) => fusion.forward(frames),
-            None => frames,
+    /// The unnormalized video embedding `[B, D]` of frame features `x` `[B, T, D]` (the
+    /// official `fusion_model(x)`): `mean_t(x)` for `meanP`, `mean_t(x + LSTM(x))`,
+    /// `mean_t(x + conv(x.view(B, D, T)).permute)` for `Conv_1D` (a reinterpretation of
+    /// memory, not a transpose, as the official code), `mean_t(x + blocks(x + P))` for `Transf`,
+    /// the class token's output for `Transf_cls`.
+    pub fn fuse(&self, frames: Tensor<3>) -> Tensor<2> {
+        let [batch, count, dim] = frames.dims();
+        if let Some(aggregate) = &self.aggregate {
+            return aggregate.forward(frames);
+        }
+        let fused = if let Some(fusion) = &self.fusion {
+            fusion.forward(frames, None)
+        } else if let Some(lstm) = &self.lstm {
+            frames.clone() + lstm.forward(frames, None).0
+        } else if let Some(shift) = &self.shift {
+            let viewed = frames.clone().reshape([batch, dim, count]);
+            frames + shift.forward(viewed).swap_dims(1, 2)
+        } else {
+            frames
         };
-        let [batch, _, dim] = frames.dims();
-        l2_normalize(frames.mean_dim(1).reshape([batch, dim]))
+        fused.mean_dim(1).reshape([batch, dim])
+    }
+
+    /// L2-normalized video embeddings `[B, D]` of videos `[B, T, 3, H, W]`:
+    /// `normalize(fuse(frame_features))`.
+    pub fn video_embeddings(&self, videos: Tensor<5>) -> Tensor<2> {
+        l2_normalize(self.fuse(self.frame_features(videos)))
     }
 
     /// L2-normalized prompt embeddings `[N, D]` from token ids `[N, context]`.
@@ -56,7 +91,7 @@ impl ActionClip {
     }
 
     /// `logit_scale * v · cᵀ`, `[B, C]`, between normalized video embeddings `[B, D]` and
-    /// normalized class embeddings `[C, D]`.
+    /// normalized class embeddings `[C, D]` (the official `create_logits` of training).
     pub fn logits_from_embeddings(&self, video_embeds: Tensor<2>, class_embeds: Tensor<2>) -> Tensor<2> {
         video_embeds.matmul(class_embeds.transpose()) * self.logit_scale().unsqueeze()
     }
@@ -69,6 +104,18 @@ impl ActionClip {
     }
 }
 
+/// The official test-time class scores `[B, C]` (`test.py`): `100 · v · tᵀ` against every
+/// prompt, a softmax over the classes under each template, the mean over templates.
+/// `video_embeds` `[B, D]` and `prompt_embeds` `[templates · C, D]` are L2-normalized, prompts
+/// template-major (row `template · C + class`).
+pub fn template_scores(video_embeds: Tensor<2>, prompt_embeds: Tensor<2>, classes: usize) -> Tensor<2> {
+    let [batch, _] = video_embeds.dims();
+    let templates = prompt_embeds.dims()[0] / classes.max(1);
+    let logits = video_embeds.matmul(prompt_embeds.transpose()) * EVAL_LOGIT_SCALE;
+    softmax(logits.reshape([batch, templates, classes]), 2)
+        .mean_dim(1)
+        .reshape([batch, classes])
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,13 @@
 //! [`Clip4ClipConfig`]: the CLIP architecture underneath and the similarity calculator.
 
 use burn::config::Config;
-use burn::nn::LstmConfig;
 use burn::tensor::Device;
 use clip_core::{Clip, ClipConfig, ClipError};
 use serde::{Deserialize, Serialize};
 
 use crate::clip4clip::cross::CrossEncoderConfig;
 use crate::clip4clip::model::Clip4Clip;
+use crate::clip4clip::seq_lstm::SeqLstmConfig;
 use crate::clip4clip::temporal::TemporalTransformerConfig;
 
 /// Where configuration errors are reported from.
@@ -47,10 +47,20 @@ pub struct Clip4ClipConfig {
     /// Transformer blocks of `tightTransf`'s cross encoder (4 in the paper).
     #[config(default = 4)]
     pub cross_layers: usize,
-    /// Attention heads of the `seqTransf` and `tightTransf` blocks (official: text width / 64,
-    /// 8 for ViT-B/32).
+    /// Attention heads of the `seqTransf` blocks, and of `tightTransf`'s unless `cross_heads` is
+    /// set (official: text width / 64, 8 for ViT-B/32).
     #[config(default = 8)]
     pub heads: usize,
+    /// Attention heads of `tightTransf`'s cross encoder (official: `num_attention_heads` of the
+    /// cross config); `None` for `heads`.
+    #[config(default = "None")]
+    pub cross_heads: Option<usize>,
+    /// Rows of the frame (`seqLSTM`, `seqTransf`) and cross (`tightTransf`) position
+    /// embeddings; official checkpoints have the text context length, 77. `None` for exactly
+    /// as many as the longest clip needs (`max_frames`, plus one for the cross encoder's text
+    /// token).
+    #[config(default = "None")]
+    pub position_embeddings: Option<usize>,
     /// Seed the `seqTransf`/`tightTransf` blocks and position embeddings from the first layers
     /// of CLIP's text tower, as the official code does when starting from CLIP (only where the
     /// text tower's width equals `embed_dim` and its head count equals `heads`).
@@ -74,14 +84,32 @@ impl Clip4ClipConfig {
             if count == 0 {
                 return Err(ClipError::config(ORIGIN, format!("{field} must be positive")));
             }
-            if self.heads == 0 || !self.clip.embed_dim.is_multiple_of(self.heads) {
+            let (field, heads) = match self.similarity {
+                SimilarityHeader::TightTransf => ("cross_heads", self.cross_heads()),
+                _ => ("heads", self.heads),
+            };
+            if heads == 0 || !self.clip.embed_dim.is_multiple_of(heads) {
                 return Err(ClipError::config(
                     ORIGIN,
-                    format!("heads = {} must divide embed_dim = {}", self.heads, self.clip.embed_dim),
+                    format!("{field} = {heads} must divide embed_dim = {}", self.clip.embed_dim),
+                ));
+            }
+        }
+        if let Some(rows) = self.position_embeddings {
+            let needed = self.max_frames + usize::from(self.similarity == SimilarityHeader::TightTransf);
+            if rows < needed {
+                return Err(ClipError::config(
+                    ORIGIN,
+                    format!("position_embeddings = {rows} is fewer than the {needed} that max_frames = {} needs", self.max_frames),
                 ));
             }
         }
         Ok(())
+    }
+
+    /// Heads of the cross encoder.
+    pub fn cross_heads(&self) -> usize {
+        self.cross_heads.unwrap_or(self.heads)
     }
 
     /// Builds a CLIP4Clip model with freshly initialized weights everywhere.
@@ -96,8 +124,9 @@ impl Clip4ClipConfig {
         self.validate()?;
         check_clip(&self.clip, &clip, ORIGIN)?;
         let width = self.clip.embed_dim;
+        let frame_rows = self.position_embeddings.unwrap_or(self.max_frames);
         let temporal = (self.similarity == SimilarityHeader::SeqTransf).then(|| {
-            let config = TemporalTransformerConfig::new(width, self.temporal_layers, self.heads, self.max_frames);
+            let config = TemporalTransformerConfig::new(width, self.temporal_layers, self.heads, frame_rows);
             if self.init_from_text {
                 config.init_from_text(&clip.text, device)
             } else {
@@ -105,15 +134,16 @@ impl Clip4ClipConfig {
             }
         });
         let cross = (self.similarity == SimilarityHeader::TightTransf).then(|| {
-            let config = CrossEncoderConfig::new(width, self.cross_layers, self.heads, self.max_frames);
+            let config = CrossEncoderConfig::new(width, self.cross_layers, self.cross_heads(), self.max_frames)
+                .with_positions(self.position_embeddings);
             if self.init_from_text {
                 config.init_from_text(&clip.text, device)
             } else {
                 config.init(device)
             }
         });
-        let lstm =
-            (self.similarity == SimilarityHeader::SeqLstm).then(|| LstmConfig::new(width, width, true).init(device));
+        let lstm = (self.similarity == SimilarityHeader::SeqLstm)
+            .then(|| SeqLstmConfig::new(width, frame_rows).init(&clip.text, device));
         Ok(Clip4Clip {
             clip,
             lstm,

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor};
 use clip_core::text::TextTransformer;
 use clip_core::transformer::{Activation, Transformer, TransformerConfig};
 
-use crate::clip4clip::temporal::{INIT_STD, TEMPORAL_LAYER_NORM_EPS, copy_blocks, copy_rows, linear, text_tower_fits};
+use crate::clip4clip::temporal::{INIT_STD, TEMPORAL_LAYER_NORM_EPS, copy_blocks, copy_rows, key_mask_bias, linear, text_tower_fits};
 
 /// Configuration of a [`CrossEncoder`].
 #[derive(Config, Debug)]
@@ -21,11 +21,15 @@ pub struct CrossEncoderConfig {
     pub heads: usize,
     /// The most frames per video (the sequence is `1 + frames` long).
     pub max_frames: usize,
+    /// Rows of the position embeddings (at least `1 + max_frames`; official checkpoints have
+    /// the text context length, 77); `None` for exactly `1 + max_frames`.
+    #[config(default = "None")]
+    pub positions: Option<usize>,
 }
 
 impl CrossEncoderConfig {
     /// Builds the encoder with freshly initialized weights: position embeddings and linear
-    /// weights `N(0, 0.02)`, zero biases and zero type embeddings.
+    /// weights `N(0, 0.02)`, zero biases.
     pub fn init(&self, device: &Device) -> CrossEncoder {
         let blocks = TransformerConfig::new(
             self.width,
@@ -41,7 +45,7 @@ impl CrossEncoderConfig {
                 mean: 0.0,
                 std: INIT_STD,
             }
-            .init([1 + self.max_frames, self.width], device),
+            .init([self.position_rows(), self.width], device),
             blocks,
             device,
         )
@@ -50,14 +54,19 @@ impl CrossEncoderConfig {
     /// As [`init`](Self::init), but position embeddings and blocks are copied from CLIP's text
     /// tower (the official initialization trick) when it fits.
     pub fn init_from_text(&self, text: &TextTransformer, device: &Device) -> CrossEncoder {
-        if !text_tower_fits(text, self.width, self.heads, self.layers, 1 + self.max_frames) {
+        if !text_tower_fits(text, self.width, self.heads, self.layers, self.position_rows()) {
             return self.init(device);
         }
         self.assemble(
-            copy_rows(&text.positional_embedding, 1 + self.max_frames),
+            copy_rows(&text.positional_embedding, self.position_rows()),
             copy_blocks(&text.transformer, self.layers, device),
             device,
         )
+    }
+
+    /// Rows of the position embeddings.
+    fn position_rows(&self) -> usize {
+        self.positions.unwrap_or(1 + self.max_frames)
     }
 
     fn assemble(
@@ -68,7 +77,6 @@ impl CrossEncoderConfig {
     ) -> CrossEncoder {
         CrossEncoder {
             position_embeddings,
-            type_embeddings: Param::from_tensor(Tensor::zeros([2, self.width], device)),
             transformer,
             ln_pool: LayerNormConfig::new(self.width)
                 .with_epsilon(TEMPORAL_LAYER_NORM_EPS)
@@ -79,15 +87,15 @@ impl CrossEncoderConfig {
     }
 }
 
-/// `score(QuickGELU(pool_dense(ln_pool(blocks(E)[0]))))` over the sequence
-/// `E = [t; f_1 .. f_T] + P + type`, where `t` is the text embedding, `f_i` the frame embeddings,
-/// `P` position embeddings and `type` the text (row 0) or video (row 1) type embedding.
+/// `score(QuickGELU(pool_dense(ln_pool(blocks(E))[0])))` over the sequence
+/// `E = [t; f_1 .. f_T] + P`, where `t` is the text embedding, `f_i` the frame embeddings and
+/// `P` position embeddings (the official `CrossEmbeddings` has no token-type embedding). Official
+/// keys: `cross.embeddings.position_embeddings.weight`, `cross.transformer.resblocks.N`,
+/// `cross.pooler.ln_pool`, `cross.pooler.dense`, `similarity_dense`.
 #[derive(Module, Debug)]
 pub struct CrossEncoder {
-    /// `[1 + max_frames, width]`.
+    /// `[positions, width]`, positions at least `1 + max_frames`.
     pub position_embeddings: Param<Tensor<2>>,
-    /// `[2, width]`: row 0 for the text token, row 1 for frames.
-    pub type_embeddings: Param<Tensor<2>>,
     /// Bidirectional residual attention blocks.
     pub transformer: Transformer,
     /// Norm before pooling.
@@ -105,23 +113,28 @@ impl CrossEncoder {
     }
 
     /// Scores `[pairs]` of text embeddings `[pairs, width]` with frame embeddings
-    /// `[pairs, T, width]`.
+    /// `[pairs, T, width]`; `mask` `[pairs, T]` (1 for real frames) hides padded frames from
+    /// attention (the text token is always visible).
     ///
     /// # Panics
     /// When `T` exceeds [`max_frames`](Self::max_frames).
-    pub fn forward(&self, text: Tensor<2>, frames: Tensor<3>) -> Tensor<1> {
+    pub fn forward(&self, text: Tensor<2>, frames: Tensor<3>, mask: Option<Tensor<2>>) -> Tensor<1> {
         let [pairs, frames_in, width] = frames.dims();
         assert!(
             frames_in <= self.max_frames(),
             "cross encoder: {frames_in} frames but position embeddings for only {} (max_frames)",
             self.max_frames()
         );
-        let types = self.type_embeddings.val();
-        let text = text + types.clone().narrow(0, 0, 1);
-        let frames = frames + types.narrow(0, 1, 1).unsqueeze();
         let sequence = Tensor::cat(vec![text.unsqueeze_dim(1), frames], 1)
             + self.position_embeddings.val().narrow(0, 0, 1 + frames_in).unsqueeze();
-        let hidden = self.ln_pool.forward(self.transformer.forward(sequence, false));
+        let hidden = match mask {
+            Some(mask) => {
+                let with_text = Tensor::cat(vec![Tensor::ones([pairs, 1], &mask.device()), mask], 1);
+                self.transformer.forward_with_bias(sequence, key_mask_bias(with_text, 1 + frames_in))
+            }
+            None => self.transformer.forward(sequence, false),
+        };
+        let hidden = self.ln_pool.forward(hidden);
         let first = hidden.narrow(1, 0, 1).reshape([pairs, width]);
         let pooled = Activation::QuickGelu.forward(self.pool_dense.forward(first));
         self.score.forward(pooled).reshape([pairs])

@@ -7,6 +7,8 @@ pub mod cross;
 pub mod dual_softmax;
 pub mod model;
 pub mod objective;
+pub mod official;
+pub mod seq_lstm;
 pub mod temporal;
 
 pub use config::{Clip4ClipConfig, SimilarityHeader};
@@ -14,4 +16,5 @@ pub use cross::{CrossEncoder, CrossEncoderConfig};
 pub use dual_softmax::dual_softmax;
 pub use model::Clip4Clip;
 pub use objective::{Clip4ClipObjective, VideoTextBatch};
+pub use seq_lstm::{SeqLstm, SeqLstmConfig};
 pub use temporal::{TemporalTransformer, TemporalTransformerConfig};

@@ -1,12 +1,12 @@
 //! The CLIP4Clip model: CLIP per frame, a similarity calculator over the frames.
 
 use burn::module::Module;
-use burn::nn::Lstm;
 use burn::tensor::{Int, Tensor};
 use clip_core::{Clip, l2_normalize};
 
 use crate::clip4clip::config::SimilarityHeader;
 use crate::clip4clip::cross::CrossEncoder;
+use crate::clip4clip::seq_lstm::SeqLstm;
 use crate::clip4clip::temporal::TemporalTransformer;
 
 /// CLIP4Clip: CLIP encodes every sampled frame and the caption; the similarity calculator turns
@@ -17,7 +17,7 @@ pub struct Clip4Clip {
     /// logit scale scales the loose-type similarities.
     pub clip: Clip,
     /// `seqLSTM`: one LSTM layer over the frames.
-    pub lstm: Option<Lstm>,
+    pub lstm: Option<SeqLstm>,
     /// `seqTransf`: the temporal transformer.
     pub temporal: Option<TemporalTransformer>,
     /// `tightTransf`: the cross encoder.
@@ -50,24 +50,35 @@ impl Clip4Clip {
 
     /// L2-normalized video embeddings `[B, D]` from frame features `[B, T, D]`: the temporal
     /// module (identity for `meanP`; `x + LSTM(x)` for `seqLSTM`; `x + blocks(x + P)` for
-    /// `seqTransf`), then each frame L2-normalized, the mean over frames, L2-normalized again.
-    /// `tightTransf` has no video embedding of its own: it returns the `meanP` pooling, which
-    /// its pair scores do not use.
-    pub fn pool_frames(&self, frames: Tensor<3>) -> Tensor<2> {
+    /// `seqTransf`, padded frames hidden from attention), then each frame L2-normalized, the
+    /// mean over the real frames, L2-normalized again. `mask` `[B, T]` is 1 for real frames and
+    /// 0 for padding (`None`: all frames are real); a video without real frames counts one, as
+    /// the official code. `tightTransf` has no video embedding of its own: it returns the
+    /// `meanP` pooling, which its pair scores do not use.
+    pub fn pool_frames(&self, frames: Tensor<3>, mask: Option<Tensor<2>>) -> Tensor<2> {
         let frames = match (&self.lstm, &self.temporal) {
-            (Some(lstm), _) => frames.clone() + lstm.forward(frames, None).0,
-            (None, Some(temporal)) => temporal.forward(frames),
+            (Some(lstm), _) => lstm.forward(frames),
+            (None, Some(temporal)) => temporal.forward(frames, mask.clone()),
             (None, None) => frames,
         };
         let [batch, count, dim] = frames.dims();
         let frames = l2_normalize(frames.reshape([batch * count, dim])).reshape([batch, count, dim]);
-        l2_normalize(frames.mean_dim(1).reshape([batch, dim]))
+        let pooled = match mask {
+            Some(mask) => {
+                let weights = mask.reshape([batch, count, 1]);
+                let counts = weights.clone().sum_dim(1).reshape([batch, 1]);
+                let counts = counts.clone().mask_fill(counts.equal_elem(0.0), 1.0);
+                (frames * weights).sum_dim(1).reshape([batch, dim]) / counts
+            }
+            None => frames.mean_dim(1).reshape([batch, dim]),
+        };
+        l2_normalize(pooled)
     }
 
-    /// L2-normalized video embeddings `[B, D]` of videos `[B, T, 3, H, W]` (see
-    /// [`pool_frames`](Self::pool_frames)).
+    /// L2-normalized video embeddings `[B, D]` of videos `[B, T, 3, H, W]` with all frames real
+    /// (see [`pool_frames`](Self::pool_frames)).
     pub fn video_embeddings(&self, videos: Tensor<5>) -> Tensor<2> {
-        self.pool_frames(self.frame_features(videos))
+        self.pool_frames(self.frame_features(videos), None)
     }
 
     /// `exp(logit_scale)` of the CLIP model, `[1]`.
@@ -84,9 +95,10 @@ impl Clip4Clip {
     /// Similarity logits `[N, B]` between caption features `[N, D]` and frame features
     /// `[B, T, D]` (both unnormalized, from [`text_features`](Self::text_features) and
     /// [`frame_features`](Self::frame_features)): `logit_scale * cos(text, video)` for the
-    /// loose types, the cross encoder's score of every pair for `tightTransf`. Lets evaluation
-    /// encode each caption and video once and score them in blocks.
-    pub fn similarity_from_features(&self, text: Tensor<2>, frames: Tensor<3>) -> Tensor<2> {
+    /// loose types, the cross encoder's score of every pair for `tightTransf`. `mask` `[B, T]`
+    /// marks the real frames (see [`pool_frames`](Self::pool_frames)). Lets evaluation encode
+    /// each caption and video once and score them in blocks.
+    pub fn similarity_from_features(&self, text: Tensor<2>, frames: Tensor<3>, mask: Option<Tensor<2>>) -> Tensor<2> {
         match &self.cross {
             Some(cross) => {
                 let [texts, dim] = text.dims();
@@ -99,10 +111,11 @@ impl Clip4Clip {
                     .unsqueeze_dim::<4>(0)
                     .expand([texts, videos, count, dim])
                     .reshape([texts * videos, count, dim]);
-                cross.forward(text, frames).reshape([texts, videos])
+                let mask = mask.map(|m| m.unsqueeze_dim::<3>(0).expand([texts, videos, count]).reshape([texts * videos, count]));
+                cross.forward(text, frames, mask).reshape([texts, videos])
             }
             None => {
-                let videos = self.pool_frames(frames);
+                let videos = self.pool_frames(frames, mask);
                 l2_normalize(text).matmul(videos.transpose()) * self.logit_scale().unsqueeze()
             }
         }
@@ -110,8 +123,8 @@ impl Clip4Clip {
 
     /// Similarity logits `[N, B]` of captions `[N, context]` against videos
     /// `[B, T, 3, H, W]` (see [`similarity_from_features`](Self::similarity_from_features)).
-    pub fn similarity(&self, tokens: Tensor<2, Int>, videos: Tensor<5>) -> Tensor<2> {
-        self.similarity_from_features(self.text_features(tokens), self.frame_features(videos))
+    pub fn similarity(&self, tokens: Tensor<2, Int>, videos: Tensor<5>, mask: Option<Tensor<2>>) -> Tensor<2> {
+        self.similarity_from_features(self.text_features(tokens), self.frame_features(videos), mask)
     }
 }
 
@@ -153,7 +166,7 @@ pub(crate) mod tests {
             let model = tiny_config(header).init(&device).unwrap();
             assert_eq!(model.video_embeddings(videos(2, &device)).dims(), [2, 32], "{header:?}");
             assert_eq!(model.text_embeddings(tokens(3, &device)).dims(), [3, 32]);
-            let sim = model.similarity(tokens(3, &device), videos(2, &device));
+            let sim = model.similarity(tokens(3, &device), videos(2, &device), None);
             assert_eq!(sim.dims(), [3, 2], "{header:?}");
             assert!(values(sim).iter().all(|v| v.is_finite()), "{header:?}");
         }
@@ -207,9 +220,9 @@ pub(crate) mod tests {
         device.seed(4);
         let model = tiny_config(SimilarityHeader::TightTransf).init(&device).unwrap();
         let clips = videos(2, &device);
-        let all = model.similarity(tokens(3, &device), clips.clone());
+        let all = model.similarity(tokens(3, &device), clips.clone(), None);
         // Scoring one caption against one video alone gives the same entry.
-        let one = model.similarity(tokens(3, &device).narrow(0, 2, 1), clips.narrow(0, 1, 1));
+        let one = model.similarity(tokens(3, &device).narrow(0, 2, 1), clips.narrow(0, 1, 1), None);
         let (max, _) = abs_diff(&values(all.narrow(0, 2, 1).narrow(1, 1, 1)), &values(one));
         assert!(max < 1e-5, "max abs diff {max}");
     }

@@ -39,7 +39,7 @@ impl Objective for Clip4ClipObjective {
     type Batch = VideoTextBatch;
 
     fn forward(&self, model: &Clip4Clip, batch: VideoTextBatch) -> clip_core::Result<StepOutput> {
-        let logits = model.similarity(batch.tokens, batch.videos);
+        let logits = model.similarity(batch.tokens, batch.videos, None);
         let loss = symmetric_cross_entropy(logits);
         let scale = model.logit_scale().into_scalar::<f32>() as f64;
         Ok(StepOutput {

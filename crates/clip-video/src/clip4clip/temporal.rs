@@ -138,7 +138,9 @@ pub(crate) fn linear(d_input: usize, d_output: usize, device: &Device) -> Linear
 }
 
 /// Frame position embeddings, transformer blocks and a residual connection:
-/// `x + blocks(x + P[:T])` over frame embeddings `x` `[batch, T, width]`.
+/// `x + blocks(x + P[:T])` over frame embeddings `x` `[batch, T, width]`. The official layouts
+/// call these `frame_position_embeddings.weight` and `transformerClip.resblocks.N` (CLIP4Clip)
+/// or `transformer.resblocks.N` (ActionCLIP).
 #[derive(Module, Debug)]
 pub struct TemporalTransformer {
     /// `[max_frames, width]`.
@@ -153,11 +155,13 @@ impl TemporalTransformer {
         self.frame_position_embeddings.dims()[0]
     }
 
-    /// `[batch, T, width]` in and out.
+    /// `[batch, T, width]` in and out. `mask` `[batch, T]` (1 for a real frame, 0 for padding)
+    /// hides padded frames from attention as the official code does, with `(1 - mask) * -1e6`
+    /// added to the scores; `None` attends to every frame (ActionCLIP's `Transf`).
     ///
     /// # Panics
     /// When `T` exceeds [`max_frames`](Self::max_frames).
-    pub fn forward(&self, frames: Tensor<3>) -> Tensor<3> {
+    pub fn forward(&self, frames: Tensor<3>, mask: Option<Tensor<2>>) -> Tensor<3> {
         let frames_in = frames.dims()[1];
         assert!(
             frames_in <= self.max_frames(),
@@ -165,6 +169,18 @@ impl TemporalTransformer {
             self.max_frames()
         );
         let positions = self.frame_position_embeddings.val().narrow(0, 0, frames_in).unsqueeze();
-        frames.clone() + self.transformer.forward(frames + positions, false)
+        let x = frames.clone() + positions;
+        let hidden = match mask {
+            Some(mask) => self.transformer.forward_with_bias(x, key_mask_bias(mask, frames_in)),
+            None => self.transformer.forward(x, false),
+        };
+        frames + hidden
     }
+}
+
+/// Additive attention bias `[batch, queries, keys]` hiding the keys whose `mask` `[batch, keys]`
+/// entry is 0: the official `(1 - mask) * -1e6`, the same for every query.
+pub fn key_mask_bias(mask: Tensor<2>, queries: usize) -> Tensor<3> {
+    let [batch, keys] = mask.dims();
+    ((mask.neg() + 1.0) * -1e6).reshape([batch, 1, keys]).expand([batch, queries, keys])
 }

@@ -1,20 +1,25 @@
 //! The `actionclip` task: ActionCLIP's video-text matching on labelled clips, evaluated by
-//! top-1/top-5 recognition over the label names, before training (zero-shot) and after.
+//! top-1/top-5 recognition over the label names as the official `test.py` scores them, before
+//! training (zero-shot: CLIP alone, the mean of its frame embeddings) and after (with the
+//! fusion).
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use clip_core::{Clip, ClipConfig, ClipTokenizer, class_text_embeddings};
+use clip_core::weights::export;
+use clip_core::{Clip, ClipConfig, ClipTokenizer, l2_normalize};
 use clip_task::clip_model::{check_clip_model, clip_config, load_run_model, tokenizer_of};
 use clip_task::{RunContext, Task};
 
-use crate::actionclip::{ActionClip, ActionClipConfig, ActionClipObjective, Fusion, VideoLabelBatch};
+use crate::actionclip::official::{CLIP_PREFIX, FUSION_PREFIX, import_official, official_config, official_layout};
+use crate::actionclip::{ActionClip, ActionClipConfig, ActionClipObjective, Fusion, VideoLabelBatch, template_scores};
 use crate::data::{VideoTable, stack_videos};
 use crate::metrics::top_k_accuracy;
 use crate::task::batcher::{ClipText, VideoBatch, VideoBatcher, choice, eval_batches, video_tables};
 use crate::task::clip4clip::text_tokens;
+use crate::task::official::{EXPORT_OFFICIAL, OfficialCheckpoint, export_official_command, export_path, write_official};
 use crate::task::section::{self, VideoSection};
 
 /// ActionCLIP over the CLIP of `[model]`, trained on `[video]` clips with action labels.
@@ -30,6 +35,8 @@ pub struct ActionClipTask {
     val: Option<VideoTable>,
     /// The recognition report of the model before training.
     zero_shot: Option<serde_json::Value>,
+    /// `video.official_checkpoint`, read.
+    official: Option<OfficialCheckpoint>,
 }
 
 /// The label names of the training and validation tables, sorted.
@@ -54,6 +61,7 @@ impl ActionClipTask {
             train: None,
             val: None,
             zero_shot: None,
+            official: self.official.clone(),
         }
     }
 
@@ -62,9 +70,10 @@ impl ActionClipTask {
         VideoBatcher::new(&self.run, self.section.frames, table, self.clip.vision.image_size(), train, text)
     }
 
-    fn recognition(&self, model: &ActionClip, val: &VideoTable, device: &Device) -> anyhow::Result<serde_json::Value> {
+    fn recognition(&self, model: &ActionClip, val: &VideoTable, videos: VideoEmbedding, device: &Device) -> anyhow::Result<serde_json::Value> {
         let batcher = self.batcher(val.clone(), false)?;
-        evaluate_recognition(model, &batcher, &self.tokenizer, &self.classes, &self.section.templates, self.run.eval.batch_size, device)
+        let (classes, templates) = (&self.classes, &self.section.templates);
+        evaluate_recognition(model, &batcher, &self.tokenizer, classes, templates, videos, self.run.eval.batch_size, device)
     }
 }
 
@@ -81,9 +90,13 @@ impl Task for ActionClipTask {
     }
 
     fn new(section: VideoSection, run: RunContext) -> anyhow::Result<Self> {
-        let clip = clip_config(&run.model.name, run.model.weights.as_deref())?;
+        let official = section.official_checkpoint.as_deref().map(|path| OfficialCheckpoint::read(path, CLIP_PREFIX)).transpose()?;
+        let clip = match &official {
+            Some(official) => official.clip.clone(),
+            None => clip_config(&run.model.name, run.model.weights.as_deref())?,
+        };
         let tokenizer = tokenizer_of(&clip)?;
-        Ok(Self { section, run, clip, tokenizer, classes: Vec::new(), train: None, val: None, zero_shot: None })
+        Ok(Self { section, run, clip, tokenizer, classes: Vec::new(), train: None, val: None, zero_shot: None, official })
     }
 
     fn run(&self) -> &RunContext {
@@ -91,22 +104,32 @@ impl Task for ActionClipTask {
     }
 
     fn model(&self, device: &Device) -> anyhow::Result<ActionClip> {
-        let (clip, clip_config) = load_run_model(&self.run, device)?;
         let video = &self.section;
         let fusion: Fusion = choice("video.fusion", &video.fusion)?;
-        let config = ActionClipConfig::new(clip_config)
-            .with_fusion(fusion)
-            .with_fusion_layers(video.fusion_layers)
-            .with_heads(video.heads)
-            .with_max_frames(video.frames);
-        Ok(config.init_with_clip(clip, device)?)
+        if let Some(official) = &self.official {
+            let checkpoint = &official.checkpoint;
+            // Checkpoints do not record head counts: `video.heads` (8, the official count for
+            // every released model's 512-wide text tower) for `Transf`.
+            let mut config = official_config(checkpoint, video.frames)?.with_heads(video.heads);
+            config.clip = official.clip.clone();
+            anyhow::ensure!(
+                config.fusion == fusion,
+                "video.fusion = {:?}, but video.official_checkpoint = {} holds a {:?} fusion",
+                video.fusion,
+                checkpoint.path.display(),
+                config.fusion
+            );
+            return Ok(import_official(checkpoint, &config, device)?);
+        }
+        let (clip, clip_config) = load_run_model(&self.run, device)?;
+        Ok(self.model_config(clip_config).with_fusion(fusion).init_with_clip(clip, device)?)
     }
 
     fn train_source(&mut self, model: &ActionClip, device: &Device) -> anyhow::Result<VideoBatcher> {
         let (train, val) = video_tables(&self.run, &self.section, true)?;
         self.classes = label_names(&train, val.as_ref())?;
         if let Some(val) = &val {
-            self.zero_shot = Some(self.recognition(&model.valid(), val, &device.clone().inner())?);
+            self.zero_shot = Some(self.recognition(&model.valid(), val, VideoEmbedding::ClipAlone, &device.clone().inner())?);
         }
         self.val = val;
         let batcher = self.batcher(train, true)?;
@@ -146,7 +169,7 @@ impl Task for ActionClipTask {
             return task.evaluate(model, device);
         }
         let Some(val) = &self.val else { return Ok(None) };
-        let mut report = self.recognition(model, val, device)?;
+        let mut report = self.recognition(model, val, VideoEmbedding::Fused, device)?;
         if let Some(zero_shot) = &self.zero_shot {
             report["zero_shot_top1"] = zero_shot["top1"].clone();
             report["zero_shot_top5"] = zero_shot["top5"].clone();
@@ -157,22 +180,77 @@ impl Task for ActionClipTask {
     fn clip(&self, model: ActionClip, _device: &Device) -> anyhow::Result<Clip> {
         Ok(model.clip)
     }
+
+    fn commands() -> Vec<clap::Command> {
+        vec![export_official_command()]
+    }
+
+    fn run_command(&self, name: &str, args: &clap::ArgMatches, model: ActionClip, _device: &Device) -> anyhow::Result<()> {
+        anyhow::ensure!(name == EXPORT_OFFICIAL, "ActionCLIP has no `{name}` command");
+        let output = export_path(args)?;
+        let fusion: Fusion = choice("video.fusion", &self.section.fusion)?;
+        let config = self.model_config(self.clip.clone()).with_fusion(fusion);
+        let tensors = export(&model, &official_layout(&config))?;
+        write_official(tensors, &self.clip, &[&format!("{FUSION_PREFIX}frame_position_embeddings.weight")], &output)?;
+        Ok(())
+    }
 }
 
-/// Top-1 and top-5 accuracy of `model` over the label names, prompt-ensembled over `templates`.
+impl ActionClipTask {
+    /// The model configuration of `[video]` over CLIP `clip` (the fusion set by the caller).
+    fn model_config(&self, clip: ClipConfig) -> ActionClipConfig {
+        let video = &self.section;
+        ActionClipConfig::new(clip)
+            .with_fusion_layers(video.fusion_layers)
+            .with_heads(video.heads)
+            .with_max_frames(video.frames)
+    }
+}
+
+/// Which video embedding recognition scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoEmbedding {
+    /// The model's: the fusion's output (the fine-tuned figures).
+    Fused,
+    /// CLIP alone: the mean of the frame embeddings, no fusion (zero-shot, before training,
+    /// when the fusion is untrained).
+    ClipAlone,
+}
+
+/// Top-1 and top-5 accuracy of `model` over the label names, scored as the official `test.py`
+/// does: every template with every label, `100 · cos`, a softmax over the labels under each
+/// template, the mean over templates ([`template_scores`]).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_recognition(
     model: &ActionClip,
     batcher: &VideoBatcher,
     tokenizer: &ClipTokenizer,
     classes: &[String],
     templates: &[String],
+    videos_by: VideoEmbedding,
     batch_size: usize,
     device: &Device,
 ) -> anyhow::Result<serde_json::Value> {
-    let class_embeds = class_text_embeddings(|tokens| model.text_embeddings(tokens), tokenizer, classes, templates, device)?;
+    // Template-major prompts, as the official `text_prompt`: row = template · classes + class.
+    let prompts: Vec<String> = templates.iter().flat_map(|t| classes.iter().map(move |c| t.replace("{}", c))).collect();
+    let prompt_embeds = Tensor::cat(
+        prompts
+            .chunks(batch_size.max(1))
+            .map(|chunk| Ok(model.text_embeddings(tokenizer.tokenize_batch(chunk, device)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        0,
+    );
     let (mut logits, mut labels) = (Vec::new(), Vec::new());
     for (videos, _, rows) in eval_batches(batcher, batch_size, device)? {
-        logits.extend(model.logits(videos, class_embeds.clone()).into_data().iter::<f32>());
+        let embeds = match videos_by {
+            VideoEmbedding::Fused => model.video_embeddings(videos),
+            VideoEmbedding::ClipAlone => {
+                let frames = model.frame_features(videos);
+                let [batch, _, dim] = frames.dims();
+                l2_normalize(frames.mean_dim(1).reshape([batch, dim]))
+            }
+        };
+        logits.extend(template_scores(embeds, prompt_embeds.clone(), classes.len()).into_data().iter::<f32>());
         for row in rows {
             let video = &batcher.table().videos[row];
             let label = video.label.as_deref().unwrap_or_default();

@@ -2,14 +2,17 @@
 //! evaluated by retrieval recall and ranks (with the dual softmax at inference, optionally).
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use clip_core::weights::export;
 use clip_core::{Clip, ClipConfig, ClipTokenizer};
 use clip_task::clip_model::{check_clip_model, clip_config, load_run_model, tokenizer_of};
 use clip_task::{RunContext, Task};
 
+use crate::clip4clip::official::{import_official, official_config, official_layout};
 use crate::clip4clip::{Clip4Clip, Clip4ClipConfig, Clip4ClipObjective, SimilarityHeader, VideoTextBatch, dual_softmax};
 use crate::data::{VideoTable, stack_videos};
 use crate::metrics::{RetrievalMetrics, retrieval_metrics, transpose};
 use crate::task::batcher::{ClipText, VideoBatch, VideoBatcher, choice, eval_batches, video_tables};
+use crate::task::official::{EXPORT_OFFICIAL, OfficialCheckpoint, export_official_command, export_path, write_official};
 use crate::task::section::{self, VideoSection};
 
 /// Temperature of the dual softmax at inference (CAMoE's and CLIP4Clip's follow-ups' value).
@@ -22,6 +25,8 @@ pub struct Clip4ClipTask {
     clip: ClipConfig,
     tokenizer: ClipTokenizer,
     val: Option<VideoTable>,
+    /// `video.official_checkpoint`, read.
+    official: Option<OfficialCheckpoint>,
 }
 
 /// Token ids `[texts, context]` of `texts`.
@@ -43,9 +48,13 @@ impl Task for Clip4ClipTask {
     }
 
     fn new(section: VideoSection, run: RunContext) -> anyhow::Result<Self> {
-        let clip = clip_config(&run.model.name, run.model.weights.as_deref())?;
+        let official = section.official_checkpoint.as_deref().map(|path| OfficialCheckpoint::read(path, "clip.")).transpose()?;
+        let clip = match &official {
+            Some(official) => official.clip.clone(),
+            None => clip_config(&run.model.name, run.model.weights.as_deref())?,
+        };
         let tokenizer = tokenizer_of(&clip)?;
-        Ok(Self { section, run, clip, tokenizer, val: None })
+        Ok(Self { section, run, clip, tokenizer, val: None, official })
     }
 
     fn run(&self) -> &RunContext {
@@ -53,9 +62,24 @@ impl Task for Clip4ClipTask {
     }
 
     fn model(&self, device: &Device) -> anyhow::Result<Clip4Clip> {
-        let (clip, clip_config) = load_run_model(&self.run, device)?;
         let video = &self.section;
         let similarity: SimilarityHeader = choice("video.similarity", &video.similarity)?;
+        if let Some(official) = &self.official {
+            let checkpoint = &official.checkpoint;
+            // Checkpoints do not record head counts: `video.heads` (8, the official count for
+            // every released model's 512-wide text tower) for the temporal and cross blocks.
+            let mut config = official_config(checkpoint, video.frames, video.heads)?.with_heads(video.heads);
+            config.clip = official.clip.clone();
+            anyhow::ensure!(
+                config.similarity == similarity,
+                "video.similarity = {:?}, but video.official_checkpoint = {} holds a {:?} model",
+                video.similarity,
+                checkpoint.path.display(),
+                config.similarity
+            );
+            return Ok(import_official(checkpoint, &config, device)?);
+        }
+        let (clip, clip_config) = load_run_model(&self.run, device)?;
         let config = Clip4ClipConfig::new(clip_config)
             .with_similarity(similarity)
             .with_max_frames(video.frames)
@@ -93,6 +117,31 @@ impl Task for Clip4ClipTask {
     fn clip(&self, model: Clip4Clip, _device: &Device) -> anyhow::Result<Clip> {
         Ok(model.clip)
     }
+
+    fn commands() -> Vec<clap::Command> {
+        vec![export_official_command()]
+    }
+
+    fn run_command(&self, name: &str, args: &clap::ArgMatches, model: Clip4Clip, _device: &Device) -> anyhow::Result<()> {
+        anyhow::ensure!(name == EXPORT_OFFICIAL, "CLIP4Clip has no `{name}` command");
+        let output = export_path(args)?;
+        let tensors = export(&model, &official_layout(&self.model_config(&model)?))?;
+        write_official(tensors, &self.clip, &["frame_position_embeddings.weight", "cross.embeddings.position_embeddings.weight"], &output)?;
+        Ok(())
+    }
+}
+
+impl Clip4ClipTask {
+    /// The configuration `model` was built from (its header's sizes read off the model).
+    fn model_config(&self, model: &Clip4Clip) -> anyhow::Result<Clip4ClipConfig> {
+        let temporal_layers = model.temporal.as_ref().map_or(1, |t| t.transformer.resblocks.len());
+        let cross_layers = model.cross.as_ref().map_or(1, |c| c.transformer.resblocks.len());
+        Ok(Clip4ClipConfig::new(self.clip.clone())
+            .with_similarity(model.similarity)
+            .with_max_frames(self.section.frames)
+            .with_temporal_layers(temporal_layers)
+            .with_cross_layers(cross_layers))
+    }
 }
 
 fn retrieval_json(metrics: &RetrievalMetrics) -> serde_json::Value {
@@ -115,7 +164,7 @@ pub fn evaluate_retrieval(model: &Clip4Clip, batcher: &VideoBatcher, tokenizer: 
     let mut rows = Vec::new();
     for start in (0..count).step_by(batch_size.max(1)) {
         let block = texts.clone().narrow(0, start, batch_size.min(count - start));
-        rows.push(model.similarity_from_features(block, frames.clone()));
+        rows.push(model.similarity_from_features(block, frames.clone(), None));
     }
     let similarity = Tensor::cat(rows, 0);
     let report = |similarity: Tensor<2>| -> anyhow::Result<serde_json::Value> {

@@ -4,6 +4,7 @@
 pub mod actionclip;
 pub mod batcher;
 pub mod clip4clip;
+pub mod official;
 pub mod section;
 
 pub use actionclip::ActionClipTask;

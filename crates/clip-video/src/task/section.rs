@@ -23,12 +23,18 @@ pub struct VideoSection {
     pub cross_layers: usize,
     /// CLIP4Clip: also report retrieval with the dual softmax at inference.
     pub dual_softmax: bool,
-    /// ActionCLIP: temporal fusion of frame embeddings, `meanP` or `transf`.
+    /// ActionCLIP: temporal fusion of frame embeddings, `meanP`, `LSTM`, `Conv_1D`, `transf`
+    /// (or `Transf`) or `Transf_cls`.
     pub fusion: String,
-    /// ActionCLIP: layers of the fusion transformer.
+    /// ActionCLIP: layers of the `transf` and `Transf_cls` fusion transformers.
     pub fusion_layers: usize,
     /// Attention heads of the temporal, cross and fusion transformers.
     pub heads: usize,
+    /// An official CLIP4Clip (`pytorch_model.bin.N`) or ActionCLIP (`.pt`) checkpoint, or one
+    /// written by `clipforge export-official`: the model (CLIP and similarity calculator or
+    /// fusion) is loaded from it, its architecture read off its keys, in place of `[model]`'s;
+    /// `similarity` / `fusion` must name what it holds.
+    pub official_checkpoint: Option<PathBuf>,
     /// ActionCLIP: prompt templates turning an action label into text (`{}`: the label); one is
     /// drawn per video while training, all are averaged for evaluation.
     pub templates: Vec<String>,
@@ -46,6 +52,7 @@ impl Default for VideoSection {
             fusion: "transf".into(),
             fusion_layers: 6,
             heads: 8,
+            official_checkpoint: None,
             templates: [
                 "a photo of action {}", "a picture of action {}", "Human action of {}", "{}, an action",
                 "{} this is an action", "{}, a video of action", "Playing action of {}", "{}",
@@ -70,14 +77,20 @@ pub fn validate(video: &VideoSection, run: &RunContext) -> Result<(), String> {
             video.similarity
         ));
     }
-    if !["meanP", "transf"].contains(&video.fusion.as_str()) {
-        return Err(format!("video.fusion = {:?}: use \"meanP\" or \"transf\"", video.fusion));
+    if !["meanP", "LSTM", "Conv_1D", "transf", "Transf", "Transf_cls"].contains(&video.fusion.as_str()) {
+        return Err(format!(
+            "video.fusion = {:?}: use \"meanP\", \"LSTM\", \"Conv_1D\", \"transf\" or \"Transf_cls\"",
+            video.fusion
+        ));
     }
     if video.heads == 0 {
         return Err("video.heads must be at least 1".into());
     }
     if video.templates.is_empty() || video.templates.iter().any(|t| !t.contains("{}")) {
         return Err("video.templates: give at least one template, each with a {} for the label".into());
+    }
+    if let Some(file) = video.official_checkpoint.as_ref().filter(|f| !f.is_file()) {
+        return Err(format!("video.official_checkpoint = {}: no such file", file.display()));
     }
     let msrvtt = [Some(&run.data.train), run.data.val.as_ref()].into_iter().flatten().any(|p| p.extension().is_some_and(|e| e == "json"));
     match &video.videos_dir {
