@@ -4,8 +4,9 @@
 //!
 //! - [`groupvit`]: GroupViT (Xu et al., 2022), grouping patch tokens into segments with learnable
 //!   group tokens; matches Hugging Face transformers' `GroupViTModel`.
-//! - [`lseg`]: LSeg (Li et al., 2022), a DPT decoder over a CLIP ViT producing per-pixel
-//!   embeddings compared with label text embeddings.
+//! - [`lseg`]: LSeg (Li et al., 2022), a DPT decoder over a ViT (CLIP's, or the official timm
+//!   ViT with lang-seg's checkpoint layout) producing per-pixel embeddings compared with label
+//!   text embeddings.
 //! - [`data`]: images with PNG label masks and a label-name list, with joint augmentation.
 //! - [`metrics`]: mIoU and pixel accuracy.
 //! - [`nouns`]: nouns of captions turned into prompts (GroupViT's multi-label loss).

@@ -20,6 +20,7 @@ mod projection;
 mod text;
 mod vision;
 mod weights;
+mod zero_shot;
 
 pub use assign::{
     AssignAttention, AssignMode, CrossAttentionLayer, TokenAssign, straight_through_one_hot,
@@ -31,3 +32,4 @@ pub use projection::{Phase, ProjectionHead};
 pub use text::GroupVitText;
 pub use vision::{GroupProjector, GroupVitVision, GroupVitVisionOutput, GroupingStage};
 pub use weights::{hugging_face_layout, load_groupvit, load_hugging_face, save_hugging_face};
+pub use zero_shot::{GroupAssignment, ZeroShotSegmentation};

@@ -171,7 +171,7 @@ pub fn multi_label_contrastive_loss(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::groupvit::{GroupVitConfig, GroupVitTextConfig, GroupVitVisionConfig};
     use burn::optim::{AdamWConfig, GradientsParams};
@@ -179,7 +179,7 @@ mod tests {
     use clip_core::transformer::Activation;
 
     /// A GroupViT small enough to train a few steps in a unit test.
-    fn tiny_config() -> GroupVitConfig {
+    pub(crate) fn tiny_config() -> GroupVitConfig {
         GroupVitConfig::new(
             GroupVitTextConfig::new(32, 64, 1, 2)
                 .with_vocab_size(64)

@@ -5,11 +5,13 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::{gelu, relu};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
+use clip_core::batch_norm::{BatchNorm2d, BatchNorm2dConfig};
+use serde::{Deserialize, Serialize};
 
 use crate::lseg::config::Readout;
 
@@ -24,6 +26,25 @@ pub fn resize_bilinear(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
         .with_align_corners(true)
         .with_output_size(size);
     interpolate(x, options)
+}
+
+/// How a reassemble stage resamples its `[gh, gw]` token map (after the 1x1 convolution).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resample {
+    /// `factor`x up: a transposed convolution with kernel = stride = `factor` (with bias).
+    Up(usize),
+    /// Unchanged.
+    Keep,
+    /// 0.5x: a 3x3 convolution with stride 2 and padding 1 (with bias).
+    Down,
+}
+
+impl Resample {
+    /// DPT's ViT-L/16 and ViT-B/16 stages (`_make_vit_b16_backbone`): 4x, 2x, 1x, 0.5x.
+    pub const PATCH_16: [Resample; 4] = [Resample::Up(4), Resample::Up(2), Resample::Keep, Resample::Down];
+    /// lang-seg's ViT-B/32 stages (`_make_vit_b32_backbone`): 8x, 4x, 2x, 1x.
+    pub const PATCH_32: [Resample; 4] = [Resample::Up(8), Resample::Up(4), Resample::Up(2), Resample::Keep];
 }
 
 /// Configuration of a [`DptDecoder`].
@@ -43,6 +64,14 @@ pub struct DptDecoderConfig {
     /// Batch norm inside the residual convolution units.
     #[config(default = true)]
     pub batch_norm: bool,
+    /// Resampling of the four stages (finest first).
+    #[config(default = "Resample::PATCH_16")]
+    pub resampling: [Resample; 4],
+    /// Whether the coarsest fusion block also holds a skip unit. It never runs (that block has
+    /// no skip input), but the official `LSegNet` builds one (`refinenet4.resConfUnit1`) and
+    /// checkpoints it.
+    #[config(default = false)]
+    pub coarsest_skip_unit: bool,
 }
 
 impl DptDecoderConfig {
@@ -67,12 +96,12 @@ impl DptDecoderConfig {
                     .then(|| LinearConfig::new(2 * self.width, self.width).init(device)),
                 readout: self.readout,
                 project: conv(self.width, 1, 1, 0).init(device),
-                upsample: match index {
-                    0 => Some(upsample(4)),
-                    1 => Some(upsample(2)),
+                upsample: match self.resampling[index] {
+                    Resample::Up(factor) => Some(upsample(factor)),
                     _ => None,
                 },
-                downsample: (index == 3).then(|| conv(channels, 3, 2, 1).init(device)),
+                downsample: (self.resampling[index] == Resample::Down)
+                    .then(|| conv(channels, 3, 2, 1).init(device)),
                 to_features: Conv2dConfig::new([channels, self.features], [3, 3])
                     .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                     .with_bias(false)
@@ -87,7 +116,7 @@ impl DptDecoderConfig {
         DptDecoder {
             stages: (0..4).map(stage).collect(),
             // Coarsest first: the deepest block has no skip input.
-            fusion: vec![fusion(false), fusion(true), fusion(true), fusion(true)],
+            fusion: vec![fusion(self.coarsest_skip_unit), fusion(true), fusion(true), fusion(true)],
             head: Conv2dConfig::new([self.features, self.out_channels], [1, 1]).init(device),
         }
     }
@@ -101,7 +130,7 @@ impl DptDecoderConfig {
         };
         let norm = || {
             self.batch_norm
-                .then(|| BatchNormConfig::new(self.features).init(device))
+                .then(|| BatchNorm2dConfig::new(self.features).init(device))
         };
         ResidualConvUnit {
             conv1: conv(),
@@ -113,8 +142,8 @@ impl DptDecoderConfig {
 }
 
 /// One of DPT's four reassemble operations: readout, tokens to a `[width, gh, gw]` map, 1x1
-/// convolution, resampling (4x, 2x, 1x or 0.5x), then a 3x3 convolution to the fused width
-/// (DPT's `layerN_rn`).
+/// convolution, resampling ([`Resample`]: 8x, 4x, 2x, 1x or 0.5x), then a 3x3 convolution to
+/// the fused width (DPT's `layerN_rn`).
 #[derive(Module, Debug)]
 pub struct ReassembleStage {
     /// `Linear(2w, w)` followed by GELU over `[patch; class]` (readout `project` only).
@@ -124,9 +153,9 @@ pub struct ReassembleStage {
     pub readout: Readout,
     /// 1x1 convolution, width to stage channels.
     pub project: Conv2d,
-    /// Transposed convolution with kernel = stride = 4 or 2 (the two finest stages).
+    /// Transposed convolution with kernel = stride = the factor ([`Resample::Up`]).
     pub upsample: Option<ConvTranspose2d>,
-    /// 3x3 convolution with stride 2 (the coarsest stage).
+    /// 3x3 convolution with stride 2 ([`Resample::Down`]).
     pub downsample: Option<Conv2d>,
     /// 3x3 convolution to the fused width, no bias.
     pub to_features: Conv2d,
@@ -136,6 +165,12 @@ impl ReassembleStage {
     /// `[batch, features, h, w]` from a hidden state `[batch, 1 + gh * gw, width]` (class
     /// token first) over a `grid` of `[gh, gw]` patches.
     pub fn forward(&self, hidden: Tensor<3>, grid: [usize; 2]) -> Tensor<4> {
+        self.to_features.forward(self.reassemble(hidden, grid))
+    }
+
+    /// The stage's map before `to_features`, `[batch, channels, h, w]` (DPT's `layer_N`, the
+    /// output of `forward_vit`).
+    pub fn reassemble(&self, hidden: Tensor<3>, grid: [usize; 2]) -> Tensor<4> {
         let [batch, tokens, width] = hidden.dims();
         let class = hidden.clone().narrow(1, 0, 1);
         let patches = hidden.narrow(1, 1, tokens - 1);
@@ -157,7 +192,7 @@ impl ReassembleStage {
         if let Some(downsample) = &self.downsample {
             x = downsample.forward(x);
         }
-        self.to_features.forward(x)
+        x
     }
 }
 
@@ -167,12 +202,12 @@ impl ReassembleStage {
 pub struct ResidualConvUnit {
     /// First 3x3 convolution.
     pub conv1: Conv2d,
-    /// Norm after `conv1`.
-    pub norm1: Option<BatchNorm>,
+    /// Norm after `conv1` (PyTorch's `BatchNorm2d`).
+    pub norm1: Option<BatchNorm2d>,
     /// Second 3x3 convolution.
     pub conv2: Conv2d,
     /// Norm after `conv2`.
-    pub norm2: Option<BatchNorm>,
+    pub norm2: Option<BatchNorm2d>,
 }
 
 impl ResidualConvUnit {
@@ -194,7 +229,8 @@ impl ResidualConvUnit {
 /// (`align_corners=True`), then a 1x1 convolution.
 #[derive(Module, Debug)]
 pub struct FeatureFusionBlock {
-    /// Applied to the skip input (absent in the coarsest block, which has none).
+    /// Applied to the skip input (absent in the coarsest block, which has none, unless
+    /// [`DptDecoderConfig::coarsest_skip_unit`] keeps the official code's unused one).
     pub skip_unit: Option<ResidualConvUnit>,
     /// Applied to the sum.
     pub refine_unit: ResidualConvUnit,
@@ -226,28 +262,54 @@ pub struct DptDecoder {
 }
 
 impl DptDecoder {
-    /// Unnormalized per-pixel embeddings `[batch, out_channels, 8 gh, 8 gw]` from four hidden
-    /// states `[batch, 1 + gh * gw, width]` (shallowest first) over a `grid` of patches.
+    /// Unnormalized per-pixel embeddings `[batch, out_channels, h, w]` from four hidden states
+    /// `[batch, 1 + gh * gw, width]` (shallowest first) over a `grid` of patches; `h, w` are
+    /// twice the finest stage's size (`8 gh, 8 gw` with [`Resample::PATCH_16`], `16 gh, 16 gw`
+    /// with [`Resample::PATCH_32`]).
     ///
     /// Each fusion block upsamples to the size of the next finer stage (2x for even grids, as
     /// in DPT; odd grids, e.g. 7x7 for ViT-B/32 at 224 pixels, work too), the last one 2x.
     pub fn forward(&self, hidden_states: [Tensor<3>; 4], grid: [usize; 2]) -> Tensor<4> {
-        let maps: Vec<Tensor<4>> = hidden_states
-            .into_iter()
-            .zip(&self.stages)
-            .map(|(hidden, stage)| stage.forward(hidden, grid))
-            .collect();
+        self.forward_intermediates(hidden_states, grid).embeddings
+    }
+
+    /// As [`forward`](Self::forward), keeping every intermediate map (the tensors the official
+    /// `LSegNet.forward` names).
+    pub fn forward_intermediates(&self, hidden_states: [Tensor<3>; 4], grid: [usize; 2]) -> DptIntermediates {
+        let mut index = 0;
+        let layers = hidden_states.map(|hidden| {
+            let map = self.stages[index].reassemble(hidden, grid);
+            index += 1;
+            map
+        });
+        let layers_rn: [Tensor<4>; 4] = std::array::from_fn(|i| self.stages[i].to_features.forward(layers[i].clone()));
         let size = |map: &Tensor<4>| {
             let [_, _, h, w] = map.dims();
             [h, w]
         };
-        let [_, _, h1, w1] = maps[0].dims();
-        let mut x = self.fusion[0].forward(maps[3].clone(), None, size(&maps[2]));
-        x = self.fusion[1].forward(x, Some(maps[2].clone()), size(&maps[1]));
-        x = self.fusion[2].forward(x, Some(maps[1].clone()), size(&maps[0]));
-        x = self.fusion[3].forward(x, Some(maps[0].clone()), [2 * h1, 2 * w1]);
-        self.head.forward(x)
+        let [_, _, h1, w1] = layers_rn[0].dims();
+        let path_4 = self.fusion[0].forward(layers_rn[3].clone(), None, size(&layers_rn[2]));
+        let path_3 = self.fusion[1].forward(path_4.clone(), Some(layers_rn[2].clone()), size(&layers_rn[1]));
+        let path_2 = self.fusion[2].forward(path_3.clone(), Some(layers_rn[1].clone()), size(&layers_rn[0]));
+        let path_1 = self.fusion[3].forward(path_2.clone(), Some(layers_rn[0].clone()), [2 * h1, 2 * w1]);
+        let embeddings = self.head.forward(path_1.clone());
+        DptIntermediates { layers, layers_rn, paths: [path_1, path_2, path_3, path_4], embeddings }
     }
+}
+
+/// The intermediate maps of a [`DptDecoder`], named as in the official code (index 0 is
+/// `layer_1` / `path_1`, the finest).
+#[derive(Debug, Clone)]
+pub struct DptIntermediates {
+    /// Reassembled stages before `layerN_rn` (`layer_1..4`, the output of `forward_vit`).
+    pub layers: [Tensor<4>; 4],
+    /// After `layerN_rn`, `[batch, features, ..]` (`layer_1_rn..4`).
+    pub layers_rn: [Tensor<4>; 4],
+    /// Fusion outputs: `paths[i]` is `path_{i+1}`, `path_4 = refinenet4(layer_4_rn)` the
+    /// coarsest, `path_1` the decoder's output before the head.
+    pub paths: [Tensor<4>; 4],
+    /// `head1(path_1)`: unnormalized pixel embeddings `[batch, out_channels, h, w]`.
+    pub embeddings: Tensor<4>,
 }
 
 #[cfg(test)]

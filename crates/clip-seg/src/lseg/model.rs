@@ -5,14 +5,37 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::tensor::activation::leaky_relu;
+use burn::tensor::activation::{leaky_relu, tanh};
 use burn::tensor::{Device, Int, Tensor};
 use clip_core::l2_normalize;
 use clip_core::model::clamp_log_logit_scale;
 use clip_core::text::TextTransformer;
 use clip_core::vision::VisionTransformer;
+use serde::{Deserialize, Serialize};
 
-use crate::lseg::decoder::{DptDecoder, resize_bilinear};
+use crate::lseg::backbone::TimmVit;
+use crate::lseg::decoder::{DptDecoder, DptIntermediates, resize_bilinear};
+
+/// The spatial regularization block of the official code (`arch_option` 1 or 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegularizationKind {
+    /// `bottleneck_block` (`arch_option = 1`): `y_l = conv(x_l) + max_l' x_l'`.
+    Bottleneck,
+    /// `depthwise_block` (`arch_option = 2`): `y_l = conv(x_l)`.
+    Depthwise,
+}
+
+/// The activation between applications of the regularization block (the official
+/// `activation` argument).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegularizationActivation {
+    /// `lrelu`: LeakyReLU with PyTorch's default slope 0.01.
+    LeakyRelu,
+    /// `tanh`.
+    Tanh,
+}
 
 /// Configuration of a [`SpatialRegularization`] block.
 #[derive(Config, Debug)]
@@ -22,6 +45,12 @@ pub struct SpatialRegularizationConfig {
     /// Negative slope of the LeakyReLU between applications (PyTorch's default).
     #[config(default = 0.01)]
     pub negative_slope: f64,
+    /// Bottleneck (with the label maximum) or plain depthwise block.
+    #[config(default = "RegularizationKind::Bottleneck")]
+    pub kind: RegularizationKind,
+    /// Activation between applications.
+    #[config(default = "RegularizationActivation::LeakyRelu")]
+    pub activation: RegularizationActivation,
 }
 
 impl SpatialRegularizationConfig {
@@ -33,14 +62,17 @@ impl SpatialRegularizationConfig {
                 .init(device),
             depth: self.depth,
             negative_slope: self.negative_slope,
+            kind: self.kind,
+            activation: self.activation,
         }
     }
 }
 
-/// LSeg's "bottleneck" spatial regularization over the logits `[batch, labels, h, w]`:
-/// `y = conv3x3(x_l) + max_l x_l` with one 3x3 kernel shared by every label channel (so any
-/// label count works), repeated `depth` times with the same weights and a LeakyReLU between
-/// repetitions (none after the last).
+/// LSeg's spatial regularization over the logits `[batch, labels, h, w]`: "bottleneck"
+/// `y = conv3x3(x_l) + max_l x_l` or "depthwise" `y = conv3x3(x_l)`, with one 3x3 kernel
+/// shared by every label channel (so any label count works), repeated `depth` times with the
+/// same weights and the activation between repetitions (none after the last), as the
+/// official `head_block`.
 #[derive(Module, Debug)]
 pub struct SpatialRegularization {
     /// The shared one-channel 3x3 convolution.
@@ -49,6 +81,12 @@ pub struct SpatialRegularization {
     pub depth: usize,
     /// LeakyReLU slope.
     pub negative_slope: f64,
+    /// Bottleneck or depthwise.
+    #[module(skip)]
+    pub kind: RegularizationKind,
+    /// Activation between applications.
+    #[module(skip)]
+    pub activation: RegularizationActivation,
 }
 
 impl SpatialRegularization {
@@ -56,14 +94,20 @@ impl SpatialRegularization {
     pub fn forward(&self, mut x: Tensor<4>) -> Tensor<4> {
         let [batch, labels, h, w] = x.dims();
         for step in 0..self.depth {
-            let max = x.clone().max_dim(1);
+            let max = (self.kind == RegularizationKind::Bottleneck).then(|| x.clone().max_dim(1));
             let conv = self
                 .depthwise
                 .forward(x.reshape([batch * labels, 1, h, w]))
                 .reshape([batch, labels, h, w]);
-            x = conv + max;
+            x = match max {
+                Some(max) => conv + max,
+                None => conv,
+            };
             if step + 1 < self.depth {
-                x = leaky_relu(x, self.negative_slope);
+                x = match self.activation {
+                    RegularizationActivation::LeakyRelu => leaky_relu(x, self.negative_slope),
+                    RegularizationActivation::Tanh => tanh(x),
+                };
             }
         }
         x
@@ -72,13 +116,18 @@ impl SpatialRegularization {
 
 /// LSeg (Li et al., ICLR 2022).
 ///
-/// Parameter paths: `visual.*` (CLIP image tower; its `proj` is unused), `text.*` (CLIP text
-/// tower including `text.text_projection`; freeze the prefix `text` as the paper does),
-/// `decoder.*` (DPT), `regularization.*` (when enabled) and `logit_scale`.
+/// Parameter paths: `visual.*` (CLIP image tower; its `proj` is unused), `vit.*` (the timm
+/// ViT encoder of the official code, with [`LsegBackbone::Timm`](crate::lseg::LsegBackbone)),
+/// `text.*` (CLIP text tower including `text.text_projection`; freeze the prefix `text` as the
+/// paper does), `decoder.*` (DPT), `regularization.*` (when enabled), `logit_scale` and
+/// `clip_logit_scale` (timm backbone only).
 #[derive(Module, Debug)]
 pub struct Lseg {
-    /// CLIP's image tower, the encoder.
+    /// CLIP's image tower: the encoder with the CLIP backbone; with the timm backbone it is
+    /// unused (as the official `clip_pretrained.visual`) and held for the checkpoint.
     pub visual: VisionTransformer,
+    /// The official encoder, a timm ViT (`pretrained.model`), with the timm backbone.
+    pub vit: Option<TimmVit>,
     /// CLIP's text tower and projection, the label encoder.
     pub text: TextTransformer,
     /// The DPT decoder and embedding head.
@@ -87,19 +136,43 @@ pub struct Lseg {
     pub regularization: Option<SpatialRegularization>,
     /// Log of the logit scale, `[1]`.
     pub logit_scale: Param<Tensor<1>>,
-    /// The image-tower blocks (0-based) feeding the decoder, shallowest first.
+    /// CLIP's own log logit scale (`clip_pretrained.logit_scale`) with the timm backbone:
+    /// unused by LSeg, held for the checkpoint.
+    pub clip_logit_scale: Option<Param<Tensor<1>>>,
+    /// The encoder blocks (0-based) feeding the decoder, shallowest first.
     pub hooks: [usize; 4],
 }
 
 impl Lseg {
     /// L2-normalized per-pixel embeddings at the decoder's resolution, `[batch, embed_dim,
-    /// 8 gh, 8 gw]` for a grid of `gh x gw` patches (half the input size for patch 16).
+    /// 8 gh, 8 gw]` for a grid of `gh x gw` patches (half the input size for patch 16;
+    /// `16 gh, 16 gw` with [`Resample::PATCH_32`](crate::lseg::Resample::PATCH_32)).
     pub fn decoder_embeddings(&self, images: Tensor<4>) -> Tensor<4> {
-        let features = self.visual.forward_features(images, true);
-        let hidden = self
-            .hooks
-            .map(|layer| features.hidden_states[layer].clone());
-        normalize_channels(self.decoder.forward(hidden, features.grid))
+        let (hidden, grid) = self.hook_states(images);
+        normalize_channels(self.decoder.forward(hidden, grid))
+    }
+
+    /// The outputs of the four `hooks` blocks of the encoder, `[batch, 1 + gh*gw, width]`
+    /// (class token first), and the patch grid `[gh, gw]`.
+    pub fn hook_states(&self, images: Tensor<4>) -> ([Tensor<3>; 4], [usize; 2]) {
+        match &self.vit {
+            Some(vit) => {
+                let last = self.hooks.iter().copied().max().unwrap_or(0);
+                let (states, grid) = vit.forward_blocks(images, last);
+                (self.hooks.map(|layer| states[layer].clone()), grid)
+            }
+            None => {
+                let features = self.visual.forward_features(images, true);
+                (self.hooks.map(|layer| features.hidden_states[layer].clone()), features.grid)
+            }
+        }
+    }
+
+    /// The decoder's intermediate maps for images `[batch, 3, H, W]` (see
+    /// [`DptIntermediates`]); `embeddings` are not normalized.
+    pub fn decoder_intermediates(&self, images: Tensor<4>) -> DptIntermediates {
+        let (hidden, grid) = self.hook_states(images);
+        self.decoder.forward_intermediates(hidden, grid)
     }
 
     /// L2-normalized per-pixel embeddings at the input resolution, `[batch, embed_dim, H, W]`
@@ -128,6 +201,12 @@ impl Lseg {
     /// (`align_corners=True`) to the input size.
     pub fn logits(&self, images: Tensor<4>, label_embeds: Tensor<2>) -> Tensor<4> {
         let [_, _, height, width] = images.dims();
+        resize_bilinear(self.logits_lowres(images, label_embeds), [height, width])
+    }
+
+    /// The logits at the decoder's resolution, after the spatial regularization (the input of
+    /// the official `output_conv`), `[batch, labels, h, w]`.
+    pub fn logits_lowres(&self, images: Tensor<4>, label_embeds: Tensor<2>) -> Tensor<4> {
         let pixels = self.decoder_embeddings(images);
         let [batch, dim, h, w] = pixels.dims();
         let labels = label_embeds.dims()[0];
@@ -137,11 +216,10 @@ impl Lseg {
             .matmul(label_embeds.transpose())
             * self.logit_scale().unsqueeze();
         let logits = logits.reshape([batch, h, w, labels]).permute([0, 3, 1, 2]);
-        let logits = match &self.regularization {
+        match &self.regularization {
             Some(block) => block.forward(logits),
             None => logits,
-        };
-        resize_bilinear(logits, [height, width])
+        }
     }
 
     /// The most likely label per pixel, `[batch, H, W]`, for images `[batch, 3, H, W]` and
@@ -296,6 +374,30 @@ mod tests {
         let got = values(block.forward(x));
         for (g, w) in got.iter().zip(want2) {
             assert!((g - w).abs() < 1e-5, "{got:?} vs {want2:?}");
+        }
+    }
+
+    #[test]
+    fn depthwise_regularization_has_no_maximum_and_any_activation() {
+        let device = Device::flex();
+        let mut block = SpatialRegularizationConfig::new(2)
+            .with_kind(RegularizationKind::Depthwise)
+            .with_activation(RegularizationActivation::Tanh)
+            .init(&device);
+        // Kernel: identity times 2, bias 0.5: y = 2 x + 0.5, twice, tanh in between.
+        let mut kernel = vec![0.0f32; 9];
+        kernel[4] = 2.0;
+        block.depthwise.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(kernel, [1, 1, 3, 3]),
+            &device,
+        ));
+        block.depthwise.bias = Some(Param::from_tensor(Tensor::from_floats([0.5], &device)));
+        let input = [1.0f32, -2.0, 3.0, 0.0];
+        let x = Tensor::<4>::from_data(TensorData::new(input.to_vec(), [1, 2, 1, 2]), &device);
+        let got = values(block.forward(x));
+        for (g, x) in got.iter().zip(input) {
+            let want = 2.0 * (2.0 * x + 0.5f32).tanh() + 0.5;
+            assert!((g - want).abs() < 1e-5, "{got:?}");
         }
     }
 

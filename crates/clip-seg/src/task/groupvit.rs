@@ -14,12 +14,12 @@ use clip_task::pairs::{Batcher, Pair, PairBatch, PairTable};
 use clip_task::{RunContext, Task};
 
 use crate::data::{LabelSet, SegmentationTable};
-use crate::groupvit::{self, GroupVit, GroupVitBatch, GroupVitConfig, GroupVitObjective};
+use crate::groupvit::{self, GroupAssignment, GroupVit, GroupVitBatch, GroupVitConfig, GroupVitObjective, ZeroShotSegmentation};
 use crate::nouns::NounPrompts;
 use crate::task::batcher::{SegmentationBatcher, segmentation_tables, validation_table};
 use crate::task::section::{self, SegmentationSection, label_set};
 use crate::task::segment::{SEGMENT, SegmentArgs, segment, segment_command};
-use crate::task::segmenter::{Segmenter, evaluate_segmentation};
+use crate::task::segmenter::{Segmenter, SlidingWindow, ZeroShotGroupVit, evaluate_segmentation};
 
 /// GroupViT (`model.name` a Hugging Face GroupViT `config.json`, or `model.weights` a Hugging
 /// Face GroupViT folder) trained on the captions of `[segmentation]` data, evaluated by mIoU;
@@ -139,8 +139,11 @@ impl Task for GroupVitTask {
     fn evaluate(&self, model: &GroupVit, device: &Device) -> anyhow::Result<Option<serde_json::Value>> {
         let Some(val) = validation_table(&self.run, &self.section, self.val.as_ref())? else { return Ok(None) };
         let batcher = SegmentationBatcher::of(&self.run, &self.section, val, &self.labels, self.config.image_size(), false)?;
-        let label_embeds = model.embed_labels(&self.tokenizer, &self.labels.names, &self.section.templates, device)?;
-        Ok(Some(evaluate_segmentation(model, &batcher, &label_embeds, &self.labels, self.run.eval.batch_size, device)?))
+        let segmenter = self.segmenter(model);
+        let label_embeds = segmenter.embed_labels(&self.tokenizer, &self.labels.names, &self.section.templates, device)?;
+        let mut report = evaluate_segmentation(&segmenter, &batcher, &label_embeds, &self.labels, self.run.eval.batch_size, device)?;
+        report["protocol"] = serde_json::json!(self.protocol());
+        Ok(Some(report))
     }
 
     fn commands() -> Vec<clap::Command> {
@@ -151,6 +154,43 @@ impl Task for GroupVitTask {
         use clap::FromArgMatches;
         anyhow::ensure!(name == SEGMENT, "GroupViT has no `{name}` command");
         let args = SegmentArgs::from_arg_matches(args)?;
-        segment(&model, &self.tokenizer, self.config.image_size(), &self.section, &args, device)
+        segment(&self.segmenter(&model), &self.tokenizer, self.config.image_size(), &self.section, &args, device)
+    }
+}
+
+impl GroupVitTask {
+    /// `model` under the section's zero-shot protocol and windows.
+    fn segmenter<'a>(&self, model: &'a GroupVit) -> SlidingWindow<ZeroShotGroupVit<'a>> {
+        let seg = &self.section;
+        let assignment = if seg.group_assignment == "soft" { GroupAssignment::Soft } else { GroupAssignment::Hard };
+        let settings = ZeroShotSegmentation {
+            assignment,
+            top_k: seg.top_k_labels,
+            background: None,
+            background_threshold: seg.background_threshold,
+        };
+        let inner = ZeroShotGroupVit { model, settings, background_label: seg.background_label.clone() };
+        let window = if seg.window == 0 { usize::MAX } else { seg.window };
+        let stride = if seg.window_stride == 0 { (window / 2).max(1) } else { seg.window_stride };
+        SlidingWindow { inner, window, stride }
+    }
+
+    /// The evaluation protocol, as reported with the figures.
+    fn protocol(&self) -> String {
+        let seg = &self.section;
+        let windows = match seg.window {
+            0 => "whole image".to_string(),
+            w => format!("sliding {w}px windows"),
+        };
+        match seg.group_assignment.as_str() {
+            "soft" => format!("soft group assignment (Hugging Face), {windows}"),
+            _ => {
+                let background = match self.labels.names.iter().any(|n| !seg.background_label.is_empty() && *n == seg.background_label) {
+                    true => format!("{:?} by threshold {}", seg.background_label, seg.background_threshold),
+                    false => "no background label".into(),
+                };
+                format!("hard group assignment (NVlabs), top-{} labels per image, {background}, {windows}", seg.top_k_labels)
+            }
+        }
     }
 }

@@ -50,6 +50,23 @@ pub struct SegmentationSection {
     /// GroupViT: nouns are words of this list (one per line) found in captions; without it,
     /// the label names, and without those a stopword heuristic.
     pub nouns: Option<PathBuf>,
+    /// GroupViT zero-shot segmentation: `hard` (NVlabs' evaluation: each pixel's argmax group,
+    /// the top-k label filter, the background by threshold) or `soft` (Hugging Face's
+    /// `segmentation_logits`, the background a text label).
+    pub group_assignment: String,
+    /// GroupViT (`hard`): labels kept per image, those its pooled embedding ranks highest
+    /// (NVlabs: 5; 0 keeps all).
+    pub top_k_labels: usize,
+    /// GroupViT (`hard`): the label predicted where no other label scores above
+    /// `background_threshold` (NVlabs' `with_bg`), when the label set has it; empty: none.
+    pub background_label: String,
+    /// GroupViT (`hard`): the background threshold (NVlabs: 0.95).
+    pub background_threshold: f64,
+    /// Evaluation and `segment`: sliding-window inference with square windows of this many
+    /// pixels (mmseg's `slide` mode; NVlabs evaluates VOC with 448); 0: the whole image.
+    pub window: usize,
+    /// Step between windows, in pixels (NVlabs: 224); 0: half the window.
+    pub window_stride: usize,
 }
 
 impl Default for SegmentationSection {
@@ -73,6 +90,12 @@ impl Default for SegmentationSection {
             prompts_per_image: 3,
             multi_label_weight: 1.0,
             nouns: None,
+            group_assignment: "hard".into(),
+            top_k_labels: 5,
+            background_label: "background".into(),
+            background_threshold: 0.95,
+            window: 0,
+            window_stride: 0,
         }
     }
 }
@@ -103,6 +126,18 @@ pub fn validate(seg: &SegmentationSection, run: &RunContext) -> Result<(), Strin
     }
     if !(seg.multi_label_weight.is_finite() && seg.multi_label_weight >= 0.0) {
         return Err(format!("segmentation.multi_label_weight = {} must not be negative", seg.multi_label_weight));
+    }
+    if !["hard", "soft"].contains(&seg.group_assignment.as_str()) {
+        return Err(format!("segmentation.group_assignment = {:?}: use \"hard\" (NVlabs) or \"soft\" (Hugging Face)", seg.group_assignment));
+    }
+    if !(0.0..=1.0).contains(&seg.background_threshold) {
+        return Err(format!("segmentation.background_threshold = {} must be in [0, 1]", seg.background_threshold));
+    }
+    if seg.window_stride > seg.window {
+        return Err(format!(
+            "segmentation.window_stride = {} exceeds segmentation.window = {} (pixels would be skipped)",
+            seg.window_stride, seg.window
+        ));
     }
     if let Some(nouns) = seg.nouns.as_ref().filter(|n| !n.is_file()) {
         return Err(format!("segmentation.nouns = {}: no such file", nouns.display()));

@@ -63,7 +63,7 @@ pub fn segment(
     std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
     for path in &args.images {
         let image = load_image(path)?;
-        let map = label_map(model, &image, &label_embeds, image_size, device);
+        let map = label_map(model, &image, &label_embeds, &names, image_size, device);
         let colored = colorize(&map, image_size as u32, image_size as u32, &colors);
         let colored = image::imageops::resize(&colored, image.width(), image.height(), image::imageops::FilterType::Nearest);
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
@@ -87,8 +87,8 @@ pub fn segment(
 }
 
 /// The label of each pixel of `image` resized to `size x size`, row-major.
-fn label_map(model: &impl Segmenter, image: &image::RgbImage, label_embeds: &Tensor<2>, size: usize, device: &Device) -> Vec<usize> {
+fn label_map(model: &impl Segmenter, image: &image::RgbImage, label_embeds: &Tensor<2>, names: &[String], size: usize, device: &Device) -> Vec<usize> {
     let pixels = Normalize::new(OPENAI_MEAN, OPENAI_STD).apply(&resize_bicubic(image, size as u32, size as u32));
-    let map = model.label_map(pixels.to_tensor(device).unsqueeze_dim(0), label_embeds.clone());
+    let map = model.label_map(pixels.to_tensor(device).unsqueeze_dim(0), label_embeds.clone(), names);
     map.into_data().iter::<i64>().map(|v| v as usize).collect()
 }
