@@ -585,19 +585,41 @@ pub fn read_proposals(
         .collect())
 }
 
-/// A detection prompt listing category names, `"circle. square. triangle."`, and the byte
-/// range of each name in it.
+/// What separates category names in GLIP's prompts: `DATASETS.SEPARATION_TOKENS` of every
+/// official GLIP config (`configs/pretrain/*.yaml`; `defaults.py` has `" "`, which no shipped
+/// config keeps), in training and in evaluation alike.
+pub const PROMPT_SEPARATOR: &str = ". ";
+
+/// A category name as GLIP writes it into a prompt (`clean_name` of the official
+/// `od_to_grounding.py`): a parenthesized part removed (`"bow_(weapon)"` → `"bow"`, from the
+/// first `(` to the last `)` as its greedy regex does), underscores made spaces. The official
+/// code then merges double spaces once and keeps leading and trailing spaces; here runs of
+/// whitespace are collapsed and trimmed, which changes no token (CLIP's tokenizer collapses
+/// and trims whitespace itself) but keeps each span on the name's words.
+pub fn clean_name(name: &str) -> String {
+    let mut name = name.to_string();
+    if let (Some(open), Some(close)) = (name.find('('), name.rfind(')'))
+        && open < close
+    {
+        name.replace_range(open..=close, "");
+    }
+    name.replace('_', " ").split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A detection prompt listing category names as GLIP's official code does
+/// (`create_queries_and_maps` of `engine/inference.py`, `generate_senetence_given_labels` of
+/// `od_to_grounding.py`): the [`clean_name`]s joined by [`PROMPT_SEPARATOR`], none after the
+/// last, `"circle. square. traffic light"`; and the byte range of each (cleaned) name in it.
 pub fn grounding_prompt(names: &[String]) -> (String, Vec<Range<usize>>) {
     let mut text = String::new();
     let mut spans = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         if i > 0 {
-            text.push(' ');
+            text.push_str(PROMPT_SEPARATOR);
         }
         let start = text.len();
-        text.push_str(name);
+        text.push_str(&clean_name(name));
         spans.push(start..text.len());
-        text.push('.');
     }
     (text, spans)
 }
@@ -646,11 +668,32 @@ mod tests {
             .map(String::from)
             .to_vec();
         let (text, spans) = grounding_prompt(&names);
-        assert_eq!(text, "circle. square. traffic light.");
+        assert_eq!(text, "circle. square. traffic light");
         assert_eq!(spans, vec![0..6, 8..14, 16..29]);
         for (span, name) in spans.iter().zip(&names) {
             assert_eq!(&text[span.clone()], name);
         }
         assert_eq!(grounding_prompt(&[]), (String::new(), vec![]));
+        // LVIS-style names are cleaned as GLIP does; the spans cover the cleaned names.
+        let lvis: Vec<String> = ["bow_(weapon)", "traffic_light", "a (b) c (d)"].map(String::from).to_vec();
+        let (text, spans) = grounding_prompt(&lvis);
+        assert_eq!(text, "bow. traffic light. a");
+        let named: Vec<&str> = spans.iter().map(|s| &text[s.clone()]).collect();
+        assert_eq!(named, ["bow", "traffic light", "a"]);
+    }
+
+    #[test]
+    fn names_are_cleaned_as_the_official_clean_name() {
+        for (raw, clean) in [
+            ("person", "person"),
+            ("bow_(weapon)", "bow"),
+            ("(x) y_z", "y z"),
+            ("a_(b)_c", "a c"),
+            ("no (close", "no (close"),
+            ("close) then (open", "close) then (open"),
+            ("  padded__name ", "padded name"),
+        ] {
+            assert_eq!(clean_name(raw), clean, "{raw:?}");
+        }
     }
 }

@@ -37,6 +37,14 @@ pub enum PromptError {
         /// The tokenizer's context length.
         context_length: usize,
     },
+    /// A box's category is not one of the prompt's categories.
+    #[error("category {category} is not one of the {categories} categories of the prompt")]
+    UnknownCategory {
+        /// The category index.
+        category: usize,
+        /// Number of categories.
+        categories: usize,
+    },
     /// A phrase's byte range is out of range, empty, or cuts a word.
     #[error("grounding prompt {text:?}: phrase {phrase} span {span:?}: {reason}")]
     Span {
@@ -67,8 +75,9 @@ pub struct GroundingPrompt {
 }
 
 impl GroundingPrompt {
-    /// GLIP's detection prompt: the names joined as `"circle. square. triangle."`
-    /// ([`grounding_prompt`]), one phrase per name.
+    /// GLIP's detection prompt: the names cleaned and joined as `"circle. square. triangle"`
+    /// ([`grounding_prompt`], as the official evaluation writes its queries), one phrase per
+    /// name, in the order given.
     pub fn from_categories(
         tokenizer: &ClipTokenizer,
         names: &[String],
@@ -181,10 +190,10 @@ mod tests {
             &names(&["circle", "traffic light", "dog"]),
         )
         .unwrap();
-        assert_eq!(prompt.text, "circle. traffic light. dog.");
+        assert_eq!(prompt.text, "circle. traffic light. dog");
         assert_eq!(prompt.tokens.len(), 77);
         assert_eq!(prompt.tokens[0], tokenizer.start_of_text() as i64);
-        // Tokens: SOT circle . traffic light . dog . EOT
+        // Tokens: SOT circle . traffic light . dog EOT
         assert_eq!(prompt.spans, vec![1..2, 3..5, 6..7]);
         assert_eq!(
             prompt.phrase_tokens,
@@ -193,8 +202,8 @@ mod tests {
         for (span, name) in prompt.spans.iter().zip(["circle", "traffic light", "dog"]) {
             assert_eq!(tokenizer.decode(&prompt.tokens[span.clone()]), name);
         }
-        assert_eq!(prompt.tokens[8], tokenizer.end_of_text() as i64);
-        assert_eq!(prompt.tokens[9], 0);
+        assert_eq!(prompt.tokens[7], tokenizer.end_of_text() as i64);
+        assert_eq!(prompt.tokens[8], 0);
     }
 
     #[test]
@@ -263,7 +272,7 @@ mod tests {
             matches!(
                 long,
                 Err(PromptError::TooLong {
-                    tokens: 4,
+                    tokens: 3,
                     context_length: 4,
                     ..
                 })

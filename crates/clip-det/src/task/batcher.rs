@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use rand::Rng;
 use clip_task::data::{BatchSource, DataError, LoadedBatch, keep_readable, load_on_workers, sample_rng};
 use clip_task::{RunContext, Splittable};
 
@@ -22,6 +23,10 @@ pub struct DetectionBatch {
     pub samples: Vec<DetectionSample>,
     /// Whether each image was flipped horizontally.
     pub flipped: Vec<bool>,
+    /// Per image, a seed for its task's own random choices (GLIP's category prompt), drawn
+    /// after the flip from the sample's generator ([`sample_rng`] of the run seed, the step and
+    /// the slot): the same step gives the same seeds, so a resumed run replays them.
+    pub seeds: Vec<u64>,
     /// Images skipped because they could not be read.
     pub skipped: Vec<DataError>,
 }
@@ -80,16 +85,19 @@ impl BatchSource for DetectionBatcher {
 
     fn batch(&self, indices: &[usize], step: usize) -> Result<DetectionBatch, DataError> {
         let loaded = load_on_workers(indices, self.workers, |row, slot| {
-            let flip = self.flip && rand::Rng::random_bool(&mut sample_rng(self.seed, step, slot), 0.5);
+            let mut rng = sample_rng(self.seed, step, slot);
+            let flip = self.flip && rng.random_bool(0.5);
+            let seed: u64 = rng.random();
             let record = &self.dataset.images[row];
             load_detection_sample(record, self.image_size, flip)
-                .map(|sample| (sample, flip))
+                .map(|sample| (sample, (flip, seed)))
                 .map_err(|e| DataError { path: self.dataset.path.clone(), line: None, message: e.to_string() })
         });
         let (kept, skipped) = keep_readable(indices, loaded, self.skip_bad_samples)?;
         let (rows, loaded): (Vec<usize>, Vec<_>) = kept.into_iter().unzip();
-        let (samples, flipped) = loaded.into_iter().unzip();
-        Ok(DetectionBatch { rows, samples, flipped, skipped })
+        let (samples, draws): (Vec<_>, Vec<_>) = loaded.into_iter().unzip();
+        let (flipped, seeds) = draws.into_iter().unzip();
+        Ok(DetectionBatch { rows, samples, flipped, seeds, skipped })
     }
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::boxes::DetectOptions;
 use crate::detector::DetectorConfig;
-use crate::glip::GlipConfig;
+use crate::glip::{GlipConfig, NegativeSampling};
 use crate::vild::VildConfig;
 
 /// `[detection]`: the COCO-style data and settings of the `vild` (open-vocabulary detection)
@@ -60,8 +60,20 @@ pub struct DetectionSection {
     /// GLIP: attention heads of the fusion layers.
     pub heads: usize,
     /// GLIP: train on captions with phrase boxes (`tokens_positive`) where images have them,
-    /// on category prompts ("person. bicycle. car.") otherwise.
+    /// on category prompts ("car. person. bicycle") otherwise.
     pub captions: bool,
+    /// GLIP: each training image's category prompt lists its positive categories and sampled
+    /// negatives in a random order, drawn anew each epoch (official `DATASETS.DISABLE_SHUFFLE
+    /// = False`); `false`: every image gets the prompt of all base categories in order.
+    pub shuffle_prompt: bool,
+    /// GLIP: negative categories drawn per training image at most (official
+    /// `DATASETS.RANDOM_SAMPLE_NEG`, 85 in the pretraining configs); the text context can cut
+    /// them further. 0: positives only.
+    #[serde(deserialize_with = "negative_count")]
+    pub max_negatives: usize,
+    /// GLIP: probability that an image draws all `max_negatives` negatives rather than a
+    /// uniform number from 1 to `max_negatives` (official `DATASETS.CONTROL_PROB[2]`, 0.5).
+    pub all_negatives_prob: f64,
     /// Detections below this score are dropped.
     pub score_threshold: f64,
     /// IoU above which class-wise NMS suppresses a detection.
@@ -94,6 +106,9 @@ impl Default for DetectionSection {
             fusion_layers: 1,
             heads: 8,
             captions: true,
+            shuffle_prompt: true,
+            max_negatives: NegativeSampling::default().max_negatives,
+            all_negatives_prob: NegativeSampling::default().all_negatives_prob,
             score_threshold: 0.05,
             nms_iou: 0.5,
             max_detections: 100,
@@ -128,6 +143,12 @@ impl DetectionSection {
             .with_image_weight(self.image_weight as f32)
     }
 
+    /// How GLIP's category prompts sample negatives; `None` with `shuffle_prompt = false`
+    /// (the fixed prompt of all base categories).
+    pub fn negative_sampling(&self) -> Option<NegativeSampling> {
+        self.shuffle_prompt.then_some(NegativeSampling { max_negatives: self.max_negatives, all_negatives_prob: self.all_negatives_prob })
+    }
+
     /// GLIP's configuration.
     pub fn glip_config(&self) -> GlipConfig {
         GlipConfig::new()
@@ -137,6 +158,18 @@ impl DetectionSection {
             .with_fusion_layers(self.fusion_layers)
             .with_fusion_heads(self.heads)
     }
+}
+
+/// `max_negatives`, refusing a negative count with the key named (the official
+/// `RANDOM_SAMPLE_NEG = -1` has no counterpart: `shuffle_prompt = false` is the fixed prompt).
+fn negative_count<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let count = i64::deserialize(deserializer)?;
+    usize::try_from(count).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "max_negatives = {count}: give 0 or more negatives per image (0: positives only; \
+             shuffle_prompt = false for the fixed prompt of every category)"
+        ))
+    })
 }
 
 /// Checks what serde cannot: the data format, folders, ranges and ViLD-image's proposals.
@@ -160,13 +193,17 @@ pub fn validate(det: &DetectionSection, run: &RunContext) -> Result<(), String> 
     if det.anchor_ratios.is_empty() || det.anchor_ratios.iter().any(|r| !r.is_finite() || *r <= 0.0) {
         return Err(format!("detection.anchor_ratios = {:?}: give at least one positive ratio", det.anchor_ratios));
     }
-    let checks: [(bool, String); 9] = [
+    let checks: [(bool, String); 10] = [
         (det.hidden > 0, "detection.hidden must be at least 1".into()),
         (det.proposals_per_image > 0, "detection.proposals_per_image must be at least 1".into()),
         (det.temperature > 0.0, format!("detection.temperature = {} must be positive", det.temperature)),
         (det.text_weight >= 0.0, format!("detection.text_weight = {} must not be negative", det.text_weight)),
         (det.image_weight >= 0.0, format!("detection.image_weight = {} must not be negative", det.image_weight)),
         (det.heads > 0, "detection.heads must be at least 1".into()),
+        (
+            (0.0..=1.0).contains(&det.all_negatives_prob),
+            format!("detection.all_negatives_prob = {} must be in [0, 1]", det.all_negatives_prob),
+        ),
         ((0.0..=1.0).contains(&det.score_threshold), format!("detection.score_threshold = {} must be in [0, 1]", det.score_threshold)),
         ((0.0..=1.0).contains(&det.nms_iou), format!("detection.nms_iou = {} must be in [0, 1]", det.nms_iou)),
         (det.max_detections > 0, "detection.max_detections must be at least 1".into()),
@@ -181,4 +218,33 @@ pub fn validate(det: &DetectionSection, run: &RunContext) -> Result<(), String> 
         return Err("detection.file_proposals needs detection.proposals, a COCO results JSON of proposals".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clip_task::{DataSection, ModelSection};
+
+    use super::*;
+
+    #[test]
+    fn glip_prompt_keys_default_to_the_official_values_and_bad_values_name_the_key() {
+        let det = DetectionSection::default();
+        assert!(det.shuffle_prompt);
+        assert_eq!(det.negative_sampling(), Some(NegativeSampling { max_negatives: 85, all_negatives_prob: 0.5 }));
+        let fixed = DetectionSection { shuffle_prompt: false, ..det.clone() };
+        assert_eq!(fixed.negative_sampling(), None);
+
+        let parsed: DetectionSection = serde_json::from_value(serde_json::json!({"max_negatives": 3})).unwrap();
+        assert_eq!(parsed.max_negatives, 3);
+        let negative = serde_json::from_value::<DetectionSection>(serde_json::json!({"max_negatives": -1})).unwrap_err();
+        assert!(negative.to_string().contains("max_negatives = -1"), "{negative}");
+
+        let run = RunContext::new(ModelSection::named("tiny"), DataSection::new("train.json"), "out");
+        assert_eq!(validate(&det, &run), Ok(()));
+        for prob in [-0.1, 1.5, f64::NAN] {
+            let bad = DetectionSection { all_negatives_prob: prob, ..det.clone() };
+            let error = validate(&bad, &run).unwrap_err();
+            assert!(error.starts_with("detection.all_negatives_prob"), "{error}");
+        }
+    }
 }
