@@ -113,11 +113,11 @@ pub const METHOD_FORMATS: &[(&str, &str)] = &[
     ("actionclip", "clip-video"),
     ("lseg", "clip-seg"),
     ("audioclip", "clip-audio (issue 15)"),
-    ("pointclip-projection", "clip-3d (issue 16)"),
-    ("pointclip-zeroshot", "clip-3d (issue 16)"),
-    ("pointclip-adapter", "clip-3d (issue 16)"),
-    ("pointclip-fewshot", "clip-3d (issue 16)"),
-    ("depthclip", "clip-3d (issue 16)"),
+    ("pointclip-projection", "clip-3d"),
+    ("pointclip-zeroshot", "clip-3d"),
+    ("pointclip-adapter", "clip-3d"),
+    ("pointclip-fewshot", "clip-3d"),
+    ("depthclip", "clip-3d"),
 ];
 
 /// Which crate checks the method fixture `fixture`; an error naming the folder for a format
@@ -176,4 +176,77 @@ pub fn abs_diff(got: &[f32], expected: &[f32]) -> (f32, f32) {
         .fold(0.0, f32::max);
     let mean = got.iter().zip(expected).map(|(a, b)| (a - b).abs()).sum::<f32>() / got.len().max(1) as f32;
     (max, mean)
+}
+
+/// Absolute tolerance of method parity checks: the method fixtures are f32 computations of the
+/// official code, which a correct f32 port meets (the README's bound).
+pub const METHOD_TOLERANCE: f32 = 1e-4;
+
+/// Compares a port's outputs with a fixture's `expected` tensors: every comparison within a
+/// tolerance, and [`finish`](Self::finish) fails when an expected tensor was never compared (an
+/// output of a fixture the test does not know). Panics name the fixture and the tensor.
+pub struct Comparison<'a> {
+    fixture: &'a ModelFixture,
+    expected: BTreeMap<String, RawTensor>,
+    errors: Vec<(String, f32)>,
+}
+
+impl<'a> Comparison<'a> {
+    /// The expected tensors of `fixture`.
+    pub fn new(fixture: &'a ModelFixture) -> Self {
+        let expected = fixture.tensors("expected").unwrap_or_else(|e| panic!("{e}"));
+        Self { fixture, expected, errors: Vec::new() }
+    }
+
+    /// Expected tensor `key`.
+    pub fn expected(&self, key: &str) -> &RawTensor {
+        self.expected
+            .get(key)
+            .unwrap_or_else(|| panic!("{}: expected.safetensors has no '{key}'", self.fixture.name()))
+    }
+
+    /// `got` against `key` within [`METHOD_TOLERANCE`] (shapes compared without size-1 axes).
+    pub fn check<const D: usize>(&mut self, key: &str, got: burn::tensor::Tensor<D>) {
+        self.check_within(key, got, METHOD_TOLERANCE);
+    }
+
+    /// `got` against `key` within `tolerance`, absolute.
+    pub fn check_within<const D: usize>(&mut self, key: &str, got: burn::tensor::Tensor<D>, tolerance: f32) {
+        let data = got.into_data();
+        let shape = data.shape().to_vec();
+        let values: Vec<f32> = data.iter::<f32>().collect();
+        self.check_values(key, &values, &shape, tolerance);
+    }
+
+    /// Values `got` of shape `shape` against `key` within `tolerance` (token ids: 0).
+    pub fn check_values(&mut self, key: &str, got: &[f32], shape: &[usize], tolerance: f32) {
+        let want = self.expected(key);
+        let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+        assert_eq!(squeeze(shape), squeeze(&want.shape), "{}: '{key}' shape", self.fixture.name());
+        let (max, _) = abs_diff(got, &want.values);
+        assert!(
+            max <= tolerance && !max.is_nan(),
+            "{}: '{key}' differs by {max:.3e} (tolerance {tolerance:e})",
+            self.fixture.name()
+        );
+        self.errors.push((key.to_string(), max));
+    }
+
+    /// Fails when an expected tensor was not compared; prints the fixture's line: the number
+    /// of tensors, the largest error and where, and every tensor's error.
+    pub fn finish(self) {
+        let missed: Vec<&String> =
+            self.expected.keys().filter(|k| !self.errors.iter().any(|(c, _)| c == *k)).collect();
+        assert!(missed.is_empty(), "{}: expected tensors not compared: {missed:?}", self.fixture.name());
+        let worst = self.errors.iter().fold((0.0f32, ""), |w, (k, e)| if *e >= w.0 { (*e, k.as_str()) } else { w });
+        let all: Vec<String> = self.errors.iter().map(|(k, e)| format!("{k} {e:.1e}")).collect();
+        println!(
+            "{}: {} tensors, max abs error {:.2e} ({}) [{}]",
+            self.fixture.name(),
+            self.errors.len(),
+            worst.0,
+            worst.1,
+            all.join(", ")
+        );
+    }
 }

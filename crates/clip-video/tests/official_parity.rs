@@ -8,60 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clip_core::l2_normalize;
 use clip_core::weights::{Checkpoint, RawTensor, export};
-use clip_fixtures::{self as fixtures, ModelFixture, abs_diff};
+use clip_fixtures::{self as fixtures, Comparison, ModelFixture};
 use clip_video::actionclip::{self, kl_divergence, soft_targets, template_scores};
 use clip_video::clip4clip::objective::symmetric_cross_entropy;
 use clip_video::clip4clip::{self, SimilarityHeader};
 
-/// Absolute tolerance of every comparison: the fixtures are f32 computations (the notes say so),
-/// which a correct f32 port meets.
-const TOLERANCE: f32 = 1e-4;
 
-/// Compares outputs with a fixture's `expected` tensors and remembers which were compared.
-struct Comparison<'a> {
-    fixture: &'a ModelFixture,
-    expected: BTreeMap<String, RawTensor>,
-    compared: BTreeSet<String>,
-    worst: (f32, String),
-}
-
-impl<'a> Comparison<'a> {
-    fn new(fixture: &'a ModelFixture) -> Self {
-        let expected = fixture.tensors("expected").unwrap_or_else(|e| panic!("{e}"));
-        Self { fixture, expected, compared: BTreeSet::new(), worst: (0.0, String::new()) }
-    }
-
-    fn check<const D: usize>(&mut self, key: &str, got: Tensor<D>) {
-        let want = self
-            .expected
-            .get(key)
-            .unwrap_or_else(|| panic!("{}: expected.safetensors has no '{key}'", self.fixture.name()));
-        let data = got.into_data();
-        let shape: Vec<usize> = data.shape().to_vec();
-        let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
-        assert_eq!(squeeze(&shape), squeeze(&want.shape), "{}: '{key}' shape", self.fixture.name());
-        let values: Vec<f32> = data.iter::<f32>().collect();
-        let (max, _) = abs_diff(&values, &want.values);
-        assert!(max < TOLERANCE, "{}: '{key}' differs by {max:.3e} (tolerance {TOLERANCE:e})", self.fixture.name());
-        if max >= self.worst.0 {
-            self.worst = (max, key.to_string());
-        }
-        self.compared.insert(key.to_string());
-    }
-
-    /// Fails when an expected tensor was not compared (an output this test does not know).
-    fn finish(self) {
-        let missed: Vec<&String> = self.expected.keys().filter(|k| !self.compared.contains(*k)).collect();
-        assert!(missed.is_empty(), "{}: expected tensors not compared: {missed:?}", self.fixture.name());
-        println!(
-            "{}: {} tensors, max abs error {:.2e} ({})",
-            self.fixture.name(),
-            self.compared.len(),
-            self.worst.0,
-            self.worst.1
-        );
-    }
-}
 
 fn tensor<const D: usize>(raw: &RawTensor, shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(raw.values.clone(), shape), device)
