@@ -8,3 +8,4 @@
 
 pub mod depthclip;
 pub mod pointclip;
+pub mod task;
