@@ -9,3 +9,5 @@
 pub mod depthclip;
 pub mod pointclip;
 pub mod task;
+
+pub use task::depthclip::DepthClipTask;

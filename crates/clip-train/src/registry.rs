@@ -1,6 +1,7 @@
 //! The tasks `train.objective` can name: one line per task. This is the only place the
 //! trainer names a method; everything else reaches a task through [`RegisteredTask`].
 
+use clip_3d::DepthClipTask;
 use clip_det::{GlipTask, VildTask};
 use clip_seg::{GroupVitTask, LsegTask};
 use clip_task::contrastive::ContrastiveTask;
@@ -22,6 +23,7 @@ pub const TASKS: &[(&str, &dyn RegisteredTask)] = &[
     ("actionclip", &Entry::<ActionClipTask>::NEW),
     ("vild", &Entry::<VildTask>::NEW),
     ("glip", &Entry::<GlipTask>::NEW),
+    ("depthclip", &Entry::<DepthClipTask>::NEW),
 ];
 
 /// The task `objective` names, or an error listing them all.

@@ -944,3 +944,65 @@ fn malformed_annotations_name_the_file_and_the_annotation() {
     let message = stderr(&output);
     assert!(message.contains("train.json") && message.contains(&id.to_string()), "{message}");
 }
+
+/// Writes `count` 64 x 64 scenes (an RGB gradient and a 16-bit depth PNG of `depth` metres
+/// everywhere, in millimetres) and their `image<TAB>depth` table; returns the table.
+fn depth_scenes(dir: &Path, count: usize, depth: f32) -> PathBuf {
+    let mut table = String::from("image\tdepth\n");
+    for i in 0..count {
+        let rgb = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, (i * 40) as u8]));
+        rgb.save(dir.join(format!("rgb_{i}.png"))).unwrap();
+        let millimetres = (depth * 1000.0) as u16;
+        image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_pixel(64, 64, image::Luma([millimetres]))
+            .save(dir.join(format!("depth_{i}.png")))
+            .unwrap();
+        table.push_str(&format!("rgb_{i}.png\tdepth_{i}.png\n"));
+    }
+    std::fs::write(dir.join("scenes.tsv"), table).unwrap();
+    dir.join("scenes.tsv")
+}
+
+#[test]
+fn depthclip_evaluates_writes_depth_maps_and_fine_tunes() {
+    let dir = scratch("depthclip");
+    let table = depth_scenes(&dir, 4, 2.0);
+    let data = [format!("data.train={}", table.display()), format!("data.val={}", table.display())];
+    let sets = [
+        "--set", "model.name=configs/models/tiny-depth-rn.json", "--set", &data[0], "--set", &data[1],
+        "--set", "depthclip.protocol=whole",
+    ];
+    let mut args = vec!["eval", "configs/depthclip.toml"];
+    args.extend(sets);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["images"], 4, "{report}");
+    // Every pixel at the mean bin depth against a flat 2 m scene: |mean - 2| / 2.
+    let config = clip_train::config::RunConfig::load(&workspace().join("configs/depthclip.toml"), &data).unwrap();
+    let bins: Vec<f64> = config.sections["depthclip"]["bins"].as_array().unwrap().iter().map(|b| b.as_f64().unwrap()).collect();
+    let mean = bins.iter().sum::<f64>() / bins.len() as f64;
+    let constant = report["constant_abs_rel"].as_f64().unwrap();
+    assert!((constant - (mean - 2.0).abs() / 2.0).abs() < 1e-4, "{report}");
+    // Predictions are expected bin depths: inside the bins' range.
+    let abs_rel = report["abs_rel"].as_f64().unwrap();
+    let (lo, hi) = (bins.iter().cloned().fold(f64::MAX, f64::min), bins.iter().cloned().fold(0.0, f64::max));
+    assert!(abs_rel <= ((2.0 - lo).abs().max((hi - 2.0).abs()) / 2.0) + 1e-4, "{report}");
+
+    let out = dir.join("maps");
+    let image = dir.join("rgb_0.png");
+    let mut args = vec!["depth", "configs/depthclip.toml", image.to_str().unwrap(), "--output", out.to_str().unwrap()];
+    args.extend(sets);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let map = image::open(out.join("rgb_0.depth.png")).unwrap();
+    assert!(matches!(map, image::DynamicImage::ImageLuma16(_)) && (map.width(), map.height()) == (64, 64));
+    assert_eq!(image::image_dimensions(out.join("rgb_0.depth-color.png")).unwrap(), (64, 64));
+
+    let run_dir = dir.join("run");
+    let mut args = vec!["train", "configs/depthclip.toml", "--output", run_dir.to_str().unwrap(), "--set", "train.batch_size=2", "--set", "train.max_steps=3", "--set", "train.log_every=1"];
+    args.extend(sets);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(losses(&run_dir).values().all(|l| l.is_finite()));
+    assert_eq!(summary_of(&run_dir)["eval"]["images"], 4);
+}

@@ -28,10 +28,12 @@ pub mod config;
 pub mod io;
 pub mod metrics;
 pub mod model;
+pub mod objective;
 pub mod official;
 
 pub use config::{DenseClipConfig, DepthClipConfig, PAPER_BINS, PAPER_DEPTH_CLASSES, PAPER_TEMPERATURE};
 pub use io::{DepthIoError, DepthMap, read_depth_png, write_colorized_depth_png, write_depth_png};
 pub use metrics::{DepthMetrics, EvalCrop, EvalOptions, MetricsMean, depth_metrics};
 pub use model::{DenseClip, DenseResNet, DepthClip, DepthOutput};
+pub use objective::{DepthBatch, DepthClipObjective};
 pub use official::{import_official, load_official, official_config, official_layout};
