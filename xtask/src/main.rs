@@ -5,10 +5,12 @@
 //! - `shapes`: regenerate `datasets/shapes`, a tiny generated segmentation set.
 //! - `det-shapes`: regenerate `datasets/det-shapes`, a tiny generated COCO detection set.
 //! - `videos`: regenerate `datasets/moving-shapes`, a tiny generated video set.
+//! - `pointclouds`: regenerate `datasets/pointclouds`, a tiny generated point-cloud set.
 //! - `bench`: throughput of ViT-B-32 and RN50 (image and text encoding, a training step) on the CPU.
 
 mod det_shapes;
 mod digits;
+mod pointclouds;
 mod shapes;
 mod videos;
 
@@ -22,6 +24,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   shapes          regenerate datasets/shapes (generated shapes with label masks and captions)
   det-shapes      regenerate datasets/det-shapes (generated shapes with COCO boxes, captions and proposals)
   videos          regenerate datasets/moving-shapes (generated moving-shape clips with captions and labels)
+  pointclouds     regenerate datasets/pointclouds (generated primitive point clouds with labels)
   bench           ViT-B-32 and RN50 encode and train-step throughput (CPU)";
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Some("shapes") => shapes::generate(&root.join("datasets/shapes")),
         Some("det-shapes") => det_shapes::generate(&root.join("datasets/det-shapes")),
         Some("videos") => videos::generate(&root.join("datasets/moving-shapes")),
+        Some("pointclouds") => pointclouds::generate(&root.join("datasets/pointclouds")),
         Some("bench") => cargo(&root, &["bench", "-p", "clip-core", "--bench", "throughput"]),
         Some(other) => bail!("unknown command '{other}'\n{USAGE}"),
         None => bail!("{USAGE}"),

@@ -2,6 +2,7 @@
 //! trainer names a method; everything else reaches a task through [`RegisteredTask`].
 
 use clip_3d::DepthClipTask;
+use clip_3d::task::pointclip::PointClipTask;
 use clip_det::{GlipTask, VildTask};
 use clip_seg::{GroupVitTask, LsegTask};
 use clip_task::contrastive::ContrastiveTask;
@@ -23,6 +24,7 @@ pub const TASKS: &[(&str, &dyn RegisteredTask)] = &[
     ("actionclip", &Entry::<ActionClipTask>::NEW),
     ("vild", &Entry::<VildTask>::NEW),
     ("glip", &Entry::<GlipTask>::NEW),
+    ("pointclip", &Entry::<PointClipTask>::NEW),
     ("depthclip", &Entry::<DepthClipTask>::NEW),
 ];
 
