@@ -1047,5 +1047,20 @@ fn pointclip_classifies_held_out_clouds_zero_shot_and_few_shot() {
         assert!(!output.status.success(), "{set} was accepted");
         assert!(stderr(&output).contains(named), "{set}: {}", stderr(&output));
     }
+
+    // The run's projection writes each cloud's six depth views as images of the configured size.
+    let cloud = workspace().join("datasets/pointclouds").join(
+        std::fs::read_to_string(workspace().join("datasets/pointclouds/val.tsv")).unwrap().lines().nth(1).unwrap().split('\t').next().unwrap(),
+    );
+    let views = out.join("views");
+    let output = run(&["render-views", out.to_str().unwrap(), cloud.to_str().unwrap(), "--output", views.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stem = cloud.file_stem().unwrap().to_str().unwrap();
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let resolution = config["pointclip"]["resolution"].as_u64().unwrap() as u32;
+    for view in 0..6 {
+        let size = image::image_dimensions(views.join(format!("{stem}_0_{view}.png"))).unwrap();
+        assert_eq!(size, (resolution, resolution), "view {view}");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::pointclip::adapter::AdapterConfig;
 use crate::pointclip::io::read_point_cloud;
 use crate::pointclip::model::{PointClip, ZERO_SHOT_TEMPLATE, clouds_tensor, prompts, search_view_weights, smooth_loss, view_weight_grid};
+use crate::pointclip::png::save_views;
 use crate::pointclip::projection::{ProjectionConfig, zero_shot_views};
 
 /// `[pointclip]`: the clouds, the projection, the prompt and the few-shot adapter.
@@ -506,6 +507,48 @@ impl Task for PointClipTask {
     fn clip(&self, model: Clip, _device: &Device) -> anyhow::Result<Clip> {
         Ok(model)
     }
+
+    fn commands() -> Vec<clap::Command> {
+        vec![render_views_command()]
+    }
+
+    fn run_command(&self, name: &str, args: &clap::ArgMatches, _model: Clip, device: &Device) -> anyhow::Result<()> {
+        use clap::FromArgMatches;
+        anyhow::ensure!(name == RENDER_VIEWS, "PointCLIP has no `{name}` command");
+        let args = RenderViewsArgs::from_arg_matches(args)?;
+        let projection = self.projection();
+        for path in &args.clouds {
+            let cloud = read_point_cloud(path, self.section.points, self.run.seed)?.normalized();
+            let points = clouds_tensor(&[cloud.points], device).map_err(anyhow::Error::msg)?;
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("cloud");
+            let files = save_views(projection.depth_maps(points), projection.num_views(), &args.output, stem)?;
+            println!("{}: {} views", path.display(), files.len());
+        }
+        println!("wrote the depth views of {} clouds to {}", args.clouds.len(), args.output.display());
+        Ok(())
+    }
+}
+
+/// The name of the command.
+pub const RENDER_VIEWS: &str = "render-views";
+
+/// `clipforge render-views` arguments (after the run or config whose projection is used).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RenderViewsArgs {
+    /// Point clouds (PLY, OFF, ModelNet40 `.txt`, `.npy`).
+    #[arg(required = true)]
+    pub clouds: Vec<PathBuf>,
+    /// Output folder: `<cloud>_0_<view>.png` per view, 8-bit, each map scaled by its maximum.
+    #[arg(long, default_value = "views")]
+    pub output: PathBuf,
+}
+
+/// The `render-views` command's definition.
+pub fn render_views_command() -> clap::Command {
+    use clap::Args;
+    RenderViewsArgs::augment_args(clap::Command::new(RENDER_VIEWS).about(
+        "Project point clouds to PointCLIP's depth views (the config's projection) and write them as PNGs",
+    ))
 }
 
 impl PointClipTask {
