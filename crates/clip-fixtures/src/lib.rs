@@ -169,11 +169,12 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, RawTensor>> {
 
 /// Largest and mean absolute difference between two equally long slices.
 pub fn abs_diff(got: &[f32], expected: &[f32]) -> (f32, f32) {
+    // NaN wins: `f32::max` would skip it and report a NaN output as matching.
     let max = got
         .iter()
         .zip(expected)
         .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
+        .fold(0.0f32, |worst, d| if d.is_nan() || worst.is_nan() { f32::NAN } else { worst.max(d) });
     let mean = got.iter().zip(expected).map(|(a, b)| (a - b).abs()).sum::<f32>() / got.len().max(1) as f32;
     (max, mean)
 }

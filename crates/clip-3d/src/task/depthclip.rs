@@ -179,6 +179,8 @@ pub struct DepthClipTask {
     run: RunContext,
     clip: ClipConfig,
     tokenizer: ClipTokenizer,
+    /// Token ids of the distance prompts, `[prompts, context]` row-major, and their shape.
+    prompts: (Vec<i64>, [usize; 2]),
 }
 
 impl DepthClipTask {
@@ -262,7 +264,12 @@ impl Task for DepthClipTask {
     fn new(section: DepthClipSection, run: RunContext) -> anyhow::Result<Self> {
         let clip = ClipConfig::from_name_or_path(&run.model.name)?;
         let tokenizer = ClipTokenizer::new().with_context_length(clip.text.context_length)?;
-        Ok(Self { section, run, clip, tokenizer })
+        let mut task = Self { section, run, clip, tokenizer, prompts: (Vec::new(), [0, 0]) };
+        let config = task.method_config(task.dense_config()?);
+        let tokens = prompt_tokens(&config, &task.tokenizer, &Device::flex()).context("depthclip prompts")?;
+        let shape = tokens.dims();
+        task.prompts = (tokens.into_data().iter::<i64>().collect(), shape);
+        Ok(task)
     }
 
     fn run(&self) -> &RunContext {
@@ -301,23 +308,13 @@ impl Task for DepthClipTask {
     }
 
     fn objective(&self) -> DepthClipObjective {
-        // The prompts depend on the section only; `validate` has checked the architecture.
-        let config = self.method_config(self.dense_config().unwrap_or_else(|_| DenseClipConfig::rn50()));
-        let device = Device::flex();
-        let (prompt_ids, prompt_shape) = match prompt_tokens(&config, &self.tokenizer, &device) {
-            Ok(tokens) => {
-                let shape = tokens.dims();
-                (tokens.into_data().iter::<i64>().collect(), shape)
-            }
-            Err(_) => (Vec::new(), [0, self.tokenizer.context_length()]),
-        };
         let options = self.section.eval_options();
         DepthClipObjective {
-            prompt_ids,
-            prompt_shape,
+            prompt_ids: self.prompts.0.clone(),
+            prompt_shape: self.prompts.1,
             bins: self.section.bins.clone(),
             temperature: self.section.temperature,
-            logit_factor: config.logit_factor,
+            logit_factor: crate::depthclip::config::OFFICIAL_LOGIT_FACTOR,
             min_depth: options.min_depth as f64,
             max_depth: options.max_depth.map_or(f64::INFINITY, |d| d as f64),
         }

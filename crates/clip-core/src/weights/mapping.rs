@@ -210,8 +210,13 @@ pub fn export<M: Module>(model: &M, layout: &Layout) -> Result<BTreeMap<String, 
         .collect::<Result<_>>()?;
     let mut chunks: BTreeMap<String, Vec<(usize, RawTensor)>> = BTreeMap::new();
     let mut out = BTreeMap::new();
+    if let Some(uncovered) = ours.keys().find(|name| !layout.entries.iter().any(|e| &e.ours == *name)) {
+        return Err(ClipError::checkpoint("<model>", format!("the layout writes no key for parameter '{uncovered}'")));
+    }
     for entry in &layout.entries {
-        let ours = &ours[&entry.ours];
+        let ours = ours.get(&entry.ours).ok_or_else(|| {
+            ClipError::checkpoint("<model>", format!("'{}' has no model parameter '{}'", entry.checkpoint, entry.ours))
+        })?;
         match entry.transform {
             Transform::Identity | Transform::PositionalEmbedding => {
                 out.insert(entry.checkpoint.clone(), ours.clone());

@@ -21,12 +21,17 @@ const HEAD_WIDTH: usize = 64;
 /// `width / 64`, as `build_model`. `origin` (the checkpoint file) names errors, which name the
 /// missing key.
 pub fn openai_config(tensors: &BTreeMap<String, RawTensor>, prefix: &str, origin: &str) -> Result<ClipConfig> {
-    let shape = |key: &str| -> Result<&[usize]> {
+    // Extent `axis` of tensor `key`; an error naming the key when it is absent, has fewer axes
+    // or is empty along `axis`.
+    let dim = |key: &str, axis: usize| -> Result<usize> {
         let full = format!("{prefix}{key}");
-        tensors
+        let tensor = tensors
             .get(&full)
-            .map(|t| t.shape.as_slice())
-            .ok_or_else(|| ClipError::config(origin, format!("no '{full}': not an OpenAI-layout CLIP state dict")))
+            .ok_or_else(|| ClipError::config(origin, format!("no '{full}': not an OpenAI-layout CLIP state dict")))?;
+        match tensor.shape.get(axis) {
+            Some(&extent) if extent > 0 => Ok(extent),
+            _ => Err(ClipError::config(origin, format!("'{full}' has shape {:?}: no extent along axis {axis}", tensor.shape))),
+        }
     };
     let count_blocks = |stem: &str| {
         let stem = format!("{prefix}{stem}");
@@ -36,11 +41,10 @@ pub fn openai_config(tensors: &BTreeMap<String, RawTensor>, prefix: &str, origin
             .max()
             .map_or(0, |last| last + 1)
     };
-    let embed_dim = shape("text_projection")?[1];
+    let embed_dim = dim("text_projection", 1)?;
     let vision = if tensors.contains_key(&format!("{prefix}visual.proj")) {
-        let conv = shape("visual.conv1.weight")?;
-        let (width, patch) = (conv[0], conv[3]);
-        let positions = shape("visual.positional_embedding")?[0];
+        let (width, patch) = (dim("visual.conv1.weight", 0)?, dim("visual.conv1.weight", 3)?);
+        let positions = dim("visual.positional_embedding", 0)?;
         let grid = ((positions - 1) as f64).sqrt().round() as usize;
         let layers = count_blocks("visual.transformer.resblocks.");
         ImageTowerConfig::Vit(
@@ -49,15 +53,15 @@ pub fn openai_config(tensors: &BTreeMap<String, RawTensor>, prefix: &str, origin
         )
     } else {
         let layers = [1, 2, 3, 4].map(|stage| count_blocks(&format!("visual.layer{stage}.")));
-        let width = shape("visual.layer1.0.conv1.weight")?[0];
-        let positions = shape("visual.attnpool.positional_embedding")?[0];
+        let width = dim("visual.layer1.0.conv1.weight", 0)?;
+        let positions = dim("visual.attnpool.positional_embedding", 0)?;
         let grid = ((positions - 1) as f64).sqrt().round() as usize;
         ImageTowerConfig::ResNet(ModifiedResNetConfig::new(grid * 32, layers, width, width * 32 / HEAD_WIDTH, embed_dim))
     };
-    let text_width = shape("ln_final.weight")?[0];
+    let text_width = dim("ln_final.weight", 0)?;
     let text = TextTransformerConfig::new(
-        shape("positional_embedding")?[0],
-        shape("token_embedding.weight")?[0],
+        dim("positional_embedding", 0)?,
+        dim("token_embedding.weight", 0)?,
         text_width,
         count_blocks("transformer.resblocks."),
         (text_width / HEAD_WIDTH).max(1),

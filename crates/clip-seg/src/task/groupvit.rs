@@ -170,17 +170,24 @@ impl GroupVitTask {
             background_threshold: seg.background_threshold,
         };
         let inner = ZeroShotGroupVit { model, settings, background_label: seg.background_label.clone() };
-        let window = if seg.window == 0 { usize::MAX } else { seg.window };
+        let window = self.effective_window().unwrap_or(usize::MAX);
         let stride = if seg.window_stride == 0 { (window / 2).max(1) } else { seg.window_stride };
         SlidingWindow { inner, window, stride }
+    }
+
+    /// The window that slides over the evaluated images, which are resized to the model's image
+    /// size: none when `segmentation.window` is 0 or not smaller than them.
+    fn effective_window(&self) -> Option<usize> {
+        Some(self.section.window).filter(|&w| w > 0 && w < self.config.image_size())
     }
 
     /// The evaluation protocol, as reported with the figures.
     fn protocol(&self) -> String {
         let seg = &self.section;
-        let windows = match seg.window {
-            0 => "whole image".to_string(),
-            w => format!("sliding {w}px windows"),
+        let size = self.config.image_size();
+        let windows = match self.effective_window() {
+            None => format!("whole {size}px image"),
+            Some(w) => format!("sliding {w}px windows over the {size}px image"),
         };
         match seg.group_assignment.as_str() {
             "soft" => format!("soft group assignment (Hugging Face), {windows}"),

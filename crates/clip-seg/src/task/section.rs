@@ -133,6 +133,9 @@ pub fn validate(seg: &SegmentationSection, run: &RunContext) -> Result<(), Strin
     if !(0.0..=1.0).contains(&seg.background_threshold) {
         return Err(format!("segmentation.background_threshold = {} must be in [0, 1]", seg.background_threshold));
     }
+    if run.objective == "lseg" && (seg.window > 0 || seg.window_stride > 0) {
+        return Err("segmentation.window and window_stride apply to GroupViT's evaluation; LSeg scores the whole image".into());
+    }
     if seg.window_stride > seg.window {
         return Err(format!(
             "segmentation.window_stride = {} exceeds segmentation.window = {} (pixels would be skipped)",

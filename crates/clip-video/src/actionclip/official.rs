@@ -18,7 +18,7 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use clip_core::weights::layouts::{layer_norm, linear, open_clip, open_clip_blocks};
-use clip_core::weights::{Checkpoint, Entry, Layout, RawTensor, Transform, export, import, openai_config};
+use clip_core::weights::{Checkpoint, Entry, Layout, Transform, export, import, openai_config};
 use clip_core::{ClipError, Result};
 
 use crate::actionclip::config::{ActionClipConfig, Fusion};
@@ -86,15 +86,25 @@ pub fn official_layout(config: &ActionClipConfig) -> Layout {
 /// The configuration of the model an official checkpoint holds, read off its keys and shapes
 /// as the official code builds it: CLIP from `model_state_dict.*` (`build_model`), the fusion
 /// from which keys are present, `Transf` heads = text width / 64, block counts from the keys,
-/// `Transf_cls` frames from its positions. `max_frames` (the clip's segments, 8 in the paper)
-/// applies where the checkpoint does not fix it; `Transf_cls`'s heads and feed-forward width
-/// are read from its weights where they show (8 heads, as the official code, otherwise).
+/// `Transf_cls` frames from its positions and its feed-forward width from its weights (its 8
+/// heads, fixed in the official code, are not in the weights). `max_frames` (the clip's
+/// segments, 8 in the paper) applies where the checkpoint does not fix it.
 pub fn official_config(checkpoint: &Checkpoint, max_frames: usize) -> Result<ActionClipConfig> {
     let origin = checkpoint.path.display().to_string();
     let tensors = &checkpoint.tensors;
     let clip = openai_config(tensors, CLIP_PREFIX, &origin)?;
     let has = |key: &str| tensors.keys().any(|k| k.starts_with(&format!("{FUSION_PREFIX}{key}")));
-    let shape = |key: &str| tensors.get(&format!("{FUSION_PREFIX}{key}")).map(|t: &RawTensor| t.shape.clone());
+    // Extent `axis` of fusion tensor `key`: `None` when absent, an error naming it when it has
+    // no such axis.
+    let extent = |key: &str, axis: usize| -> Result<Option<usize>> {
+        let full = format!("{FUSION_PREFIX}{key}");
+        match tensors.get(&full) {
+            None => Ok(None),
+            Some(t) => t.shape.get(axis).copied().map(Some).ok_or_else(|| {
+                ClipError::checkpoint(&checkpoint.path, format!("'{full}' has shape {:?}: no axis {axis}", t.shape))
+            }),
+        }
+    };
     let count = |stem: &str| {
         let stem = format!("{FUSION_PREFIX}{stem}");
         tensors
@@ -114,7 +124,7 @@ pub fn official_config(checkpoint: &Checkpoint, max_frames: usize) -> Result<Act
     } else {
         Fusion::MeanP
     };
-    let positions = shape("frame_position_embeddings.weight").map(|s| s[0]);
+    let positions = extent("frame_position_embeddings.weight", 0)?;
     if fusion != Fusion::MeanP && positions.is_none() {
         return Err(ClipError::checkpoint(
             &checkpoint.path,
@@ -129,8 +139,8 @@ pub fn official_config(checkpoint: &Checkpoint, max_frames: usize) -> Result<Act
     match fusion {
         Fusion::Transf => config = config.with_fusion_layers(count("transformer.resblocks.")),
         Fusion::TransfCls => {
-            let frames = shape("transformer.pos_embed").map_or(max_frames, |s| s[1].saturating_sub(1));
-            let mlp = shape("transformer.transformer_enc.layers.0.linear1.weight").map_or(2048, |s| s[0]);
+            let frames = extent("transformer.pos_embed", 1)?.map_or(max_frames, |rows| rows.saturating_sub(1));
+            let mlp = extent("transformer.transformer_enc.layers.0.linear1.weight", 0)?.unwrap_or(2048);
             config = config
                 .with_fusion_layers(count("transformer.transformer_enc.layers."))
                 .with_max_frames(frames)

@@ -93,7 +93,7 @@ pub fn official_config(checkpoint: &Checkpoint, max_frames: usize, cross_heads: 
             .max()
             .map_or(0, |last| last + 1)
     };
-    let rows = |key: &str| tensors.get(key).map(|t| t.shape[0]);
+    let rows = |key: &str| tensors.get(key).and_then(|t| t.shape.first().copied());
     let (similarity, positions) = if has("cross.") {
         (SimilarityHeader::TightTransf, rows("cross.embeddings.position_embeddings.weight"))
     } else if has("transformerClip.") {

@@ -108,9 +108,22 @@ impl Task for ActionClipTask {
         let fusion: Fusion = choice("video.fusion", &video.fusion)?;
         if let Some(official) = &self.official {
             let checkpoint = &official.checkpoint;
-            // Checkpoints do not record head counts: `video.heads` (8, the official count for
-            // every released model's 512-wide text tower) for `Transf`.
-            let mut config = official_config(checkpoint, video.frames)?.with_heads(video.heads);
+            // Head counts are not in the weights: the official code's (text width / 64 for
+            // Transf, 8 for Transf_cls), or those `export-official` recorded.
+            let mut config = official_config(checkpoint, video.frames)?;
+            if let Some(&heads) = official.heads.get("heads") {
+                config = config.with_heads(heads);
+            }
+            if let Some(&heads) = official.heads.get("cls_heads") {
+                config = config.with_cls_heads(heads);
+            }
+            anyhow::ensure!(
+                config.fusion != Fusion::TransfCls || config.max_frames == video.frames,
+                "video.frames = {}, but the Transf_cls fusion of video.official_checkpoint = {} has positions for exactly {} frames",
+                video.frames,
+                checkpoint.path.display(),
+                config.max_frames
+            );
             config.clip = official.clip.clone();
             anyhow::ensure!(
                 config.fusion == fusion,
@@ -188,15 +201,37 @@ impl Task for ActionClipTask {
     fn run_command(&self, name: &str, args: &clap::ArgMatches, model: ActionClip, _device: &Device) -> anyhow::Result<()> {
         anyhow::ensure!(name == EXPORT_OFFICIAL, "ActionCLIP has no `{name}` command");
         let output = export_path(args)?;
-        let fusion: Fusion = choice("video.fusion", &self.section.fusion)?;
-        let config = self.model_config(self.clip.clone()).with_fusion(fusion);
+        let (config, heads) = self.exported_config(&model);
         let tensors = export(&model, &official_layout(&config))?;
-        write_official(tensors, &self.clip, &[&format!("{FUSION_PREFIX}frame_position_embeddings.weight")], &output)?;
+        write_official(tensors, &self.clip, &heads, &[&format!("{FUSION_PREFIX}frame_position_embeddings.weight")], &output)?;
         Ok(())
     }
 }
 
 impl ActionClipTask {
+    /// The configuration `model` was built from, its fusion and sizes read off the model (a run
+    /// may have started from an official checkpoint of other sizes than `[video]` gives), and
+    /// the head counts to record with it.
+    fn exported_config(&self, model: &ActionClip) -> (ActionClipConfig, Vec<(&'static str, usize)>) {
+        let mut config = self.model_config(self.clip.clone());
+        let mut heads = Vec::new();
+        if let Some(fusion) = &model.fusion {
+            let blocks = &fusion.transformer.resblocks;
+            config = config.with_fusion(Fusion::Transf).with_fusion_layers(blocks.len());
+            heads.extend(blocks.first().map(|b| ("clipforge.heads", b.attn.heads)));
+        } else if let Some(aggregate) = &model.aggregate {
+            config = config.with_fusion(Fusion::TransfCls).with_fusion_layers(aggregate.layers.len());
+            heads.extend(aggregate.layers.first().map(|l| ("clipforge.cls_heads", l.self_attn.heads)));
+        } else if model.lstm.is_some() {
+            config = config.with_fusion(Fusion::Lstm);
+        } else if model.shift.is_some() {
+            config = config.with_fusion(Fusion::Conv1d);
+        } else {
+            config = config.with_fusion(Fusion::MeanP);
+        }
+        (config, heads)
+    }
+
     /// The model configuration of `[video]` over CLIP `clip` (the fusion set by the caller).
     fn model_config(&self, clip: ClipConfig) -> ActionClipConfig {
         let video = &self.section;

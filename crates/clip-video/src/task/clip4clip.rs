@@ -7,7 +7,7 @@ use clip_core::{Clip, ClipConfig, ClipTokenizer};
 use clip_task::clip_model::{check_clip_model, clip_config, load_run_model, tokenizer_of};
 use clip_task::{RunContext, Task};
 
-use crate::clip4clip::official::{import_official, official_config, official_layout};
+use crate::clip4clip::official::{OFFICIAL_CROSS_HEADS, import_official, official_config, official_layout};
 use crate::clip4clip::{Clip4Clip, Clip4ClipConfig, Clip4ClipObjective, SimilarityHeader, VideoTextBatch, dual_softmax};
 use crate::data::{VideoTable, stack_videos};
 use crate::metrics::{RetrievalMetrics, retrieval_metrics, transpose};
@@ -66,9 +66,13 @@ impl Task for Clip4ClipTask {
         let similarity: SimilarityHeader = choice("video.similarity", &video.similarity)?;
         if let Some(official) = &self.official {
             let checkpoint = &official.checkpoint;
-            // Checkpoints do not record head counts: `video.heads` (8, the official count for
-            // every released model's 512-wide text tower) for the temporal and cross blocks.
-            let mut config = official_config(checkpoint, video.frames, video.heads)?.with_heads(video.heads);
+            // Head counts are not in the weights: the official code's (text width / 64 for
+            // seqTransf, the cross-base config's 8), or those `export-official` recorded.
+            let cross_heads = official.heads.get("cross_heads").copied().unwrap_or(OFFICIAL_CROSS_HEADS);
+            let mut config = official_config(checkpoint, video.frames, cross_heads)?;
+            if let Some(&heads) = official.heads.get("heads") {
+                config = config.with_heads(heads);
+            }
             config.clip = official.clip.clone();
             anyhow::ensure!(
                 config.similarity == similarity,
@@ -126,7 +130,15 @@ impl Task for Clip4ClipTask {
         anyhow::ensure!(name == EXPORT_OFFICIAL, "CLIP4Clip has no `{name}` command");
         let output = export_path(args)?;
         let tensors = export(&model, &official_layout(&self.model_config(&model)?))?;
-        write_official(tensors, &self.clip, &["frame_position_embeddings.weight", "cross.embeddings.position_embeddings.weight"], &output)?;
+        let mut heads = Vec::new();
+        if let Some(block) = model.temporal.as_ref().and_then(|t| t.transformer.resblocks.first()) {
+            heads.push(("clipforge.heads", block.attn.heads));
+        }
+        if let Some(block) = model.cross.as_ref().and_then(|c| c.transformer.resblocks.first()) {
+            heads.push(("clipforge.cross_heads", block.attn.heads));
+        }
+        let positions = ["frame_position_embeddings.weight", "cross.embeddings.position_embeddings.weight"];
+        write_official(tensors, &self.clip, &heads, &positions, &output)?;
         Ok(())
     }
 }

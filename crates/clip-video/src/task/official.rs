@@ -15,6 +15,11 @@ use clip_core::weights::{Checkpoint, RawTensor, openai_config};
 /// OpenAI's `width / 64` heads and QuickGELU. The official code ignores it.
 const CLIP_CONFIG_METADATA: &str = "clipforge.clip_config";
 
+/// Metadata keys under which `export-official` records head counts the weights do not show:
+/// `heads` (CLIP4Clip's `seqTransf`, ActionCLIP's `Transf`), `cross_heads` (`tightTransf`) and
+/// `cls_heads` (`Transf_cls`). Official files have none: their counts follow the official code.
+pub const HEADS_METADATA: [&str; 3] = ["clipforge.heads", "clipforge.cross_heads", "clipforge.cls_heads"];
+
 /// The name of the command.
 pub const EXPORT_OFFICIAL: &str = "export-official";
 
@@ -46,8 +51,11 @@ pub fn export_path(args: &clap::ArgMatches) -> anyhow::Result<PathBuf> {
 pub struct OfficialCheckpoint {
     /// The tensors.
     pub checkpoint: Arc<Checkpoint>,
-    /// The CLIP architecture under `prefix` (OpenAI's `build_model`).
+    /// The CLIP architecture under `prefix` (OpenAI's `build_model`), or as recorded by
+    /// `export-official`.
     pub clip: ClipConfig,
+    /// Head counts recorded by `export-official` ([`HEADS_METADATA`] without the prefix).
+    pub heads: BTreeMap<String, usize>,
 }
 
 impl OfficialCheckpoint {
@@ -56,20 +64,34 @@ impl OfficialCheckpoint {
     pub fn read(path: &Path, prefix: &str) -> anyhow::Result<Self> {
         let context = || format!("video.official_checkpoint = {}", path.display());
         let checkpoint = Checkpoint::read(path).with_context(context)?;
-        let recorded = Checkpoint::read_metadata(path).with_context(context)?.remove(CLIP_CONFIG_METADATA);
+        let mut metadata = Checkpoint::read_metadata(path).with_context(context)?;
+        let mut heads = BTreeMap::new();
+        for key in HEADS_METADATA {
+            if let Some(value) = metadata.remove(key) {
+                let count = value.parse().with_context(|| format!("{}: metadata {key} = {value:?}", path.display()))?;
+                heads.insert(key.trim_start_matches("clipforge.").to_string(), count);
+            }
+        }
+        let recorded = metadata.remove(CLIP_CONFIG_METADATA);
         let clip = match recorded {
             Some(json) => serde_json::from_str(&json).with_context(|| format!("{}: metadata {CLIP_CONFIG_METADATA}", path.display()))?,
             None => openai_config(&checkpoint.tensors, prefix, &path.display().to_string()).with_context(context)?,
         };
-        Ok(Self { checkpoint: Arc::new(checkpoint), clip })
+        Ok(Self { checkpoint: Arc::new(checkpoint), clip, heads })
     }
 }
 
 /// Writes `tensors` (a model in an official layout) to `path` as safetensors, recording `clip`
-/// in the metadata. Position tables among `positions` with fewer rows than the text context get
-/// zero rows up to it, the shape the official code builds (the rows past the longest clip are
-/// never read).
-pub fn write_official(mut tensors: BTreeMap<String, RawTensor>, clip: &ClipConfig, positions: &[&str], path: &Path) -> anyhow::Result<()> {
+/// and the head counts `heads` (keys of [`HEADS_METADATA`]) in the metadata. Position tables
+/// among `positions` with fewer rows than the text context get zero rows up to it, the shape
+/// the official code builds (the rows past the longest clip are never read).
+pub fn write_official(
+    mut tensors: BTreeMap<String, RawTensor>,
+    clip: &ClipConfig,
+    heads: &[(&str, usize)],
+    positions: &[&str],
+    path: &Path,
+) -> anyhow::Result<()> {
     let rows = clip.text.context_length;
     for key in positions {
         if let Some(table) = tensors.get_mut(*key).filter(|t| t.shape.len() == 2 && t.shape[0] < rows) {
@@ -77,7 +99,8 @@ pub fn write_official(mut tensors: BTreeMap<String, RawTensor>, clip: &ClipConfi
             table.shape[0] = rows;
         }
     }
-    let metadata = [(CLIP_CONFIG_METADATA.to_string(), serde_json::to_string(clip)?)];
+    let mut metadata = vec![(CLIP_CONFIG_METADATA.to_string(), serde_json::to_string(clip)?)];
+    metadata.extend(heads.iter().map(|(key, count)| (key.to_string(), count.to_string())));
     Checkpoint::write_safetensors_with_metadata(&tensors, &metadata, path).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {} (official checkpoint keys)", path.display());
     Ok(())
