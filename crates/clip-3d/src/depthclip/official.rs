@@ -16,17 +16,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::Device;
-use clip_core::text::TextTransformerConfig;
-use clip_core::transformer::Activation;
 use clip_core::weights::layouts::open_clip;
-use clip_core::weights::{Checkpoint, Layout, RawTensor, export, import};
+use clip_core::weights::{Checkpoint, Layout, RawTensor, export, import, openai_resnet_depths, openai_text_config};
 use clip_core::{ClipError, Result};
 
 use super::config::DenseClipConfig;
 use super::model::DenseClip;
-
-/// OpenAI's head width: text towers have `width / 64` heads (`build_model`).
-pub const OPENAI_HEAD_WIDTH: usize = 64;
 
 const ATTNPOOL: &str = "visual.attnpool.";
 
@@ -72,35 +67,9 @@ pub fn config_from_tensors(
             "a ViT CLIP: DepthCLIP reads the dense layer4 map of a ResNet CLIP (RN50 in the paper)",
         ));
     }
-    let shape = |key: &str| -> Result<&[usize]> {
-        tensors
-            .get(key)
-            .map(|t| t.shape.as_slice())
-            .ok_or_else(|| ClipError::config(origin, format!("no '{key}': not an OpenAI ResNet CLIP state dict")))
-    };
-    let count = |stem: &str| {
-        tensors
-            .keys()
-            .filter_map(|k| k.strip_prefix(stem)?.split('.').next()?.parse::<usize>().ok())
-            .max()
-            .map_or(0, |last| last + 1)
-    };
-    let width = shape("visual.layer1.0.conv1.weight")?[0];
-    let layers = [1, 2, 3, 4].map(|stage| count(&format!("visual.layer{stage}.")));
-    let embed_dim = shape("text_projection")?[1];
-    let text_width = shape("ln_final.weight")?[0];
-    let mlp_width = shape("transformer.resblocks.0.mlp.c_fc.weight")?[0];
-    let heads = text_heads.unwrap_or((text_width / OPENAI_HEAD_WIDTH).max(1));
-    let text = TextTransformerConfig::new(
-        shape("positional_embedding")?[0],
-        shape("token_embedding.weight")?[0],
-        text_width,
-        count("transformer.resblocks."),
-        heads,
-        mlp_width,
-        embed_dim,
-    )
-    .with_activation(Activation::QuickGelu);
+    let (layers, width) = openai_resnet_depths(tensors, "", origin)?;
+    let text = openai_text_config(tensors, "", origin, text_heads)?;
+    let embed_dim = text.embed_dim;
     let config = DenseClipConfig::new(layers, width, embed_dim, text);
     config.validate(origin)?;
     Ok(config)

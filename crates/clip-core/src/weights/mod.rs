@@ -22,7 +22,7 @@ use burn::tensor::Device;
 
 pub use checkpoint::{Checkpoint, RawTensor, write_atomically};
 pub use mapping::{Entry, Layout, Transform, export, import};
-pub use openai::openai_config;
+pub use openai::{openai_config, openai_resnet_depths, openai_text_config};
 
 use crate::config::ClipConfig;
 use crate::error::{ClipError, Result};
