@@ -125,6 +125,7 @@ impl Task for ActionClipTask {
                 config.max_frames
             );
             config.clip = official.clip.clone();
+            official.check_frames(video.frames, 0)?;
             anyhow::ensure!(
                 config.fusion == fusion,
                 "video.fusion = {:?}, but video.official_checkpoint = {} holds a {:?} fusion",

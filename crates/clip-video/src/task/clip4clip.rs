@@ -74,6 +74,7 @@ impl Task for Clip4ClipTask {
                 config = config.with_heads(heads);
             }
             config.clip = official.clip.clone();
+            official.check_frames(video.frames, usize::from(similarity == SimilarityHeader::TightTransf))?;
             anyhow::ensure!(
                 config.similarity == similarity,
                 "video.similarity = {:?}, but video.official_checkpoint = {} holds a {:?} model",

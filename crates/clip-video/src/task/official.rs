@@ -20,6 +20,10 @@ const CLIP_CONFIG_METADATA: &str = "clipforge.clip_config";
 /// `cls_heads` (`Transf_cls`). Official files have none: their counts follow the official code.
 pub const HEADS_METADATA: [&str; 3] = ["clipforge.heads", "clipforge.cross_heads", "clipforge.cls_heads"];
 
+/// Metadata key of the position rows a run trained before `export-official` padded its
+/// position tables with zeros: longer clips would read untrained positions.
+const TRAINED_POSITIONS_METADATA: &str = "clipforge.trained_positions";
+
 /// The name of the command.
 pub const EXPORT_OFFICIAL: &str = "export-official";
 
@@ -56,6 +60,8 @@ pub struct OfficialCheckpoint {
     pub clip: ClipConfig,
     /// Head counts recorded by `export-official` ([`HEADS_METADATA`] without the prefix).
     pub heads: BTreeMap<String, usize>,
+    /// Position rows trained before `export-official` padded them (none for official files).
+    pub trained_positions: Option<usize>,
 }
 
 impl OfficialCheckpoint {
@@ -72,12 +78,31 @@ impl OfficialCheckpoint {
                 heads.insert(key.trim_start_matches("clipforge.").to_string(), count);
             }
         }
+        let trained_positions = match metadata.remove(TRAINED_POSITIONS_METADATA) {
+            Some(value) => Some(value.parse().with_context(|| format!("{}: metadata {TRAINED_POSITIONS_METADATA} = {value:?}", path.display()))?),
+            None => None,
+        };
         let recorded = metadata.remove(CLIP_CONFIG_METADATA);
         let clip = match recorded {
             Some(json) => serde_json::from_str(&json).with_context(|| format!("{}: metadata {CLIP_CONFIG_METADATA}", path.display()))?,
             None => openai_config(&checkpoint.tensors, prefix, &path.display().to_string()).with_context(context)?,
         };
-        Ok(Self { checkpoint: Arc::new(checkpoint), clip, heads })
+        Ok(Self { checkpoint: Arc::new(checkpoint), clip, heads, trained_positions })
+    }
+
+    /// An error naming `video.frames` when clips of `frames` frames need more than the
+    /// position rows the exported model trained (`extra` rows besides the frames: the cross
+    /// encoder's text token).
+    pub fn check_frames(&self, frames: usize, extra: usize) -> anyhow::Result<()> {
+        match self.trained_positions {
+            Some(rows) if frames + extra > rows => anyhow::bail!(
+                "video.frames = {frames}, but video.official_checkpoint = {} was trained with position embeddings for {} frames \
+                 (export-official padded the rest with zeros)",
+                self.checkpoint.path.display(),
+                rows - extra
+            ),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -93,6 +118,7 @@ pub fn write_official(
     path: &Path,
 ) -> anyhow::Result<()> {
     let rows = clip.text.context_length;
+    let trained = positions.iter().filter_map(|key| tensors.get(*key)).filter_map(|t| t.shape.first().copied()).min();
     for key in positions {
         if let Some(table) = tensors.get_mut(*key).filter(|t| t.shape.len() == 2 && t.shape[0] < rows) {
             table.values.resize(rows * table.shape[1], 0.0);
@@ -101,6 +127,7 @@ pub fn write_official(
     }
     let mut metadata = vec![(CLIP_CONFIG_METADATA.to_string(), serde_json::to_string(clip)?)];
     metadata.extend(heads.iter().map(|(key, count)| (key.to_string(), count.to_string())));
+    metadata.extend(trained.map(|rows| (TRAINED_POSITIONS_METADATA.to_string(), rows.to_string())));
     Checkpoint::write_safetensors_with_metadata(&tensors, &metadata, path).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {} (official checkpoint keys)", path.display());
     Ok(())
