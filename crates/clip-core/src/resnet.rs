@@ -250,7 +250,7 @@ impl ResNetFeatures {
 }
 
 /// Applies the blocks of one stage in order.
-fn run_stage(x: Tensor<4>, stage: &[Bottleneck]) -> Tensor<4> {
+pub fn run_stage(x: Tensor<4>, stage: &[Bottleneck]) -> Tensor<4> {
     stage.iter().fold(x, |x, block| block.forward(x))
 }
 

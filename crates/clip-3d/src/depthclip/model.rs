@@ -4,15 +4,14 @@
 //! intermediate can be checked against the official code.
 
 use burn::module::{Module, Param};
-use burn::nn::PaddingConfig2d;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::Conv2d;
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::module::{avg_pool2d, interpolate};
 use burn::tensor::ops::{AvgPoolOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use clip_core::batch_norm::{BatchNorm2d, BatchNorm2dConfig};
+use clip_core::batch_norm::BatchNorm2d;
 use clip_core::config::DEFAULT_LOG_LOGIT_SCALE;
-use clip_core::resnet::{BOTTLENECK_EXPANSION, Bottleneck, Downsample, has_shortcut};
+use clip_core::resnet::{Bottleneck, ModifiedResNetConfig, run_stage};
 use clip_core::text::TextTransformer;
 use clip_core::{ClipError, ClipTokenizer, Result, l2_normalize};
 
@@ -56,66 +55,25 @@ pub struct DenseResNet {
     pub layer4: Vec<Bottleneck>,
 }
 
-fn conv(from: usize, to: usize, kernel: usize, stride: usize, device: &Device) -> Conv2d {
-    let pad = kernel / 2;
-    Conv2dConfig::new([from, to], [kernel, kernel])
-        .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-        .with_bias(false)
-        .init(device)
-}
-
-fn norm(channels: usize, device: &Device) -> BatchNorm2d {
-    BatchNorm2dConfig::new(channels).init(device)
-}
-
-/// A bottleneck block as open_clip builds it (the last norm's scale at zero).
-fn bottleneck(inplanes: usize, planes: usize, stride: usize, shortcut: bool, device: &Device) -> Bottleneck {
-    let out = planes * BOTTLENECK_EXPANSION;
-    let mut bn3 = norm(out, device);
-    bn3.gamma = Param::from_tensor(Tensor::zeros([out], device));
-    Bottleneck {
-        conv1: conv(inplanes, planes, 1, 1, device),
-        bn1: norm(planes, device),
-        conv2: conv(planes, planes, 3, 1, device),
-        bn2: norm(planes, device),
-        conv3: conv(planes, out, 1, 1, device),
-        bn3,
-        downsample: shortcut.then(|| Downsample {
-            conv: conv(inplanes, out, 1, 1, device),
-            bn: norm(out, device),
-        }),
-        stride,
-    }
-}
-
 impl DenseResNet {
-    /// A tower with `layers[i]` blocks in stage `i` and stem width `width`.
+    /// A tower with `layers[i]` blocks in stage `i` and stem width `width`, initialized as
+    /// clip-core's [`ModifiedResNet`](clip_core::resnet::ModifiedResNet) (whose attention pool
+    /// is dropped).
     pub fn init(layers: [usize; 4], width: usize, device: &Device) -> Self {
-        let stem = width / 2;
-        let mut inplanes = width;
-        let [layer1, layer2, layer3, layer4] = std::array::from_fn(|index| {
-            let planes = width << index;
-            (0..layers[index])
-                .map(|block| {
-                    let stride = if index > 0 && block == 0 { 2 } else { 1 };
-                    let b = bottleneck(inplanes, planes, stride, has_shortcut(block), device);
-                    inplanes = planes * BOTTLENECK_EXPANSION;
-                    b
-                })
-                .collect::<Vec<_>>()
-        });
+        let features = width * 32;
+        // The pool is discarded: any valid size (one 32-pixel cell, 64-wide heads) will do.
+        let tower = ModifiedResNetConfig::new(32, layers, width, (features / 64).max(1), features).init(device);
         Self {
-            conv1: conv(3, stem, 3, 2, device),
-            bn1: norm(stem, device),
-            conv2: conv(stem, stem, 3, 1, device),
-            bn2: norm(stem, device),
-            conv3: conv(stem, width, 3, 1, device),
-            bn3: norm(width, device),
-            layer1,
-            layer2,
-            layer3,
-            layer4,
+            conv1: tower.conv1,
+            bn1: tower.bn1,
+            conv2: tower.conv2,
+            bn2: tower.bn2,
+            conv3: tower.conv3,
+            bn3: tower.bn3,
+            layer1: tower.layer1,
+            layer2: tower.layer2,
+            layer3: tower.layer3,
+            layer4: tower.layer4,
         }
     }
 
@@ -130,10 +88,10 @@ impl DenseResNet {
 
     /// The feature map after each of the four stages.
     pub fn forward_stages(&self, images: Tensor<4>) -> [Tensor<4>; 4] {
-        let layer1 = run(self.stem(images), &self.layer1);
-        let layer2 = run(layer1.clone(), &self.layer2);
-        let layer3 = run(layer2.clone(), &self.layer3);
-        let layer4 = run(layer3.clone(), &self.layer4);
+        let layer1 = run_stage(self.stem(images), &self.layer1);
+        let layer2 = run_stage(layer1.clone(), &self.layer2);
+        let layer3 = run_stage(layer2.clone(), &self.layer3);
+        let layer4 = run_stage(layer3.clone(), &self.layer4);
         [layer1, layer2, layer3, layer4]
     }
 
@@ -143,12 +101,8 @@ impl DenseResNet {
         let x = self.stem(images);
         [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
-            .fold(x, |x, stage| run(x, stage))
+            .fold(x, |x, stage| run_stage(x, stage))
     }
-}
-
-fn run(x: Tensor<4>, stage: &[Bottleneck]) -> Tensor<4> {
-    stage.iter().fold(x, |x, block| block.forward(x))
 }
 
 /// The CLIP model DepthCLIP loads (`clip.load('RN50')`): the ResNet tower without its attention
