@@ -6,12 +6,15 @@
 //! - `det-shapes`: regenerate `datasets/det-shapes`, a tiny generated COCO detection set.
 //! - `videos`: regenerate `datasets/moving-shapes`, a tiny generated video set.
 //! - `pointclouds`: regenerate `datasets/pointclouds`, a tiny generated point-cloud set.
+//! - `spoken-digits`: regenerate `datasets/spoken-digits`, espeak-ng digit words with digit images.
 //! - `bench`: throughput of ViT-B-32 and RN50 (image and text encoding, a training step) on the CPU.
 
+mod data_bench;
 mod det_shapes;
 mod digits;
 mod pointclouds;
 mod shapes;
+mod spoken_digits;
 mod videos;
 
 use std::path::{Path, PathBuf};
@@ -25,7 +28,10 @@ const USAGE: &str = "usage: cargo xtask <command>
   det-shapes      regenerate datasets/det-shapes (generated shapes with COCO boxes, captions and proposals)
   videos          regenerate datasets/moving-shapes (generated moving-shape clips with captions and labels)
   pointclouds     regenerate datasets/pointclouds (generated primitive point clouds with labels)
-  bench           ViT-B-32 and RN50 encode and train-step throughput (CPU)";
+  spoken-digits   regenerate datasets/spoken-digits (espeak-ng digit words paired with digit images)
+  bench           ViT-B-32 and RN50 encode and train-step throughput (CPU)
+  data-bench [SAMPLES] [WORKERS]  samples/s the tar-shard loader decodes per worker, JPEG at 224 px
+  sketch-bench    CLIPasso seconds per iteration at 224 px, RN50 and the tiny digits ResNet (CPU)";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,7 +48,10 @@ fn main() -> anyhow::Result<()> {
         Some("det-shapes") => det_shapes::generate(&root.join("datasets/det-shapes")),
         Some("videos") => videos::generate(&root.join("datasets/moving-shapes")),
         Some("pointclouds") => pointclouds::generate(&root.join("datasets/pointclouds")),
+        Some("spoken-digits") => spoken_digits::generate(&root.join("datasets/spoken-digits")),
         Some("bench") => cargo(&root, &["bench", "-p", "clip-core", "--bench", "throughput"]),
+        Some("data-bench") => data_bench::run(&args[1..]),
+        Some("sketch-bench") => cargo(&root, &["bench", "-p", "clip-sketch", "--bench", "sketch_step"]),
         Some(other) => bail!("unknown command '{other}'\n{USAGE}"),
         None => bail!("{USAGE}"),
     }

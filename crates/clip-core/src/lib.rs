@@ -28,7 +28,7 @@ pub use error::{ClipError, Result};
 pub use image_tower::{ImageTower, ImageTowerConfig};
 pub use loss::{ClipLoss, SigLipLoss};
 pub use model::{Clip, ClipLogits, l2_normalize};
-pub use objective::{Objective, StepOutput};
+pub use objective::{FeatureLoss, Objective, StepOutput};
 pub use split::split_rows;
 pub use tokenizer::ClipTokenizer;
 pub use zero_shot::{ZeroShotClassifier, class_text_embeddings, imagenet_templates};

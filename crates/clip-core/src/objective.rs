@@ -28,4 +28,29 @@ pub trait Objective {
     fn after_update(&self, model: Self::Model) -> Self::Model {
         model
     }
+
+    /// The objective as a loss over per-sample features, when it is one (contrastive losses,
+    /// whose negatives are the other samples of the batch). The trainer's `train.accum_freq`
+    /// (open_clip's feature-caching gradient accumulation) needs it; `None` (the default)
+    /// refuses it.
+    fn feature_loss(&self) -> Option<&dyn FeatureLoss<Self::Model, Self::Batch>> {
+        None
+    }
+}
+
+/// An objective whose loss is a function of per-sample features (`[batch, dim]` each, one
+/// tensor per kind: image and text embeddings for CLIP) of a whole batch, plus parameters the
+/// loss uses directly (CLIP's logit scale). With it, a large batch can be processed as
+/// micro-batches whose features are computed without gradient, then recomputed one
+/// micro-batch at a time with gradient and spliced among the cached ones (open_clip's
+/// `accum_freq`), so that the loss and its negatives span the whole batch.
+pub trait FeatureLoss<M, B> {
+    /// The features of `batch` under `model`, in batch order along dimension 0.
+    fn features(&self, model: &M, batch: &B) -> crate::Result<Vec<Tensor<2>>>;
+
+    /// The loss of the features of a whole batch (the micro-batches' features concatenated
+    /// along dimension 0). Parameters the loss uses directly, not through the features, take
+    /// part in the gradient only when `direct` is true: the trainer sets it for one of the
+    /// micro-batches, so that each parameter's gradient is counted once.
+    fn loss(&self, model: &M, features: Vec<Tensor<2>>, direct: bool) -> crate::Result<StepOutput>;
 }

@@ -6,7 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 
 use crate::transformer::{Activation, Transformer, TransformerConfig};
 
@@ -127,6 +127,27 @@ impl VisionTransformer {
     /// the configured size (any multiple of the patch size) get a bicubically resized
     /// positional embedding.
     pub fn forward_features(&self, images: Tensor<4>, keep_hidden_states: bool) -> VisionFeatures {
+        let (x, grid) = self.embed(images);
+        self.encode_tokens(x, grid, keep_hidden_states)
+    }
+
+    /// Projected image embeddings `[batch, embed_dim]` with patch dropout (FLIP, open_clip's
+    /// `PatchDropout`): only the patch tokens at `kept` (`[batch, k]` indices into the
+    /// `grid * grid` patches, after the positional embedding) and the class token enter the
+    /// transformer. For training; inference keeps every patch.
+    pub fn forward_kept_patches(&self, images: Tensor<4>, kept: Tensor<2, Int>) -> Tensor<2> {
+        let (x, grid) = self.embed(images);
+        let [batch, tokens, width] = x.dims();
+        let k = kept.dims()[1];
+        let class = x.clone().narrow(1, 0, 1);
+        let patches = x.narrow(1, 1, tokens - 1).gather(1, kept.reshape([batch, k, 1]).expand([batch, k, width]));
+        let x = Tensor::cat(vec![class, patches], 1);
+        self.project(self.encode_tokens(x, grid, false).pooled)
+    }
+
+    /// Patch embedding, class token and positional embedding: `[batch, 1 + patches, width]`
+    /// and the patch grid.
+    fn embed(&self, images: Tensor<4>) -> (Tensor<3>, [usize; 2]) {
         let x = self.conv1.forward(images);
         let [batch, width, grid_h, grid_w] = x.dims();
         let x = x.reshape([batch, width, grid_h * grid_w]).swap_dims(1, 2);
@@ -136,7 +157,11 @@ impl VisionTransformer {
             .reshape([1, 1, width])
             .expand([batch, 1, width]);
         let x = Tensor::cat(vec![class, x], 1);
-        let x = x + self.positional_embedding_for([grid_h, grid_w]).unsqueeze();
+        (x + self.positional_embedding_for([grid_h, grid_w]).unsqueeze(), [grid_h, grid_w])
+    }
+
+    /// `ln_pre`, the transformer and `ln_post` over embedded tokens.
+    fn encode_tokens(&self, x: Tensor<3>, [grid_h, grid_w]: [usize; 2], keep_hidden_states: bool) -> VisionFeatures {
         let x = self.ln_pre.forward(x);
         let (x, hidden_states) = if keep_hidden_states {
             self.transformer.forward_with_hidden_states(x, false)

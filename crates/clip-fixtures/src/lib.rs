@@ -112,7 +112,7 @@ pub const METHOD_FORMATS: &[(&str, &str)] = &[
     ("clip4clip", "clip-video"),
     ("actionclip", "clip-video"),
     ("lseg", "clip-seg"),
-    ("audioclip", "clip-audio (issue 15)"),
+    ("audioclip", "clip-audio"),
     ("pointclip-projection", "clip-3d"),
     ("pointclip-zeroshot", "clip-3d"),
     ("pointclip-adapter", "clip-3d"),

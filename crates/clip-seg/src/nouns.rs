@@ -80,11 +80,12 @@ impl NounPrompts {
 
     /// Exactly `per_caption` prompts: that many nouns sampled without repetition (with
     /// repetition when the caption has fewer), each put in a random template; the caption
-    /// itself, repeated, when it has no noun (or there is no template).
-    pub fn prompts(&self, caption: &str, rng: &mut impl Rng) -> Vec<String> {
+    /// itself, repeated, when it has no noun (or there is no template), standing for its noun.
+    pub fn prompts(&self, caption: &str, rng: &mut impl Rng) -> Vec<NounPrompt> {
         let mut nouns = self.nouns(caption);
         if nouns.is_empty() || self.templates.is_empty() {
-            return vec![caption.to_string(); self.per_caption];
+            let whole = NounPrompt { noun: caption.to_string(), text: caption.to_string() };
+            return vec![whole; self.per_caption];
         }
         let chosen: Vec<String> = if nouns.len() >= self.per_caption {
             nouns.shuffle(rng);
@@ -96,10 +97,22 @@ impl NounPrompts {
                 .collect()
         };
         chosen
-            .iter()
-            .filter_map(|noun| self.templates.choose(rng).map(|t| t.replace("{}", noun)))
+            .into_iter()
+            .filter_map(|noun| {
+                let text = self.templates.choose(rng)?.replace("{}", &noun);
+                Some(NounPrompt { noun, text })
+            })
             .collect()
     }
+}
+
+/// One noun prompt: the noun and the text made from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NounPrompt {
+    /// The noun as the vocabulary (or the caption) spells it.
+    pub noun: String,
+    /// The prompt text, the noun put in a template.
+    pub text: String,
 }
 
 /// Lower-cased alphanumeric words (apostrophes dropped, so "dog's" is "dogs").
@@ -190,20 +203,25 @@ mod tests {
         let prompts = NounPrompts::default();
         let mut rng = StdRng::seed_from_u64(0);
         // More nouns than K: three distinct ones.
+        let texts = |caption: &str, rng: &mut StdRng| -> Vec<String> {
+            prompts.prompts(caption, rng).into_iter().map(|p| p.text).collect()
+        };
         let many = prompts.prompts("a cat, a dog, a horse and a cow", &mut rng);
         assert_eq!(many.len(), 3);
-        let distinct: std::collections::HashSet<_> = many.iter().collect();
+        let distinct: std::collections::HashSet<_> = many.iter().map(|p| &p.noun).collect();
         assert_eq!(distinct.len(), 3);
         assert!(
-            many.iter().all(|p| p.starts_with("a photo of a ") && p.ends_with('.')),
+            many.iter().all(|p| p.text == format!("a photo of a {}.", p.noun)),
             "{many:?}"
         );
         // One noun: repeated.
-        assert_eq!(prompts.prompts("a dog", &mut rng), vec!["a photo of a dog."; 3]);
-        // No noun: the caption itself.
-        assert_eq!(prompts.prompts("a very red one", &mut rng), vec!["a very red one"; 3]);
+        assert_eq!(texts("a dog", &mut rng), vec!["a photo of a dog."; 3]);
+        // No noun: the caption itself, as text and noun.
+        let none = prompts.prompts("a very red one", &mut rng);
+        assert!(none.iter().all(|p| p.text == "a very red one" && p.noun == p.text), "{none:?}");
+        assert_eq!(none.len(), 3);
         // Seeded.
-        let run = |seed| prompts.prompts("a cat, a dog, a horse and a cow", &mut StdRng::seed_from_u64(seed));
+        let run = |seed| texts("a cat, a dog, a horse and a cow", &mut StdRng::seed_from_u64(seed));
         assert_eq!(run(5), run(5));
     }
 }

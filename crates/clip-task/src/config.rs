@@ -62,6 +62,11 @@ impl DataSection {
             skip_bad_samples: false,
             workers: default_workers(),
             crop_scale: default_crop_scale(),
+            shuffle: true,
+            shuffle_buffer: default_shuffle_buffer(),
+            resampled: false,
+            train_num_samples: 0,
+            train_weights: Vec::new(),
         }
     }
 }
@@ -81,8 +86,9 @@ pub struct ModelSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// Training data: a `.csv`/`.tsv`/`.jsonl` table (image paths relative to its folder) or a
-    /// folder of class subfolders.
+    /// Training data: a `.csv`/`.tsv`/`.jsonl` table (image paths relative to its folder), a
+    /// folder of class subfolders, or webdataset tar shards (`shards/{000000..000099}.tar`,
+    /// sources separated by `::`; see `crate::shards`).
     pub train: PathBuf,
     /// Validation data, in the same forms, for the end-of-training evaluation.
     #[serde(default)]
@@ -111,6 +117,33 @@ pub struct DataSection {
     /// Range of the random-resized-crop area during training.
     #[serde(default = "default_crop_scale")]
     pub crop_scale: (f64, f64),
+    /// Shuffle the training data: a seeded permutation of a table's rows per epoch; for
+    /// shards, a seeded shard order per epoch and the shuffle buffer. `false` visits tables and
+    /// shards in file order (shards split across `workers`, taken in turn).
+    #[serde(default = "default_true")]
+    pub shuffle: bool,
+    /// Shards: samples in each data worker's shuffle buffer (0 or 1: none).
+    #[serde(default = "default_shuffle_buffer")]
+    pub shuffle_buffer: usize,
+    /// Shards: draw shards with replacement, `train_num_samples` samples per epoch
+    /// (open_clip's `--dataset-resampled`).
+    #[serde(default)]
+    pub resampled: bool,
+    /// Shards: samples per epoch (0: counted from `sizes.json` or the tar headers; required
+    /// with `resampled`).
+    #[serde(default)]
+    pub train_num_samples: usize,
+    /// Shards, resampled: weight of each `::`-separated source of `train` (empty: every shard
+    /// equally likely).
+    #[serde(default)]
+    pub train_weights: Vec<f64>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_shuffle_buffer() -> usize {
+    1000
 }
 
 fn default_image_column() -> String {
@@ -139,6 +172,13 @@ pub struct EvalSection {
     pub templates: Vec<String>,
     /// Images per forward pass during evaluation.
     pub batch_size: usize,
+    /// During training, zero-shot classification of `zero_shot_data` every this many steps
+    /// (0: never), logged to `metrics.jsonl` (`zero_shot_top1`, `zero_shot_top5`) and TensorBoard
+    /// (`zero_shot/top1`, `zero_shot/top5`).
+    pub zero_shot_every: usize,
+    /// The labelled set of the periodic zero-shot evaluation: a class folder (or a table with
+    /// `data.label_column`); classes and templates as for the final evaluation.
+    pub zero_shot_data: Option<PathBuf>,
 }
 
 impl Default for EvalSection {
@@ -147,6 +187,8 @@ impl Default for EvalSection {
             classes: Vec::new(),
             templates: Vec::new(),
             batch_size: 256,
+            zero_shot_every: 0,
+            zero_shot_data: None,
         }
     }
 }

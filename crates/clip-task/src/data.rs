@@ -55,6 +55,12 @@ pub trait BatchSource: Clone + Send + 'static {
 
     /// Loads the rows at `indices` for training step `step` (which seeds the augmentation).
     fn batch(&self, indices: &[usize], step: usize) -> Result<Self::Batch, DataError>;
+
+    /// Whether the trainer visits the rows in a seeded permutation per epoch (`true`), or in
+    /// order (`false`: `data.shuffle = false`, or a stream that shuffles itself).
+    fn shuffled(&self) -> bool {
+        true
+    }
 }
 
 /// A loaded batch: which rows it holds and which were skipped as unreadable.
@@ -99,6 +105,8 @@ pub struct Schedule {
     rows: usize,
     batch_size: usize,
     seed: u64,
+    /// Whether each epoch is a seeded permutation (else the rows in order).
+    shuffle: bool,
     /// The permutation of the epoch last asked for, shuffled once per epoch.
     order: Option<(usize, Vec<usize>)>,
 }
@@ -106,7 +114,13 @@ pub struct Schedule {
 impl Schedule {
     /// A schedule over `rows` rows.
     pub fn new(rows: usize, batch_size: usize, seed: u64) -> Self {
-        Self { rows, batch_size, seed, order: None }
+        Self { rows, batch_size, seed, shuffle: true, order: None }
+    }
+
+    /// The schedule visiting the rows in order in every epoch when `shuffle` is false.
+    pub fn with_shuffle(mut self, shuffle: bool) -> Self {
+        self.shuffle = shuffle;
+        self
     }
 
     /// Optimizer steps in one epoch.
@@ -120,7 +134,9 @@ impl Schedule {
         let epoch = step / per_epoch;
         if self.order.as_ref().is_none_or(|(cached, _)| *cached != epoch) {
             let mut order: Vec<usize> = (0..self.rows).collect();
-            order.shuffle(&mut StdRng::seed_from_u64(self.seed.wrapping_add(epoch as u64)));
+            if self.shuffle {
+                order.shuffle(&mut StdRng::seed_from_u64(self.seed.wrapping_add(epoch as u64)));
+            }
             self.order = Some((epoch, order));
         }
         let (_, order) = self.order.as_ref().expect("the epoch's order was just set");

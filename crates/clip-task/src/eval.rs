@@ -6,7 +6,9 @@ use clip_core::preprocess::stack_images;
 use clip_core::{Clip, ClipTokenizer, ZeroShotClassifier, imagenet_templates};
 use serde::Serialize;
 
-use crate::config::EvalSection;
+use anyhow::Context;
+
+use crate::config::{EvalSection, RunContext};
 use crate::pairs::{Batcher, PairTable};
 
 /// Evaluation results.
@@ -84,6 +86,43 @@ pub fn evaluate(
         report.chance_top1 = Some(1.0 / classes.len() as f64);
     }
     Ok(report)
+}
+
+/// The zero-shot evaluation a run does every `eval.zero_shot_every` steps on
+/// `eval.zero_shot_data` (open_clip's `--zeroshot-frequency` on ImageNet).
+pub struct PeriodicZeroShot {
+    batcher: Batcher,
+    tokenizer: ClipTokenizer,
+    eval: EvalSection,
+    /// Steps between evaluations.
+    pub every: usize,
+}
+
+impl PeriodicZeroShot {
+    /// The evaluation `run` asks for (`None` without `eval.zero_shot_every`), its set read.
+    pub fn new(run: &RunContext) -> anyhow::Result<Option<Self>> {
+        let (every, Some(data)) = (run.eval.zero_shot_every, &run.eval.zero_shot_data) else { return Ok(None) };
+        if every == 0 {
+            return Ok(None);
+        }
+        let table = PairTable::read(data, &run.data)?;
+        anyhow::ensure!(
+            table.pairs.iter().all(|p| p.label.is_some()),
+            "eval.zero_shot_data = {}: needs labels (a class folder, or a table with data.label_column)",
+            data.display()
+        );
+        let config = crate::clip_model::clip_config(&run.model.name, run.model.weights.as_deref())?;
+        let tokenizer = crate::clip_model::tokenizer_of(&config)?;
+        let batcher = Batcher::for_eval(run, table, &tokenizer, config.vision.image_size());
+        Ok(Some(Self { batcher, tokenizer, eval: run.eval.clone(), every }))
+    }
+
+    /// Zero-shot top-1 and top-5 accuracy of `model` (without autodiff).
+    pub fn run(&self, model: &Clip, device: &Device) -> anyhow::Result<[(&'static str, f64); 2]> {
+        let report = evaluate(model, &self.batcher, &self.tokenizer, &self.eval, device)?;
+        let top = |v: Option<f64>| v.context("the zero-shot set has no labels");
+        Ok([("zero_shot_top1", top(report.zero_shot_top1)?), ("zero_shot_top5", top(report.zero_shot_top5)?)])
+    }
 }
 
 /// `eval.classes`, or the sorted distinct labels of `table`.

@@ -16,6 +16,7 @@ pub mod distillation;
 pub mod embeddings_file;
 pub mod eval;
 pub mod pairs;
+pub mod shards;
 pub mod supervised;
 pub mod task;
 pub mod validation;

@@ -41,6 +41,15 @@ impl PairTable {
     /// folder with one subfolder of images per class (captions `caption_template` filled with
     /// the class name, labels the class names).
     pub fn read(path: &Path, data: &DataSection) -> Result<Self, DataError> {
+        if crate::shards::is_shard_spec(path) {
+            return Err(DataError {
+                path: path.to_path_buf(),
+                line: None,
+                message: "tar shards are streamed for training by train.objective = \"contrastive\"; this needs a table \
+                          or a class folder (`clipforge shards` makes shards from those)"
+                    .into(),
+            });
+        }
         let pairs = if path.is_dir() {
             read_image_folder(path, &data.caption_template)?
         } else if path.extension().is_some_and(|e| e == "jsonl") {
@@ -204,6 +213,9 @@ pub struct Batcher {
     workers: usize,
     skip_bad_samples: bool,
     seed: u64,
+    shuffle: bool,
+    /// Training pairs streamed from tar shards instead of the (then empty) table.
+    shards: Option<crate::shards::ShardBatcher>,
 }
 
 impl Batcher {
@@ -223,14 +235,33 @@ impl Batcher {
             workers: workers.max(1),
             skip_bad_samples,
             seed,
+            shuffle: true,
+            shards: None,
         }
+    }
+
+    /// A batcher streaming training pairs from tar shards (its table is empty).
+    pub fn from_shards(shards: crate::shards::ShardBatcher) -> Self {
+        let table = PairTable { path: shards.train().to_path_buf(), pairs: Vec::new() };
+        Self {
+            shards: Some(shards.clone()),
+            ..Self::new(table, shards.tokenizer().clone(), shards.transform().clone(), 1, false, 0).with_shuffle(false)
+        }
+    }
+
+    /// The batcher with the trainer visiting its rows in order (`shuffle` false) or in a
+    /// seeded permutation per epoch.
+    pub fn with_shuffle(mut self, shuffle: bool) -> Self {
+        self.shuffle = shuffle;
+        self
     }
 
     /// A batcher over `table` with the training transform (random resized crop of
     /// `data.crop_scale`), as the run's `[data]` says.
     pub fn for_training(run: &RunContext, table: PairTable, tokenizer: &ClipTokenizer, image_size: usize) -> anyhow::Result<Self> {
         let transform = TrainTransformConfig::new().with_image_size(image_size).with_scale(run.data.crop_scale).init()?;
-        Ok(Self::new(table, tokenizer.clone(), Transform::Train(transform), run.data.workers, run.data.skip_bad_samples, run.seed))
+        Ok(Self::new(table, tokenizer.clone(), Transform::Train(transform), run.data.workers, run.data.skip_bad_samples, run.seed)
+            .with_shuffle(run.data.shuffle))
     }
 
     /// A batcher over `table` with the evaluation transform (resize and center crop).
@@ -247,6 +278,9 @@ impl Batcher {
     /// Loads the rows at `indices`. A sample's augmentation depends only on the seed and its
     /// `(step, slot)`, so a resumed run sees exactly the batches an uninterrupted one would.
     pub fn batch(&self, indices: &[usize], step: usize) -> Result<PairBatch, DataError> {
+        if let Some(shards) = &self.shards {
+            return shards.batch(indices, step);
+        }
         let loaded = load_on_workers(indices, self.workers, |row, slot| self.load(row, step, slot));
         let mut batch = PairBatch {
             step,
@@ -295,11 +329,18 @@ impl BatchSource for Batcher {
     type Batch = PairBatch;
 
     fn rows(&self) -> usize {
-        self.table.pairs.len()
+        match &self.shards {
+            Some(shards) => shards.rows(),
+            None => self.table.pairs.len(),
+        }
     }
 
     fn batch(&self, indices: &[usize], step: usize) -> Result<PairBatch, DataError> {
         Batcher::batch(self, indices, step)
+    }
+
+    fn shuffled(&self) -> bool {
+        self.shuffle
     }
 }
 

@@ -82,8 +82,16 @@ pub struct TrainSection {
     /// Samples per batch.
     pub batch_size: usize,
     /// Batches whose gradients are averaged into one optimizer step. Each batch is its own
-    /// contrastive problem (negatives come from the batch), unlike open_clip's `accum_freq`.
+    /// contrastive problem (negatives come from the batch), unlike `accum_freq`; this is the
+    /// accumulation for objectives that are not losses over the batch's features.
     pub accumulate_batches: usize,
+    /// open_clip's `accum_freq`: one optimizer step over this many batches (micro-batches)
+    /// whose features are computed without gradient, then recomputed one micro-batch at a
+    /// time with gradient and spliced among the cached ones, so the loss and its negatives
+    /// span all of them (the same loss and gradients as one batch of `accum_freq *
+    /// batch_size`). Needs an objective with features (`contrastive`); exclusive with
+    /// `accumulate_batches`.
+    pub accum_freq: usize,
     /// Passes over the training data.
     pub epochs: usize,
     /// Peak learning rate.
@@ -104,6 +112,17 @@ pub struct TrainSection {
     pub grad_clip_norm: f64,
     /// Parameter path prefixes to freeze (`visual` locks the image tower as in LiT).
     pub freeze: Vec<String>,
+    /// open_clip's `--lock-image`: freeze the image tower (the parameters under `visual`)
+    /// but for its last `lock_image_unlocked_groups` groups.
+    pub lock_image: bool,
+    /// With `lock_image`: the image tower's last groups left trainable (a ViT's groups: stem,
+    /// each residual block, the last with `ln_post`, projection; a ResNet's: stem, layer1-4,
+    /// attention pool).
+    pub lock_image_unlocked_groups: usize,
+    /// Layer-wise learning-rate decay in `(0, 1]` (1: off): each layer group of the CLIP
+    /// towers (`visual`, `text`; grouped as `lock_image` groups them, head last) trains at
+    /// `lr * layer_decay^(groups after it)`; `lr_groups` apply on top.
+    pub layer_decay: f64,
     /// Parameters with their own peak learning rate (a pretrained backbone slower than new
     /// heads); later groups win where prefixes overlap.
     pub lr_groups: Vec<LrGroup>,
@@ -126,6 +145,7 @@ impl Default for TrainSection {
             label_smoothing: None,
             batch_size: 64,
             accumulate_batches: 1,
+            accum_freq: 1,
             epochs: 1,
             lr: 5e-4,
             weight_decay: 0.2,
@@ -136,6 +156,9 @@ impl Default for TrainSection {
             schedule: "cosine".into(),
             grad_clip_norm: 0.0,
             freeze: Vec::new(),
+            lock_image: false,
+            lock_image_unlocked_groups: 0,
+            layer_decay: 1.0,
             lr_groups: Vec::new(),
             checkpoint_every: 0,
             keep_checkpoints: 2,
@@ -235,9 +258,24 @@ impl RunConfig {
     /// Checks values serde cannot: ranges, choices and the existence of input files.
     pub fn validate(&self) -> Result<(), String> {
         let t = &self.train;
-        let checks: [(bool, String); 12] = [
+        let checks: [(bool, String); 16] = [
+            (t.layer_decay > 0.0 && t.layer_decay <= 1.0, format!("train.layer_decay = {} must be in (0, 1]", t.layer_decay)),
+            (
+                t.lock_image || t.lock_image_unlocked_groups == 0,
+                "train.lock_image_unlocked_groups needs train.lock_image = true".into(),
+            ),
             (t.batch_size > 0, "train.batch_size must be at least 1".into()),
             (t.accumulate_batches > 0, "train.accumulate_batches must be at least 1".into()),
+            (t.accum_freq > 0, "train.accum_freq must be at least 1".into()),
+            (
+                t.accum_freq == 1 || t.accumulate_batches == 1,
+                format!(
+                    "train.accum_freq = {} and train.accumulate_batches = {} are exclusive: accum_freq caches features so \
+                     the loss spans all micro-batches (contrastive objectives), accumulate_batches averages per-batch \
+                     gradients (any objective); give one",
+                    t.accum_freq, t.accumulate_batches
+                ),
+            ),
             (t.epochs > 0, "train.epochs must be at least 1".into()),
             (t.lr.is_finite() && t.lr > 0.0, format!("train.lr = {} must be positive", t.lr)),
             (t.weight_decay >= 0.0, format!("train.weight_decay = {} must not be negative", t.weight_decay)),
@@ -282,8 +320,20 @@ impl RunConfig {
         if !(0.0 < lo && lo <= hi && hi <= 1.0) {
             return Err(format!("data.crop_scale = {:?} must satisfy 0 < min <= max <= 1", self.data.crop_scale));
         }
-        if !self.data.train.exists() {
-            return Err(format!("data.train = {}: no such file or folder", self.data.train.display()));
+        if clip_task::shards::is_shard_spec(&self.data.train) {
+            clip_task::shards::ShardSpec::validate(&self.data)?;
+        } else {
+            if !self.data.train.exists() {
+                return Err(format!("data.train = {}: no such file or folder", self.data.train.display()));
+            }
+            let shard_keys = [
+                ("resampled", self.data.resampled),
+                ("train_num_samples", self.data.train_num_samples > 0),
+                ("train_weights", !self.data.train_weights.is_empty()),
+            ];
+            if let Some((key, _)) = shard_keys.iter().find(|(_, set)| *set) {
+                return Err(format!("data.{key} applies to tar shards, and data.train = {} is not (shards end in .tar)", self.data.train.display()));
+            }
         }
         if let Some(val) = self.data.val.as_ref().filter(|v| !v.exists()) {
             return Err(format!("data.val = {}: no such file or folder", val.display()));
@@ -299,6 +349,12 @@ impl RunConfig {
         }
         if let Some(weights) = self.model.weights.as_ref().filter(|w| !w.exists()) {
             return Err(format!("model.weights = {}: no such file", weights.display()));
+        }
+        match (self.eval.zero_shot_every, &self.eval.zero_shot_data) {
+            (0, _) => {}
+            (_, None) => return Err("eval.zero_shot_every needs eval.zero_shot_data (a class folder)".into()),
+            (_, Some(data)) if !data.exists() => return Err(format!("eval.zero_shot_data = {}: no such file or folder", data.display())),
+            _ => {}
         }
         if self.eval.templates.iter().any(|t| !t.contains("{}")) {
             return Err("eval.templates: every template needs a {} for the class name".into());

@@ -97,6 +97,30 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Convert a table (CSV/TSV/JSONL) or class-folder dataset into webdataset tar shards
+    /// (`KEY.jpg|png|webp`, `KEY.txt`, `KEY.json`) of N samples each, with `sizes.json`.
+    Shards {
+        /// A `.csv`/`.tsv`/`.jsonl` table or a folder of class subfolders.
+        input: PathBuf,
+        /// Folder to write `000000.tar`, `000001.tar`, ... and `sizes.json` into.
+        #[arg(long)]
+        output: PathBuf,
+        /// Samples per shard.
+        #[arg(long, default_value_t = 1000)]
+        samples_per_shard: usize,
+        /// Column holding image paths (as data.image_column).
+        #[arg(long, default_value = "filepath")]
+        image_column: String,
+        /// Column holding captions (as data.caption_column).
+        #[arg(long, default_value = "title")]
+        caption_column: String,
+        /// Column holding class names, kept as `label` in `KEY.json`.
+        #[arg(long)]
+        label_column: Option<String>,
+        /// Caption of a class folder's images, `{}` standing for the class name.
+        #[arg(long, default_value = "a photo of a {}.")]
+        caption_template: String,
+    },
     /// Write a model in open_clip or Hugging Face layout.
     Export {
         /// Named architecture or JSON config of the model.
@@ -269,6 +293,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let values: Vec<f32> = embeddings.into_data().iter::<f32>().collect();
             write_embeddings(&output, values, [rows, dim])?;
             println!("wrote {rows} embeddings of size {dim} to {}", output.display());
+        }
+        Command::Shards { input, output, samples_per_shard, image_column, caption_column, label_column, caption_template } => {
+            anyhow::ensure!(caption_template.contains("{}"), "--caption-template needs a {{}} for the class name");
+            let mut data = clip_task::DataSection::new(&input);
+            (data.image_column, data.caption_column, data.label_column, data.caption_template) =
+                (image_column, caption_column, label_column, caption_template);
+            let table = clip_task::pairs::PairTable::read(&input, &data)?;
+            let shards = clip_task::shards::write_shards(&table, &output, samples_per_shard)?;
+            println!(
+                "wrote {} samples in {} shards: data.train = \"{}\"",
+                table.pairs.len(),
+                shards.len(),
+                clip_task::shards::shard_pattern(&output, shards.len())
+            );
         }
         Command::Export { model, weights, format, output } => {
             let device = burn::tensor::Device::flex();

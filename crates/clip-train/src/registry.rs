@@ -3,8 +3,10 @@
 
 use clip_3d::DepthClipTask;
 use clip_3d::task::pointclip::PointClipTask;
+use clip_audio::AudioClipTask;
 use clip_det::{GlipTask, VildTask};
 use clip_seg::{GroupVitTask, LsegTask};
+use clip_sketch::ClipassoTask;
 use clip_task::contrastive::ContrastiveTask;
 use clip_task::distillation::DistillationTask;
 use clip_task::supervised::SupervisedTask;
@@ -26,6 +28,8 @@ pub const TASKS: &[(&str, &dyn RegisteredTask)] = &[
     ("glip", &Entry::<GlipTask>::NEW),
     ("pointclip", &Entry::<PointClipTask>::NEW),
     ("depthclip", &Entry::<DepthClipTask>::NEW),
+    ("audioclip", &Entry::<AudioClipTask>::NEW),
+    ("clipasso", &Entry::<ClipassoTask>::NEW),
 ];
 
 /// The task `objective` names, or an error listing them all.

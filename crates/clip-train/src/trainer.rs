@@ -14,7 +14,8 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOpti
 use burn::tensor::{Device, FloatDType, Tensor};
 use clip_core::Objective;
 use clip_task::data::{BatchSource, LoadedBatch, Schedule, prefetch};
-use clip_task::Task;
+use clip_task::eval::PeriodicZeroShot;
+use clip_task::{Task, TaskModel};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tensorboard_rs::summary_writer::SummaryWriter;
@@ -22,7 +23,7 @@ use tensorboard_rs::summary_writer::SummaryWriter;
 use crate::checkpoint::{Checkpoints, TrainState};
 use crate::config::{RunConfig, TrainSection};
 use crate::lr::{LrPolicy, learning_rate};
-use crate::params::{freeze, rank_group};
+use crate::params::{freeze, lock_image, rank_group};
 use crate::registry;
 
 /// What a finished run reports in `summary.json`.
@@ -104,11 +105,28 @@ pub fn train_task<T: Task>(mut task: T, train: &TrainSection, device: &Device, o
     std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
     device.seed(task.run().seed);
     let train_device = device.clone().autodiff();
-    let model = freeze(task.model(&train_device)?, &train.freeze)?;
+    let mut model = freeze(task.model(&train_device)?, &train.freeze)?;
+    if train.lock_image {
+        model = lock_image(model, train.lock_image_unlocked_groups)?;
+    }
     let source = task.train_source(&model, &train_device)?;
     let objective = task.objective();
+    if train.accum_freq > 1 && objective.feature_loss().is_none() {
+        bail!(
+            "train.accum_freq = {} needs an objective whose loss is computed from the whole batch's features \
+             (`contrastive`); train.objective = {:?} has none: use train.accumulate_batches, which averages \
+             per-batch gradients",
+            train.accum_freq,
+            task.run().objective
+        );
+    }
     let run = Run { train, output, resume, seed: task.run().seed, data: &task.run().data.train };
-    let fitted = run.fit(&objective, model, &source, |batch| task.to_batch(batch, &train_device))?;
+    let zero_shot = PeriodicZeroShot::new(task.run())?;
+    let periodic = |model: &TaskModel<T>, step: usize| match &zero_shot {
+        Some(zero_shot) if step % zero_shot.every == 0 => Ok(Some(zero_shot.run(&task.clip(model.clone().valid(), device)?, device)?)),
+        _ => Ok(None),
+    };
+    let fitted = run.fit(&objective, model, &source, |batch| task.to_batch(batch, &train_device), periodic)?;
     let eval = task.evaluate(&fitted.model.valid(), device)?;
     run.finish(fitted.outcome, eval)
 }
@@ -147,6 +165,7 @@ impl Run<'_> {
         mut model: O::Model,
         source: &S,
         to_batch: impl Fn(S::Batch) -> anyhow::Result<O::Batch>,
+        periodic: impl Fn(&O::Model, usize) -> anyhow::Result<Option<[(&'static str, f64); 2]>>,
     ) -> anyhow::Result<Fitted<O::Model>> {
         let (t, output) = (self.train, self.output);
         let checkpoints = Checkpoints::new(output, t.keep_checkpoints);
@@ -174,7 +193,7 @@ impl Run<'_> {
             eprintln!("resuming from {} (step {})", dir.display(), state.step);
         }
 
-        let schedule = Schedule::new(source.rows(), t.batch_size, self.seed);
+        let schedule = Schedule::new(source.rows(), t.batch_size, self.seed).with_shuffle(source.shuffled());
         if schedule.steps_per_epoch() == 0 {
             bail!(
                 "train.batch_size = {} is larger than the {} rows of {}",
@@ -184,11 +203,12 @@ impl Run<'_> {
             );
         }
         // An optimizer step consumes `accumulate` consecutive batches of the schedule.
-        let accumulate = t.accumulate_batches.max(1);
+        let accumulate = t.accumulate_batches.max(t.accum_freq).max(1);
+        let key = if t.accum_freq > 1 { "train.accum_freq" } else { "train.accumulate_batches" };
         let steps_per_epoch = schedule.steps_per_epoch() / accumulate;
         if steps_per_epoch == 0 {
             bail!(
-                "train.accumulate_batches = {accumulate} batches of {} exceed the {} rows of {}",
+                "{key} = {accumulate} batches of {} exceed the {} rows of {}",
                 t.batch_size,
                 source.rows(),
                 self.data.display()
@@ -220,6 +240,15 @@ impl Run<'_> {
         for step in state.step..total_steps {
             let mut accumulator = GradientsAccumulator::<O::Model>::new();
             let (mut samples, mut batches_used, mut loss_sum, mut step_metrics) = (0, 0, 0.0, Vec::new());
+            // With `accum_freq`, the step's micro-batches, for one loss over all of them.
+            let mut micro_batches = Vec::new();
+            let not_finite = |loss_value: f64| {
+                let kept = last_checkpoint
+                    .as_ref()
+                    .map(|p| format!("the last good checkpoint is {}", p.display()))
+                    .unwrap_or_else(|| "no checkpoint was written yet".into());
+                anyhow::anyhow!("loss is {loss_value} at step {}: stopping ({kept}); try a lower train.lr", step + 1)
+            };
             for _ in 0..accumulate {
                 let Ok((_, batch)) = batches.recv() else { break };
                 let batch = batch?;
@@ -231,19 +260,27 @@ impl Run<'_> {
                     continue;
                 }
                 samples += batch.rows().len();
+                if t.accum_freq > 1 {
+                    micro_batches.push(to_batch(batch)?);
+                    continue;
+                }
                 batches_used += 1;
                 let output_of_batch = objective.forward(&model, to_batch(batch)?)?;
                 let loss_value = f64::from(output_of_batch.loss.clone().into_scalar::<f32>());
                 if !loss_value.is_finite() {
-                    let kept = last_checkpoint
-                        .as_ref()
-                        .map(|p| format!("the last good checkpoint is {}", p.display()))
-                        .unwrap_or_else(|| "no checkpoint was written yet".into());
-                    bail!("loss is {loss_value} at step {}: stopping ({kept}); try a lower train.lr", step + 1);
+                    return Err(not_finite(loss_value));
                 }
                 loss_sum += loss_value;
                 step_metrics = output_of_batch.metrics;
                 accumulator.accumulate(&model, GradientsParams::from_grads(output_of_batch.loss.backward(), &model));
+            }
+            if !micro_batches.is_empty() {
+                let (loss_value, metrics, grads) = feature_cached_gradients(objective, &model, micro_batches)?;
+                if !loss_value.is_finite() {
+                    return Err(not_finite(loss_value));
+                }
+                (batches_used, loss_sum, step_metrics) = (1, loss_value, metrics);
+                accumulator.accumulate(&model, grads);
             }
             if batches_used == 0 {
                 // Every image of this step was unreadable and skipped.
@@ -268,7 +305,9 @@ impl Run<'_> {
             let rate = (state.samples as f64 / state.train_seconds.max(1e-9)).round();
             progress.set_position(state.step as u64);
             progress.set_message(format!("loss {loss_value:.4}, {rate} samples/s"));
-            if state.step % t.log_every.max(1) == 0 || state.step == total_steps {
+            // The periodic zero-shot evaluation (`eval.zero_shot_every`), logged with the step.
+            let evaluated = periodic(&model, state.step)?;
+            if state.step % t.log_every.max(1) == 0 || state.step == total_steps || evaluated.is_some() {
                 let mut line = serde_json::json!({
                     "step": state.step,
                     "epoch": step / steps_per_epoch,
@@ -283,6 +322,12 @@ impl Run<'_> {
                 for (name, value) in &step_metrics {
                     line[*name] = serde_json::json!(value);
                     tensorboard.add_scalar(&format!("train/{name}"), *value as f32, state.step);
+                }
+                for (name, value) in evaluated.iter().flatten() {
+                    line[*name] = serde_json::json!(value);
+                    // Apart from the final evaluation's `eval/zero_shot_top1` (on data.val).
+                    let tag = name.replacen("zero_shot_", "zero_shot/", 1);
+                    tensorboard.add_scalar(&tag, *value as f32, state.step);
                 }
                 writeln!(metrics, "{line}").context("writing metrics.jsonl")?;
             }
@@ -341,6 +386,55 @@ impl Run<'_> {
         )?;
         Ok(summary)
     }
+}
+
+/// open_clip's `accum_freq` step over `micro_batches`: the features of every micro-batch
+/// without gradient, then for each micro-batch its features again with gradient, spliced among
+/// the cached ones, the loss over all of them and its backward pass; the gradients are summed.
+/// The result is the loss, metrics and gradients of one batch made of all the micro-batches.
+/// Parameters the loss uses directly (the logit scale) take their gradient from the first
+/// micro-batch's pass only (open_clip counts it once per micro-batch).
+pub fn feature_cached_gradients<O: Objective>(
+    objective: &O,
+    model: &O::Model,
+    micro_batches: Vec<O::Batch>,
+) -> anyhow::Result<(f64, Vec<(&'static str, f64)>, GradientsParams)> {
+    let features = objective
+        .feature_loss()
+        .context("train.accum_freq needs an objective whose loss is computed from the batch's features")?;
+    let cached = micro_batches
+        .iter()
+        .map(|batch| Ok(features.features(model, batch)?.into_iter().map(|f| f.detach()).collect::<Vec<_>>()))
+        .collect::<anyhow::Result<Vec<Vec<Tensor<2>>>>>()?;
+    let mut accumulator = GradientsAccumulator::<O::Model>::new();
+    let (mut loss_value, mut metrics) = (f64::NAN, Vec::new());
+    for (j, batch) in micro_batches.iter().enumerate() {
+        let own = features.features(model, batch)?;
+        anyhow::ensure!(
+            own.len() == cached[j].len(),
+            "the objective gave {} feature tensors with gradient but {} without",
+            own.len(),
+            cached[j].len()
+        );
+        let spliced: Vec<Tensor<2>> = own
+            .into_iter()
+            .enumerate()
+            .map(|(kind, own)| {
+                let parts = cached.iter().enumerate().map(|(i, c)| if i == j { own.clone() } else { c[kind].clone() }).collect();
+                Tensor::cat(parts, 0)
+            })
+            .collect();
+        let output = features.loss(model, spliced, j == 0)?;
+        if j == 0 {
+            loss_value = f64::from(output.loss.clone().into_scalar::<f32>());
+            metrics = output.metrics;
+            if !loss_value.is_finite() {
+                break;
+            }
+        }
+        accumulator.accumulate(model, GradientsParams::from_grads(output.loss.backward(), model));
+    }
+    Ok((loss_value, metrics, accumulator.grads()))
 }
 
 /// AdamW as `t` says, without weight decay on the parameters of fewer than two dimensions
@@ -404,6 +498,75 @@ mod tests {
     struct Layer {
         linear: Linear,
         offset: Param<Tensor<1>>,
+    }
+
+    /// Every parameter's gradient in `grads`, by parameter, flattened.
+    fn gradients_of<M: Module>(model: &M, grads: &GradientsParams) -> Vec<(String, Vec<f32>)> {
+        struct Collect<'a> {
+            grads: &'a GradientsParams,
+            out: Vec<(String, Vec<f32>)>,
+        }
+        impl ModuleVisitor for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let grad = self.grads.get::<D>(param.id).map(|g| g.into_data().iter::<f32>().collect()).unwrap_or_default();
+                self.out.push((format!("{:?}", param.id), grad));
+            }
+        }
+        let mut collect = Collect { grads, out: Vec::new() };
+        model.visit(&mut collect);
+        collect.out
+    }
+
+    #[test]
+    fn accum_freq_gives_the_loss_and_gradients_of_the_whole_batch() {
+        use burn::tensor::Int;
+        use clip_task::contrastive::{ContrastiveBatch, ContrastiveLoss, ContrastiveObjective};
+        let device = Device::flex().autodiff();
+        device.seed(3);
+        let json = r#"{"embed_dim": 8, "vision_cfg": {"image_size": 8, "layers": 1, "width": 16, "patch_size": 4,
+            "head_width": 8}, "text_cfg": {"context_length": 6, "width": 16, "heads": 2, "layers": 1, "vocab_size": 50}}"#;
+        let model = clip_core::ClipConfig::from_open_clip_json(json, "tiny").unwrap().init(&device);
+        let images = Tensor::<4>::random([32, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        let tokens = Tensor::<2, Int>::random([32, 6], Distribution::Uniform(0.0, 50.0), &device);
+        for loss in [ContrastiveLoss::InfoNce, ContrastiveLoss::SigLip] {
+            let model = if loss == ContrastiveLoss::SigLip {
+                let mut model = model.clone();
+                model.logit_bias = Some(Param::from_tensor(Tensor::from_floats([-2.0], &device)));
+                model
+            } else {
+                model.clone()
+            };
+            let objective = ContrastiveObjective { loss, ..Default::default() };
+            let whole = objective.forward(&model, ContrastiveBatch::new(images.clone(), tokens.clone()).unwrap()).unwrap();
+            let whole_loss = f64::from(whole.loss.clone().into_scalar::<f32>());
+            let whole_grads = GradientsParams::from_grads(whole.loss.backward(), &model);
+            let micro: Vec<ContrastiveBatch> = (0..4)
+                .map(|i| ContrastiveBatch::new(images.clone().narrow(0, i * 8, 8), tokens.clone().narrow(0, i * 8, 8)).unwrap())
+                .collect();
+            let (micro_loss, _, micro_grads) = feature_cached_gradients(&objective, &model, micro).unwrap();
+            assert!((whole_loss - micro_loss).abs() < 1e-5, "{loss:?}: loss {whole_loss} vs {micro_loss}");
+            // A micro-batch of 8 alone is a different contrastive problem: the test can tell.
+            let alone = objective.forward(&model, ContrastiveBatch::new(images.clone().narrow(0, 0, 8), tokens.clone().narrow(0, 0, 8)).unwrap()).unwrap();
+            assert!((f64::from(alone.loss.into_scalar::<f32>()) - whole_loss).abs() > 1e-3);
+            let (whole, micro) = (gradients_of(&model, &whole_grads), gradients_of(&model, &micro_grads));
+            let (mut max_diff, mut max_grad) = (0f32, 0f32);
+            for ((name, a), (_, b)) in whole.iter().zip(&micro) {
+                assert_eq!(a.len(), b.len(), "{loss:?}: parameter {name} has a gradient in one run only");
+                assert!(!a.is_empty(), "{loss:?}: parameter {name} has no gradient");
+                for (x, y) in a.iter().zip(b) {
+                    max_diff = max_diff.max((x - y).abs());
+                    max_grad = max_grad.max(x.abs());
+                }
+            }
+            eprintln!(
+                "{loss:?}: loss {whole_loss}, largest gradient difference {max_diff:e} (largest gradient {max_grad}) over {} parameters",
+                whole.len()
+            );
+            // InfoNCE is a mean (gradients of order 1): 1e-5 absolute. SigLIP sums over the
+            // texts (loss ~100 here), so f32 rounding scales with it: 1e-5 relative.
+            let tolerance = if loss == ContrastiveLoss::InfoNce { 1e-5 } else { 1e-5 * max_grad.max(1.0) };
+            assert!(max_diff < tolerance, "{loss:?}: gradients differ by {max_diff} (tolerance {tolerance})");
+        }
     }
 
     #[test]

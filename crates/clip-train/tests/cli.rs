@@ -590,6 +590,198 @@ fn accumulated_batches_reproduce_the_large_batch_gradient() {
 }
 
 #[test]
+fn accum_freq_trains_contrastive_micro_batches_as_one_batch() {
+    let out = scratch("accum-freq");
+    // Whole digits (no random crop area), so both runs see the same pixels in the same order.
+    let quickstart = std::fs::read_to_string(workspace().join("configs/quickstart.toml")).unwrap();
+    let whole = out.join("whole.toml");
+    std::fs::write(&whole, quickstart.replace("[data]", "[data]\ncrop_scale = [1.0, 1.0]")).unwrap();
+    let losses_of = |name: &str, batch: &str, accum_freq: &str| {
+        let dir = out.join(name);
+        let output = run(&[
+            "train", whole.to_str().unwrap(), "--output", dir.to_str().unwrap(),
+            "--set", "train.max_steps=4", "--set", "train.log_every=1", "--set", "train.warmup_steps=2",
+            "--set", &format!("train.batch_size={batch}"), "--set", &format!("train.accum_freq={accum_freq}"),
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        losses(&dir)
+    };
+    let large = losses_of("large", "16", "1");
+    let cached = losses_of("cached", "4", "4");
+    assert_eq!(large.len(), 4);
+    for (step, loss) in &large {
+        let other = cached[step];
+        assert!((loss - other).abs() <= 1e-5 * loss.abs().max(1.0), "step {step}: {loss} vs {other}");
+    }
+    // Averaging per-batch gradients instead is a different objective (4 problems of 4).
+    let averaged = {
+        let dir = out.join("averaged");
+        let output = run(&[
+            "train", whole.to_str().unwrap(), "--output", dir.to_str().unwrap(),
+            "--set", "train.max_steps=1", "--set", "train.batch_size=4", "--set", "train.accumulate_batches=4",
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        losses(&dir)[&1]
+    };
+    assert!((averaged - large[&1]).abs() > 1e-3, "{averaged} vs {}", large[&1]);
+
+    let output = run(&["check", "configs/quickstart.toml", "--set", "train.accum_freq=2", "--set", "train.accumulate_batches=2"]);
+    assert!(!output.status.success() && stderr(&output).contains("train.accum_freq = 2 and train.accumulate_batches = 2 are exclusive"), "{}", stderr(&output));
+    let output = run(&["check", "configs/quickstart.toml", "--set", "train.accum_freq=0"]);
+    assert!(!output.status.success() && stderr(&output).contains("train.accum_freq must be at least 1"), "{}", stderr(&output));
+    // An objective that is not a loss over the batch's features is refused before training.
+    let supervised = out.join("supervised.toml");
+    std::fs::write(&supervised, quickstart.replace("[contrastive]\nloss = \"infonce\"\n", "")).unwrap();
+    let output = run(&[
+        "train", supervised.to_str().unwrap(), "--output", out.join("supervised").to_str().unwrap(),
+        "--set", "train.objective=supervised", "--set", "train.accum_freq=2", "--set", "train.max_steps=1",
+    ]);
+    let message = stderr(&output);
+    assert!(!output.status.success() && message.contains("train.accum_freq = 2") && message.contains("train.accumulate_batches"), "{message}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn quickstart_trains_from_shards_as_from_the_table_and_resumes() {
+    let dir = scratch("shards");
+    let shards = dir.join("shards");
+    let output = run(&["shards", "datasets/digits/train.tsv", "--output", shards.to_str().unwrap(), "--samples-per-shard", "200", "--label-column", "label"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let pattern = format!("{}/{{000000..000007}}.tar", shards.display());
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&pattern), "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(shards.join("000007.tar").is_file() && !shards.join("000008.tar").exists() && shards.join("sizes.json").is_file());
+
+    // In file order with one data worker, shards and table give the same batches, so the same losses.
+    let losses_from = |name: &str, train: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", train,
+            "--set", "train.max_steps=5", "--set", "data.workers=1"];
+        args.extend(FAST);
+        args.extend(extra);
+        let output = run(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        (out.clone(), losses(&out))
+    };
+    let from_shards = format!("data.train={pattern}");
+    let (_, table) = losses_from("table", "data.train=datasets/digits/train.tsv", &["--set", "data.shuffle=false"]);
+    let (out, streamed) = losses_from("streamed", &from_shards, &["--set", "data.shuffle=false"]);
+    assert_eq!(table.len(), 5);
+    assert_eq!(table, streamed, "the same samples in the same order give the same losses");
+    let summary = summary_of(&out);
+    assert_eq!(summary["samples"], 80);
+    assert!(summary["zero_shot_top1"].as_f64().is_some(), "data.val is evaluated");
+    // Shuffled (seeded shard order, shuffle buffer) is another order.
+    let (shuffled_out, shuffled) = losses_from("shuffled", &from_shards, &["--set", "train.checkpoint_every=3", "--set", "data.workers=2"]);
+    assert_ne!(shuffled[&1], table[&1]);
+
+    // Resume: the run as if killed after the step-3 checkpoint continues to the same losses.
+    let resumed = dir.join("resumed");
+    std::fs::create_dir_all(resumed.join("checkpoints")).unwrap();
+    let step3 = shuffled_out.join("checkpoints/step-00000003");
+    let copy = resumed.join("checkpoints/step-00000003");
+    std::fs::create_dir_all(&copy).unwrap();
+    for file in std::fs::read_dir(&step3).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, copy.join(file.file_name().unwrap())).unwrap();
+    }
+    let mut args = vec!["train", "configs/quickstart.toml", "--output", resumed.to_str().unwrap(), "--set", &from_shards,
+        "--set", "train.max_steps=5", "--set", "data.workers=2", "--set", "train.checkpoint_every=3", "--resume"];
+    args.extend(FAST);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let again = losses(&resumed);
+    assert_eq!(again.keys().copied().collect::<Vec<_>>(), [4, 5]);
+    for (step, loss) in &again {
+        assert_eq!(shuffled[step], *loss, "loss at step {step} after resume");
+    }
+
+    // Config errors name the key and the shard.
+    let output = run(&["check", "configs/quickstart.toml", "--set", &format!("data.train={}/{{000000..000009}}.tar", shards.display())]);
+    assert!(!output.status.success() && stderr(&output).contains("000008.tar does not exist"), "{}", stderr(&output));
+    let output = run(&["check", "configs/quickstart.toml", "--set", &from_shards, "--set", "data.resampled=true"]);
+    assert!(!output.status.success() && stderr(&output).contains("data.train_num_samples"), "{}", stderr(&output));
+    let output = run(&["check", "configs/quickstart.toml", "--set", "data.resampled=true"]);
+    assert!(!output.status.success() && stderr(&output).contains("data.resampled applies to tar shards"), "{}", stderr(&output));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn open_clip_training_options_take_effect_and_bad_values_are_refused() {
+    let dir = scratch("options");
+    // A class folder of 40 validation digits for the periodic zero-shot evaluation.
+    let folder = dir.join("classes");
+    let digits = workspace().join("datasets/digits");
+    for line in std::fs::read_to_string(digits.join("val.tsv")).unwrap().lines().skip(1).take(40) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        std::fs::create_dir_all(folder.join(fields[2])).unwrap();
+        let image = Path::new(fields[0]);
+        std::fs::copy(digits.join(image), folder.join(fields[2]).join(image.file_name().unwrap())).unwrap();
+    }
+    let train = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "train.max_steps=4"];
+        args.extend(FAST);
+        args.extend(extra);
+        let output = run(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        out
+    };
+    // `clipforge shards` takes class folders too: captions from the template, labels kept in KEY.json.
+    let folder_shards = dir.join("folder-shards");
+    let output = run(&["shards", folder.to_str().unwrap(), "--output", folder_shards.to_str().unwrap(), "--samples-per-shard", "16"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("wrote 40 samples in 3 shards"), "{}", String::from_utf8_lossy(&output.stdout));
+    let sizes: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(folder_shards.join("sizes.json")).unwrap()).unwrap();
+    assert_eq!(sizes, serde_json::json!({"000000.tar": 16, "000001.tar": 16, "000002.tar": 8}));
+    let output = run(&["shards", "datasets/nowhere.tsv", "--output", folder_shards.to_str().unwrap()]);
+    assert!(!output.status.success() && stderr(&output).contains("nowhere.tsv"), "{}", stderr(&output));
+    let zero_shot_data = format!("eval.zero_shot_data={}", folder.display());
+    let out = train("zero-shot", &["--set", "eval.zero_shot_every=2", "--set", &zero_shot_data, "--set", "train.log_every=3"]);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let evaluated: Vec<u64> = lines.iter().filter(|l| l.get("zero_shot_top1").is_some()).map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(evaluated, [2, 4]);
+    // The step-4 figure is what `clipforge eval` reports for the final checkpoint on that folder.
+    let checkpoint = out.join("checkpoints/step-00000004");
+    let set_val = format!("data.val={}", folder.display());
+    let output = run(&["eval", "configs/quickstart.toml", "--checkpoint", checkpoint.to_str().unwrap(), "--set", &set_val]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["samples"], 40);
+    assert_eq!(lines.last().unwrap()["zero_shot_top1"], report["zero_shot_top1"]);
+    if let Some(scalars) = tensorboard_scalars(&out, "zero_shot/top1") {
+        assert_eq!(scalars.iter().map(|(step, _)| *step).collect::<Vec<_>>(), [2, 4]);
+    }
+
+    // Patch dropout changes the training forward pass (not the model): another first loss.
+    let plain = losses(&train("plain", &[]));
+    let dropped = losses(&train("patch-dropout", &["--set", "contrastive.patch_dropout=0.5"]));
+    assert_ne!(plain[&1], dropped[&1]);
+    // Locking the image tower or decaying its rates per layer changes the steps after the first.
+    let locked = losses(&train("locked", &["--set", "train.lock_image=true", "--set", "train.lock_image_unlocked_groups=1"]));
+    let decayed = losses(&train("decayed", &["--set", "train.layer_decay=0.5"]));
+    assert_eq!((locked[&1], decayed[&1]), (plain[&1], plain[&1]));
+    assert!(locked[&4] != plain[&4] && decayed[&4] != plain[&4] && locked[&4] != decayed[&4]);
+
+    let refused = [
+        (vec!["--set", "contrastive.patch_dropout=1.0"], "contrastive.patch_dropout = 1 must be in [0, 1)"),
+        (vec!["--set", "train.lock_image_unlocked_groups=2"], "train.lock_image_unlocked_groups needs train.lock_image = true"),
+        (vec!["--set", "train.layer_decay=0"], "train.layer_decay = 0 must be in (0, 1]"),
+        (vec!["--set", "eval.zero_shot_every=5"], "eval.zero_shot_every needs eval.zero_shot_data"),
+    ];
+    for (set, expected) in refused {
+        let mut args = vec!["check", "configs/quickstart.toml"];
+        args.extend(set);
+        let output = run(&args);
+        assert!(!output.status.success() && stderr(&output).contains(expected), "{expected}: {}", stderr(&output));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn half_precision_runs_and_unknown_precisions_are_refused() {
     let out = scratch("bf16");
     let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "run.precision=bf16",
@@ -1065,6 +1257,133 @@ fn pointclip_classifies_held_out_clouds_zero_shot_and_few_shot() {
     for view in 0..6 {
         let size = image::image_dimensions(views.join(format!("{stem}_0_{view}.png"))).unwrap();
         assert_eq!(size, (resolution, resolution), "view {view}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The CLIPasso toy config, sped up for the test suite: one validation digit per class, 4 and
+/// 16 strokes, `iterations` steps.
+fn clipasso_config(dir: &Path, iterations: usize) -> PathBuf {
+    let text = std::fs::read_to_string(workspace().join("configs/clipasso-digits.toml")).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    for line in &mut lines {
+        for (key, value) in [("strokes", "16".to_string()), ("stroke_counts", "[4, 16]".into()), ("per_class", "1".into()),
+            ("iterations", iterations.to_string()), ("frame_every", "10".into())]
+        {
+            if line.starts_with(&format!("{key} = ")) {
+                *line = format!("{key} = {value}");
+            }
+        }
+    }
+    let path = dir.join("clipasso.toml");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+#[test]
+fn clipasso_sketches_held_out_digits_that_clip_recognizes() {
+    let started = Instant::now();
+    let out = scratch("clipasso");
+    let config = clipasso_config(&out, 40);
+    // The config's tiny ResNet CLIP, fitted to the digits for a hundred steps (zero-shot top-1
+    // about 0.95).
+    let run_dir = out.join("run");
+    let output = run(&["train", config.to_str().unwrap(), "--output", run_dir.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let trained = summary_of(&run_dir)["zero_shot_top1"].as_f64().unwrap();
+    assert!(trained > 0.6, "the CLIP learned too little to judge sketches: zero-shot top-1 {trained}");
+    let trained_at = started.elapsed();
+
+    // Without images, `sketch` draws one held-out digit per class and scores the sketches.
+    let sketches = out.join("sketches");
+    let output = run(&["sketch", run_dir.to_str().unwrap(), "--output", sketches.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary = summary_of(&sketches);
+    let chance = summary["chance_top1"].as_f64().unwrap();
+    let top1 = summary["recognition_top1"].as_f64().unwrap();
+    let by = |strokes: &str| summary["recognition_by_strokes"][strokes].as_f64().unwrap();
+    assert_eq!(chance, 0.1);
+    assert_eq!(summary["images"], 10);
+    assert_eq!(top1, by("16"), "{summary}");
+    // Well above chance: at least four of the ten sketches recognized where luck gets one.
+    assert!(top1 >= chance + 0.3, "16-stroke sketches recognized at {top1}, chance {chance}: {summary}");
+    // More strokes draw more of the digit: 16 may lose at most one image of ten to 4 strokes
+    // (the test's ten images make every image a step of 0.1).
+    assert!(by("16") >= by("4") - 0.1 - 1e-9, "{summary}");
+    for stem in ["svg", "png", "gif"] {
+        let count = std::fs::read_dir(&sketches).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == stem)).count();
+        let expected = if stem == "gif" { 10 } else { 20 };
+        assert_eq!(count, expected, "{stem} files");
+    }
+    let sketched_at = started.elapsed();
+
+    // With images, `sketch` draws them with the strokes asked for.
+    let image = workspace().join("datasets/digits/images/0804.png");
+    let drawn = out.join("drawn");
+    let output = run(&["sketch", run_dir.to_str().unwrap(), image.to_str().unwrap(), "--strokes", "5", "--iterations", "3",
+        "--output", drawn.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let svg = std::fs::read_to_string(drawn.join("0804.svg")).unwrap();
+    assert_eq!(svg.matches("<path d=\"M").count(), 5, "{svg}");
+    assert!(image::open(drawn.join("0804.gif")).is_ok() && image::open(drawn.join("0804.png")).is_ok());
+
+    // Bad values name their key.
+    for (set, named) in [("sketch.ink=red", "sketch.ink"), ("sketch.width=0", "sketch.width"), ("sketch.wdth=2", "wdth")] {
+        let output = run(&["sketch", config.to_str().unwrap(), image.to_str().unwrap(), "--output", drawn.to_str().unwrap(), "--set", set]);
+        assert!(!output.status.success(), "{set} was accepted");
+        assert!(stderr(&output).contains(named), "{set}: {}", stderr(&output));
+    }
+    eprintln!("clipasso: trained in {trained_at:?}, sketched by {sketched_at:?}: {summary}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn audioclip_classifies_held_out_voices_zero_shot() {
+    let out = scratch("audioclip");
+    let started = Instant::now();
+    // AudioCLIP from scratch on the spoken digits (configs/audioclip.toml, shortened): a tiny
+    // ResNet CLIP and a small ESResNeXt-FBSP, the tri-modal loss; then the clips of held-out
+    // voices classified zero-shot against the ten digit words.
+    let output = run(&["train", "configs/audioclip.toml", "--output", out.to_str().unwrap(), "--set", "train.log_every=1"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary = summary_of(&out);
+    let eval = &summary["eval"];
+    assert_eq!(eval["clips"], 60, "{eval}");
+    let chance = summary["chance_top1"].as_f64().unwrap();
+    assert!((chance - 0.1).abs() < 1e-9, "{summary}");
+    let zero_shot = summary["zero_shot_top1"].as_f64().unwrap();
+    assert!(zero_shot > chance + 0.2, "zero-shot top-1 {zero_shot:.3} is not above chance {chance:.3} by 0.2: {eval}");
+    let top5 = summary["zero_shot_top5"].as_f64().unwrap();
+    assert!(top5 >= zero_shot, "{eval}");
+    eprintln!("audioclip: zero-shot top-1 {zero_shot:.3} (top-5 {top5:.3}), chance {chance:.3}, {:?}", started.elapsed());
+
+    // The run classifies an audio file: the ten labels ranked.
+    let clip = workspace().join("datasets/spoken-digits/audio/val_7_00.wav");
+    let labels = "zero,one,two,three,four,five,six,seven,eight,nine";
+    let output = run(&["classify-audio", out.to_str().unwrap(), "--labels", labels, "--top", "10", clip.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(printed.lines().filter(|l| l.contains('%')).count(), 10, "{printed}");
+
+    // A corrupt clip stops training naming the file; bad keys of [audioclip] are refused, named.
+    let bad = out.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("broken.wav"), b"RIFF....WAVEnot really").unwrap();
+    std::fs::write(bad.join("train.tsv"), "audio\tcaption\tlabel\nbroken.wav\tseven\tseven\n").unwrap();
+    let config: String = std::fs::read_to_string(workspace().join("configs/audioclip.toml"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("val = "))
+        .map(|l| if l.starts_with("train = ") { format!("train = {:?}\n", bad.join("train.tsv").display().to_string()) } else { format!("{l}\n") })
+        .collect();
+    std::fs::write(bad.join("run.toml"), config).unwrap();
+    let output = run(&["train", bad.join("run.toml").to_str().unwrap(), "--output", bad.join("run").to_str().unwrap(), "--set", "train.batch_size=1"]);
+    assert!(!output.status.success(), "a corrupt clip was accepted");
+    assert!(stderr(&output).contains("broken.wav"), "{}", stderr(&output));
+    for (set, named) in [("audioclip.second=2", "second"), ("audioclip.seconds=0", "audioclip.seconds"), ("audioclip.format=mp4", "mp4")] {
+        let output = run(&["train", "configs/audioclip.toml", "--output", bad.join("run").to_str().unwrap(), "--set", set]);
+        assert!(!output.status.success(), "{set} was accepted");
+        assert!(stderr(&output).contains(named), "{set}: {}", stderr(&output));
     }
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -27,7 +27,7 @@ pub use assign::{
 };
 pub use config::{GroupVitConfig, GroupVitTextConfig, GroupVitVisionConfig};
 pub use model::{GroupVit, grouping_from_assignments};
-pub use objective::{GroupVitBatch, GroupVitObjective, multi_label_contrastive_loss};
+pub use objective::{GroupVitBatch, GroupVitObjective, multi_label_contrastive_loss, multi_label_loss_with_positives};
 pub use projection::{Phase, ProjectionHead};
 pub use text::GroupVitText;
 pub use vision::{GroupProjector, GroupVitVision, GroupVitVisionOutput, GroupingStage};

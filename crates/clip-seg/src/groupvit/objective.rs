@@ -18,6 +18,9 @@ pub struct GroupVitBatch {
     /// Prompt token ids `[batch * K, context]`, image-major (image `i`'s prompts are rows
     /// `i*K .. (i+1)*K`); `K = 0` leaves out the multi-label term.
     pub prompt_tokens: Tensor<2, Int>,
+    /// `[batch, batch * K]`, 1 where a prompt is a positive of an image: `None` is the official
+    /// code's rule (an image's own `K` prompts only); see [`GroupVitBatch::with_shared_nouns`].
+    prompt_positives: Option<Tensor<2>>,
 }
 
 impl GroupVitBatch {
@@ -47,7 +50,36 @@ impl GroupVitBatch {
             images,
             tokens,
             prompt_tokens,
+            prompt_positives: None,
         })
+    }
+
+    /// Makes every prompt of the batch whose noun is among an image's caption nouns a positive
+    /// of that image (and the image a positive of the prompt), not only the image's own
+    /// prompts. The official code treats "a photo of a dog." made from another image's caption
+    /// as a negative even when this image shows a dog too; with a small vocabulary (a label
+    /// set) such collisions fill the batch and the loss cannot fall. `image_nouns[i]` are the
+    /// nouns of image `i`'s caption, `prompt_nouns[j]` the noun of prompt `j`.
+    pub fn with_shared_nouns(self, image_nouns: &[Vec<String>], prompt_nouns: &[String]) -> Result<Self> {
+        let (batch, prompts) = (self.images.dims()[0], self.prompt_tokens.dims()[0]);
+        if image_nouns.len() != batch || prompt_nouns.len() != prompts {
+            return Err(ClipError::Shape(format!(
+                "GroupViT batch: nouns of {} images and {} prompts for {batch} images and {prompts} prompts",
+                image_nouns.len(),
+                prompt_nouns.len()
+            )));
+        }
+        let per_image = self.prompts_per_image();
+        let mask: Vec<f32> = (0..batch * prompts)
+            .map(|index| {
+                let (image, prompt) = (index / prompts, index % prompts);
+                let positive = prompt / per_image == image || image_nouns[image].contains(&prompt_nouns[prompt]);
+                if positive { 1.0 } else { 0.0 }
+            })
+            .collect();
+        let device = self.images.device();
+        let prompt_positives = Some(Tensor::from_data(TensorData::new(mask, [batch, prompts]), &device));
+        Ok(Self { prompt_positives, ..self })
     }
 
     /// Prompts per image (`K`).
@@ -105,7 +137,11 @@ impl Objective for GroupVitObjective {
                 ],
             });
         }
-        let multi_label = multi_label_contrastive_loss(image, text.narrow(0, size, prompts), scale);
+        let prompt_text = text.narrow(0, size, prompts);
+        let multi_label = match batch.prompt_positives {
+            Some(positives) => multi_label_loss_with_positives(image, prompt_text, scale, positives),
+            None => multi_label_contrastive_loss(image, prompt_text, scale),
+        };
         let multi_label_value = f64::from(multi_label.clone().into_scalar::<f32>());
         Ok(StepOutput {
             loss: contrastive + multi_label * self.multi_label_weight,
@@ -146,27 +182,32 @@ pub fn multi_label_contrastive_loss(
         "{texts} prompts for {batch} images"
     );
     let per_image_count = texts / batch;
-    let device = image.device();
+    let own: Vec<f32> = (0..batch * texts)
+        .map(|index| if (index % texts) / per_image_count == index / texts { 1.0 } else { 0.0 })
+        .collect();
+    let positives = Tensor::<2>::from_data(TensorData::new(own, [batch, texts]), &image.device());
+    multi_label_loss_with_positives(image, prompts, logit_scale, positives)
+}
+
+/// The multi-label loss with any positive set: `positives` `[B, T]` is 1 where prompt `j` is a
+/// positive of image `i` (every row and column needs one). Image to text is a soft
+/// cross-entropy over the `T` prompts with the row's positives as a uniform target, text to
+/// image one over the `B` images with the column's positives as target; the loss is their
+/// mean. With each image's own prompts as positives this is [`multi_label_contrastive_loss`].
+pub fn multi_label_loss_with_positives(
+    image: Tensor<2>,
+    prompts: Tensor<2>,
+    logit_scale: Tensor<1>,
+    positives: Tensor<2>,
+) -> Tensor<1> {
     let scale = logit_scale.unsqueeze::<2>();
     let per_image = image.clone().matmul(prompts.clone().transpose()) * scale.clone();
     let per_text = prompts.matmul(image.transpose()) * scale;
-    let targets: Vec<f32> = (0..batch * texts)
-        .map(|index| {
-            let (row, column) = (index / texts, index % texts);
-            if column / per_image_count == row {
-                1.0 / per_image_count as f32
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    let targets = Tensor::<2>::from_data(TensorData::new(targets, [batch, texts]), &device);
-    let image_loss = -(log_softmax(per_image, 1) * targets).sum_dim(1).mean();
-    let owners: Vec<i64> = (0..texts)
-        .map(|row| (row / per_image_count) as i64)
-        .collect();
-    let owners = Tensor::<2, Int>::from_data(TensorData::new(owners, [texts, 1]), &device);
-    let text_loss = -log_softmax(per_text, 1).gather(1, owners).mean();
+    let image_targets = positives.clone() / positives.clone().sum_dim(1);
+    let positives = positives.transpose();
+    let text_targets = positives.clone() / positives.sum_dim(1);
+    let image_loss = -(log_softmax(per_image, 1) * image_targets).sum_dim(1).mean();
+    let text_loss = -(log_softmax(per_text, 1) * text_targets).sum_dim(1).mean();
     (image_loss + text_loss) / 2.0
 }
 
@@ -257,5 +298,38 @@ pub(crate) mod tests {
             (f64::from(got) - want).abs() < 1e-5,
             "got {got}, want {want}"
         );
+    }
+
+    #[test]
+    fn shared_nouns_make_other_images_prompts_positives() {
+        let device = Device::flex();
+        // Image 0 (e0) has nouns {cat, dog}, image 1 (e1) {dog}; K = 1: prompt 0 "cat" (e0),
+        // prompt 1 "dog" (e1). Prompt 1 is a positive of both images.
+        let image = Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 1.0]], &device);
+        let prompt_vectors = Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 1.0]], &device);
+        let ids = Tensor::<2, Int>::from_ints([[1, 2], [3, 4]], &device);
+        let batch = GroupVitBatch::new(Tensor::zeros([2, 3, 4, 4], &device), ids.clone(), ids)
+            .unwrap()
+            .with_shared_nouns(&[vec!["cat".into(), "dog".into()], vec!["dog".into()]], &["cat".into(), "dog".into()])
+            .unwrap();
+        let positives = batch.prompt_positives.clone().unwrap();
+        assert_eq!(positives.to_data().try_to_vec::<f32>().unwrap(), [1.0, 1.0, 0.0, 1.0]);
+        let got = multi_label_loss_with_positives(image, prompt_vectors, Tensor::from_floats([1.0], &device), positives)
+            .into_scalar::<f32>();
+        let e = std::f64::consts::E;
+        let nll_hit = (1.0 + 1.0 / e).ln(); // -ln softmax of the 1 in (1, 0)
+        let nll_miss = (1.0 + e).ln(); // -ln softmax of the 0 in (1, 0)
+        // Image 0: logits (1, 0), targets (1/2, 1/2); image 1: logits (0, 1), target (0, 1).
+        let image_loss = ((nll_hit + nll_miss) / 2.0 + nll_hit) / 2.0;
+        // Prompt 0: logits (1, 0) over images, target (1, 0); prompt 1: (0, 1), targets (1/2, 1/2).
+        let text_loss = (nll_hit + (nll_miss + nll_hit) / 2.0) / 2.0;
+        let want = (image_loss + text_loss) / 2.0;
+        assert!((f64::from(got) - want).abs() < 1e-5, "got {got}, want {want}");
+        // Nouns for the wrong number of prompts are an error.
+        let ids = Tensor::<2, Int>::from_ints([[1, 2], [3, 4]], &device);
+        let wrong = GroupVitBatch::new(Tensor::zeros([2, 3, 4, 4], &device), ids.clone(), ids)
+            .unwrap()
+            .with_shared_nouns(&[vec![], vec![]], &["cat".into()]);
+        assert!(wrong.is_err());
     }
 }

@@ -123,13 +123,20 @@ impl Task for GroupVitTask {
         let prompt_tokens = if prompts.is_empty() {
             Tensor::<2, Int>::empty([0, context], device)
         } else {
-            self.tokenizer.tokenize_batch(&prompts, device)?
+            let texts: Vec<String> = prompts.iter().map(|p| p.text.clone()).collect();
+            self.tokenizer.tokenize_batch(&texts, device)?
         };
-        Ok(GroupVitBatch::new(
+        let batch_of = GroupVitBatch::new(
             stack_images(&batch.images, device)?,
             Tensor::from_data(TensorData::new(batch.tokens, [rows, context]), device),
             prompt_tokens,
-        )?)
+        )?;
+        if self.section.shared_nouns != "positive" {
+            return Ok(batch_of);
+        }
+        let image_nouns: Vec<Vec<String>> = batch.rows.iter().map(|&row| self.nouns.nouns(&table.pairs[row].caption)).collect();
+        let prompt_nouns: Vec<String> = prompts.into_iter().map(|p| p.noun).collect();
+        Ok(batch_of.with_shared_nouns(&image_nouns, &prompt_nouns)?)
     }
 
     fn objective(&self) -> GroupVitObjective {

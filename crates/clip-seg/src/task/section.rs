@@ -50,6 +50,10 @@ pub struct SegmentationSection {
     /// GroupViT: nouns are words of this list (one per line) found in captions; without it,
     /// the label names, and without those a stopword heuristic.
     pub nouns: Option<PathBuf>,
+    /// GroupViT: whether another image's prompt for a noun this image's caption also has is a
+    /// `negative` of the image (the official code) or a `positive` (for small vocabularies,
+    /// where such prompts fill the batch; see `GroupVitBatch::with_shared_nouns`).
+    pub shared_nouns: String,
     /// GroupViT zero-shot segmentation: `hard` (NVlabs' evaluation: each pixel's argmax group,
     /// the top-k label filter, the background by threshold) or `soft` (Hugging Face's
     /// `segmentation_logits`, the background a text label).
@@ -90,6 +94,7 @@ impl Default for SegmentationSection {
             prompts_per_image: 3,
             multi_label_weight: 1.0,
             nouns: None,
+            shared_nouns: "negative".into(),
             group_assignment: "hard".into(),
             top_k_labels: 5,
             background_label: "background".into(),
@@ -126,6 +131,9 @@ pub fn validate(seg: &SegmentationSection, run: &RunContext) -> Result<(), Strin
     }
     if !(seg.multi_label_weight.is_finite() && seg.multi_label_weight >= 0.0) {
         return Err(format!("segmentation.multi_label_weight = {} must not be negative", seg.multi_label_weight));
+    }
+    if !["negative", "positive"].contains(&seg.shared_nouns.as_str()) {
+        return Err(format!("segmentation.shared_nouns = {:?}: use \"negative\" (the official code) or \"positive\"", seg.shared_nouns));
     }
     if !["hard", "soft"].contains(&seg.group_assignment.as_str()) {
         return Err(format!("segmentation.group_assignment = {:?}: use \"hard\" (NVlabs) or \"soft\" (Hugging Face)", seg.group_assignment));

@@ -5,10 +5,12 @@
 //! - [`FrameSampler`]: `frames` frames per clip, one per equal segment of the video (the
 //!   middle frame for evaluation, a random one for training).
 //! - [`load_clip`] and [`stack_videos`]: one clip as CLIP-transformed frames, and clips batched
-//!   into `[batch, frames, 3, H, W]`.
+//!   into `[batch, frames, 3, H, W]`; [`ClipAugment`]: one training crop and color decision per
+//!   clip.
 //! - [`VideoTable`]: (video, captions, label) samples from MSR-VTT's annotation JSON, a
 //!   caption table, or a labelled table or class folders (Kinetics, UCF101).
 
+mod augment;
 mod ffmpeg;
 mod sampler;
 mod table;
@@ -20,6 +22,7 @@ use clip_core::preprocess::{EvalTransform, ImageTensorData, PreprocessError, loa
 use image::RgbImage;
 use rand::Rng;
 
+pub use augment::{ClipAugment, ClipAugmentConfig};
 pub use ffmpeg::{FFMPEG_ENV, FFPROBE_ENV, Ffmpeg};
 pub use sampler::FrameSampler;
 pub use table::{VideoSample, VideoTable};

@@ -67,7 +67,9 @@ impl ActionClipTask {
 
     fn batcher(&self, table: VideoTable, train: bool) -> anyhow::Result<VideoBatcher> {
         let text = ClipText::Label(Arc::new(self.section.templates.clone()));
-        VideoBatcher::new(&self.run, self.section.frames, table, self.clip.vision.image_size(), train, text)
+        let image_size = self.clip.vision.image_size();
+        let batcher = VideoBatcher::new(&self.run, self.section.frames, table, image_size, train, text)?;
+        if train { batcher.with_augment(&self.section, image_size) } else { Ok(batcher) }
     }
 
     fn recognition(&self, model: &ActionClip, val: &VideoTable, videos: VideoEmbedding, device: &Device) -> anyhow::Result<serde_json::Value> {

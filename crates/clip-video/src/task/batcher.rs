@@ -11,7 +11,7 @@ use clip_task::data::{BatchSource, DataError, LoadedBatch, keep_readable, load_o
 use clip_task::{RunContext, Splittable};
 use rand::Rng;
 
-use crate::data::{FrameSampler, VideoSource, VideoTable, load_clip, stack_videos};
+use crate::data::{ClipAugment, ClipAugmentConfig, FrameSampler, VideoSource, VideoTable, load_clip, stack_videos};
 use crate::task::section::VideoSection;
 
 /// Frames and texts of one batch, ready to become tensors.
@@ -56,6 +56,7 @@ pub struct VideoBatcher {
     workers: usize,
     skip_bad_samples: bool,
     seed: u64,
+    augment: Option<ClipAugment>,
 }
 
 impl VideoBatcher {
@@ -70,7 +71,15 @@ impl VideoBatcher {
             workers: run.data.workers.max(1),
             skip_bad_samples: run.data.skip_bad_samples,
             seed: run.seed,
+            augment: None,
         })
+    }
+
+    /// Training batches whose clips are augmented (in place of the evaluation transform);
+    /// `None` when `video` asks for no augmentation.
+    pub fn with_augment(mut self, video: &VideoSection, image_size: usize) -> anyhow::Result<Self> {
+        self.augment = video_augment(video, image_size)?;
+        Ok(self)
     }
 
     /// The table.
@@ -101,7 +110,10 @@ impl BatchSource for VideoBatcher {
             let mut rng = sample_rng(self.seed, step, slot);
             let video = &self.table.videos[row];
             let frames = VideoSource::from_path(&video.source)
-                .and_then(|source| load_clip(&source, &self.sampler, &self.transform, &mut rng))
+                .and_then(|source| match &self.augment {
+                    Some(augment) => augment.load(&source, &self.sampler, &mut rng),
+                    None => load_clip(&source, &self.sampler, &self.transform, &mut rng),
+                })
                 .map_err(|e| self.error(video.line, e.to_string()))?;
             let text = match &self.text {
                 ClipText::Caption => {
@@ -121,6 +133,15 @@ impl BatchSource for VideoBatcher {
         let (clips, texts) = loaded.into_iter().unzip();
         Ok(VideoBatch { rows, clips, texts, skipped })
     }
+}
+
+/// The clip augmentation `video.crop_scale` and `video.grayscale` ask for, if any.
+fn video_augment(video: &VideoSection, image_size: usize) -> anyhow::Result<Option<ClipAugment>> {
+    if video.crop_scale == (1.0, 1.0) && video.grayscale == 0.0 {
+        return Ok(None);
+    }
+    let config = ClipAugmentConfig { image_size, crop_scale: video.crop_scale, grayscale: video.grayscale };
+    Ok(Some(config.init().context("video.crop_scale / video.grayscale")?))
 }
 
 /// A config string as the serde enum it names (the method crates spell the choices).

@@ -97,7 +97,8 @@ impl Task for Clip4ClipTask {
     fn train_source(&mut self, _model: &Clip4Clip, _device: &Device) -> anyhow::Result<VideoBatcher> {
         let (train, val) = video_tables(&self.run, &self.section, false)?;
         self.val = val;
-        VideoBatcher::new(&self.run, self.section.frames, train, self.clip.vision.image_size(), true, ClipText::Caption)
+        let image_size = self.clip.vision.image_size();
+        VideoBatcher::new(&self.run, self.section.frames, train, image_size, true, ClipText::Caption)?.with_augment(&self.section, image_size)
     }
 
     fn to_batch(&self, batch: VideoBatch, device: &Device) -> anyhow::Result<VideoTextBatch> {

@@ -38,6 +38,11 @@ pub struct VideoSection {
     /// ActionCLIP: prompt templates turning an action label into text (`{}`: the label); one is
     /// drawn per video while training, all are averaged for evaluation.
     pub templates: Vec<String>,
+    /// Training augmentation: range of the random resized crop's area, one crop per clip
+    /// (`[1.0, 1.0]`: none, as CLIP4Clip; ActionCLIP's multi-scale crop is about `[0.5, 1.0]`).
+    pub crop_scale: (f64, f64),
+    /// Training augmentation: probability that a clip is turned to gray (ActionCLIP: 0.2).
+    pub grayscale: f64,
 }
 
 impl Default for VideoSection {
@@ -62,6 +67,8 @@ impl Default for VideoSection {
             ]
             .map(String::from)
             .to_vec(),
+            crop_scale: (1.0, 1.0),
+            grayscale: 0.0,
         }
     }
 }
@@ -88,6 +95,13 @@ pub fn validate(video: &VideoSection, run: &RunContext) -> Result<(), String> {
     }
     if video.templates.is_empty() || video.templates.iter().any(|t| !t.contains("{}")) {
         return Err("video.templates: give at least one template, each with a {} for the label".into());
+    }
+    let (lo, hi) = video.crop_scale;
+    if !(0.0 < lo && lo <= hi && hi <= 1.0) {
+        return Err(format!("video.crop_scale = {:?} must satisfy 0 < min <= max <= 1", video.crop_scale));
+    }
+    if !(0.0..=1.0).contains(&video.grayscale) {
+        return Err(format!("video.grayscale = {} must be a probability in [0, 1]", video.grayscale));
     }
     if let Some(file) = video.official_checkpoint.as_ref().filter(|f| !f.is_file()) {
         return Err(format!("video.official_checkpoint = {}: no such file", file.display()));
