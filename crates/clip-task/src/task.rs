@@ -72,6 +72,14 @@ pub trait Task: Sized {
         anyhow::bail!("a train.objective = {:?} model holds no CLIP", self.run().objective)
     }
 
+    /// `clipforge zero-shot` for files that are not images (audio, ...): for each file, the
+    /// indices of `labels` with their probabilities, best first; `None` when the task ranks
+    /// images only (the command then uses [`Task::clip`]).
+    fn rank_files(&self, model: TaskModel<Self>, labels: &[String], files: &[std::path::PathBuf], device: &Device) -> anyhow::Result<Option<Vec<Vec<(usize, f32)>>>> {
+        let _ = (model, labels, files, device);
+        Ok(None)
+    }
+
     /// The inference commands the task offers (`segment`, `detect`, ...), as clap commands;
     /// the trainer adds the arguments that locate the model (`MODEL`, `--checkpoint`, `--set`).
     fn commands() -> Vec<clap::Command> {

@@ -69,7 +69,7 @@ enum Command {
         /// Comma-separated class names.
         #[arg(long)]
         labels: String,
-        /// Images to classify.
+        /// Images to classify, or other files the run's task ranks (audio for an AudioCLIP run).
         #[arg(required = true)]
         images: Vec<PathBuf>,
         /// How many labels to print per image.
@@ -253,9 +253,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ZeroShot { model, weights, labels, images, top } => {
             let device = burn::tensor::Device::default();
-            let (model, clip) = runs::load_clip(&model, &weights, &device)?;
             let labels: Vec<&str> = labels.split(',').map(str::trim).filter(|l| !l.is_empty()).collect();
             anyhow::ensure!(!labels.is_empty(), "--labels: give at least one class name");
+            // Files that are not images go to the run's task (audio for an AudioCLIP run).
+            if let Some(other) = images.iter().find(|p| image::ImageFormat::from_path(p).is_err()) {
+                let names: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+                let ranks = runs::rank_files(&weights, &names, &images, &device)?.with_context(|| {
+                    format!("{}: not an image, and {} is no run checkpoint of a task that ranks such files", other.display(), weights.display())
+                })?;
+                for (file, ranked) in images.iter().zip(ranks) {
+                    println!("{}", file.display());
+                    for (class, probability) in ranked.into_iter().take(top.max(1)) {
+                        println!("  {:>6.2}%  {}", 100.0 * probability, labels[class]);
+                    }
+                }
+                return Ok(());
+            }
+            let (model, clip) = runs::load_clip(&model, &weights, &device)?;
             let tokenizer = ClipTokenizer::new().with_context_length(clip.text.context_length)?;
             let classifier = ZeroShotClassifier::build(&model, &tokenizer, &labels, &imagenet_templates(), &device)?;
             let transform = EvalTransformConfig::new().with_image_size(clip.vision.image_size()).init();

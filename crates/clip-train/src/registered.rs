@@ -32,6 +32,18 @@ pub trait RegisteredTask: Sync {
     /// The CLIP inside the model of `checkpoint` (see [`Task::clip`]) and its architecture.
     fn clip(&self, section: Option<&Value>, run: RunContext, checkpoint: Option<&Path>, device: &Device) -> anyhow::Result<(Clip, ClipConfig)>;
 
+    /// [`Task::rank_files`] with the model of `checkpoint`.
+    #[allow(clippy::too_many_arguments)]
+    fn rank_files(
+        &self,
+        section: Option<&Value>,
+        run: RunContext,
+        checkpoint: Option<&Path>,
+        labels: &[String],
+        files: &[std::path::PathBuf],
+        device: &Device,
+    ) -> anyhow::Result<Option<Vec<Vec<(usize, f32)>>>>;
+
     /// The task's inference commands.
     fn commands(&self) -> Vec<clap::Command>;
 
@@ -105,6 +117,19 @@ impl<T: Task> RegisteredTask for Entry<T> {
         let (task, model) = task_and_model::<T>(section, run, checkpoint, device)?;
         let clip = task.clip(model, device)?;
         Ok((clip, clip_config(&name, weights.as_deref())?))
+    }
+
+    fn rank_files(
+        &self,
+        section: Option<&Value>,
+        run: RunContext,
+        checkpoint: Option<&Path>,
+        labels: &[String],
+        files: &[std::path::PathBuf],
+        device: &Device,
+    ) -> anyhow::Result<Option<Vec<Vec<(usize, f32)>>>> {
+        let (task, model) = task_and_model::<T>(section, run, checkpoint, device)?;
+        task.rank_files(model, labels, files, device)
     }
 
     fn commands(&self) -> Vec<clap::Command> {

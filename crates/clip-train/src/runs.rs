@@ -36,6 +36,17 @@ fn run_of_checkpoint(checkpoint: &Path) -> Option<RunConfig> {
     RunConfig::load_run(&run.join("config.json"), &[]).ok()
 }
 
+/// Zero-shot ranks of `files` by the task of the run checkpoint `weights` (audio for AudioCLIP,
+/// say): `None` when `weights` is no run checkpoint or its task ranks images only.
+pub fn rank_files(weights: &Path, labels: &[String], files: &[PathBuf], device: &Device) -> anyhow::Result<Option<Vec<Vec<(usize, f32)>>>> {
+    let Some(config) = run_of_checkpoint(weights).filter(|_| weights.join("model.bpk").is_file()) else {
+        return Ok(None);
+    };
+    let task = registry::task(&config.train.objective).map_err(anyhow::Error::msg)?;
+    let section = task.section().and_then(|key| config.sections.get(key));
+    task.rank_files(section, config.context(&config.run.output), Some(weights), labels, files, device)
+}
+
 /// A CLIP from `weights`: the CLIP inside a run checkpoint of any task (its image tower with
 /// the text tower the run started from, for supervised and distillation runs), or weights in
 /// any layout [`clip_task::clip_model::load_model`] reads (architecture `name`).

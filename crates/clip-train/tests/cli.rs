@@ -1364,6 +1364,15 @@ fn audioclip_classifies_held_out_voices_zero_shot() {
     assert!(output.status.success(), "{}", stderr(&output));
     let printed = String::from_utf8_lossy(&output.stdout);
     assert_eq!(printed.lines().filter(|l| l.contains('%')).count(), 10, "{printed}");
+    // `zero-shot` with the run's checkpoint ranks audio files as the task's command does.
+    let checkpoint = std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let output = run(&["zero-shot", "--weights", checkpoint.to_str().unwrap(), "--labels", labels, "--top", "10", clip.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), printed, "zero-shot and classify-audio disagree");
+    // A file that is not an image, given a model that reads only images, is an error naming it.
+    let output = run(&["zero-shot", "--weights", "/nonexistent-weights", "--labels", labels, clip.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("val_7_00.wav") && stderr(&output).contains("not an image"), "{}", stderr(&output));
 
     // A corrupt clip stops training naming the file; bad keys of [audioclip] are refused, named.
     let bad = out.join("bad");

@@ -356,6 +356,24 @@ impl AudioClipTask {
         Ok(Tensor::cat(parts, 0))
     }
 
+    /// Zero-shot ranks of audio `files` against `labels` (each in `audioclip.prompt`): label
+    /// indices with probabilities, best first.
+    fn rank(&self, model: &AudioClip, labels: &[String], files: &[PathBuf], device: &Device) -> anyhow::Result<Vec<Vec<(usize, f32)>>> {
+        let text = self.class_features(model, labels, device)?;
+        let options = self.section.audio_options();
+        let mut ranks = Vec::with_capacity(files.len());
+        for path in files {
+            let clip = load_audio(path, &options, Crop::Center)?;
+            let audio = l2_normalize(model.encode_audio(audio_tensor(&[clip], device)?).0);
+            let logits = audio.matmul(text.clone().transpose()) * model.scale_at().unsqueeze();
+            let probabilities: Vec<f32> = burn::tensor::activation::softmax(logits, 1).into_data().iter::<f32>().collect();
+            let mut ranked: Vec<(usize, f32)> = probabilities.into_iter().enumerate().collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            ranks.push(ranked);
+        }
+        Ok(ranks)
+    }
+
     /// Normalized text features `[classes, D]` of the class prompts.
     pub fn class_features(&self, model: &AudioClip, classes: &[String], device: &Device) -> anyhow::Result<Tensor<2>> {
         let prompts: Vec<String> = classes.iter().map(|c| self.section.prompt.replace("{}", c)).collect();
@@ -504,21 +522,18 @@ impl Task for AudioClipTask {
         let args = ClassifyAudioArgs::from_arg_matches(args)?;
         let labels: Vec<String> = args.labels.split(',').map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
         anyhow::ensure!(!labels.is_empty(), "--labels: give at least one class name");
-        let text = self.class_features(&model, &labels, device)?;
-        let options = self.section.audio_options();
-        for path in &args.audio {
-            let clip = load_audio(path, &options, Crop::Center)?;
-            let audio = l2_normalize(model.encode_audio(audio_tensor(&[clip], device)?).0);
-            let logits = audio.matmul(text.clone().transpose()) * model.scale_at().unsqueeze();
-            let probabilities: Vec<f32> = burn::tensor::activation::softmax(logits, 1).into_data().iter::<f32>().collect();
-            let mut ranked: Vec<(usize, f32)> = probabilities.into_iter().enumerate().collect();
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let ranks = self.rank(&model, &labels, &args.audio, device)?;
+        for (path, ranked) in args.audio.iter().zip(ranks) {
             println!("{}", path.display());
             for (class, probability) in ranked.into_iter().take(args.top.max(1)) {
                 println!("  {:>6.2}%  {}", 100.0 * probability, labels[class]);
             }
         }
         Ok(())
+    }
+
+    fn rank_files(&self, model: AudioClip, labels: &[String], files: &[PathBuf], device: &Device) -> anyhow::Result<Option<Vec<Vec<(usize, f32)>>>> {
+        self.rank(&model, labels, files, device).map(Some)
     }
 }
 
