@@ -7,8 +7,10 @@
 //! - `videos`: regenerate `datasets/moving-shapes`, a tiny generated video set.
 //! - `pointclouds`: regenerate `datasets/pointclouds`, a tiny generated point-cloud set.
 //! - `spoken-digits`: regenerate `datasets/spoken-digits`, espeak-ng digit words with digit images.
-//! - `bench`: throughput of ViT-B-32 and RN50 (image and text encoding, a training step) on the CPU.
+//! - `bench`: throughput of ViT-B-32 and the quickstart model (image and text encoding, a training
+//!   step) on the CPU, with open_clip's same measurement beside it when a Python has it.
 
+mod bench;
 mod data_bench;
 mod det_shapes;
 mod digits;
@@ -29,7 +31,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   videos          regenerate datasets/moving-shapes (generated moving-shape clips with captions and labels)
   pointclouds     regenerate datasets/pointclouds (generated primitive point clouds with labels)
   spoken-digits   regenerate datasets/spoken-digits (espeak-ng digit words paired with digit images)
-  bench           ViT-B-32 and RN50 encode and train-step throughput (CPU)
+  bench [--models A,B] [--iters N]  encode and train-step throughput, ours and open_clip's side by side (CPU)
   data-bench [SAMPLES] [WORKERS]  samples/s the tar-shard loader decodes per worker, JPEG at 224 px
   sketch-bench    CLIPasso seconds per iteration at 224 px, RN50 and the tiny digits ResNet (CPU)";
 
@@ -49,7 +51,7 @@ fn main() -> anyhow::Result<()> {
         Some("videos") => videos::generate(&root.join("datasets/moving-shapes")),
         Some("pointclouds") => pointclouds::generate(&root.join("datasets/pointclouds")),
         Some("spoken-digits") => spoken_digits::generate(&root.join("datasets/spoken-digits")),
-        Some("bench") => cargo(&root, &["bench", "-p", "clip-core", "--bench", "throughput"]),
+        Some("bench") => bench::run(&root, &args[1..]),
         Some("data-bench") => data_bench::run(&args[1..]),
         Some("sketch-bench") => cargo(&root, &["bench", "-p", "clip-sketch", "--bench", "sketch_step"]),
         Some(other) => bail!("unknown command '{other}'\n{USAGE}"),

@@ -1,8 +1,11 @@
-//! Throughput of ViT-B-32 and RN50: image and text encoding at batch 8 and 32, and one training
-//! step (forward, backward, AdamW) at batch 32. Run with `cargo bench -p clip-core`; the device
+//! Throughput of ViT-B-32 and RN50: image and text encoding at batch 1, 8 and 32, and one
+//! training step (forward, InfoNCE, backward, AdamW) at batch 32. Run with `cargo bench -p
+//! clip-core` (or `cargo xtask bench`, which also runs open_clip's same measurement); the device
 //! is burn's default (`flex` on CPU unless `BURN_DEVICE` names another compiled-in backend).
-//! `CLIP_BENCH_MODEL` picks other named architectures (comma-separated), `CLIP_BENCH_ITERS` the
-//! timed repeats.
+//! `CLIP_BENCH_MODEL` picks other architectures (comma-separated names or open_clip JSON
+//! configs), `CLIP_BENCH_BATCHES` the encode batches, `CLIP_BENCH_TRAIN_BATCH` the training
+//! batch and `CLIP_BENCH_ITERS` the timed repeats. `xtask/bench_open_clip.py` prints the same
+//! lines for open_clip.
 
 use std::time::Instant;
 
@@ -18,7 +21,7 @@ fn iterations() -> usize {
 fn captions(batch: usize, context: usize, device: &Device) -> Tensor<2, Int> {
     let mut ids = vec![0i64; batch * context];
     for (row, chunk) in ids.chunks_mut(context).enumerate() {
-        let len = 5 + row % 12;
+        let len = (5 + row % 12).min(context - 1);
         chunk[0] = 49406;
         for (i, id) in chunk.iter_mut().enumerate().take(len).skip(1) {
             *id = 320 + ((row * 31 + i * 7) % 4000) as i64;
@@ -28,15 +31,20 @@ fn captions(batch: usize, context: usize, device: &Device) -> Tensor<2, Int> {
     Tensor::from_data(TensorData::new(ids, [batch, context]), device)
 }
 
-/// Runs `f` once to warm up, then `iterations()` times, returning items per second.
+/// Runs `f` twice to warm up, then `iterations()` times, returning items per second of the
+/// median run (robust to a busy machine's stalls; `bench_open_clip.py` measures alike).
 fn items_per_second(items: usize, mut f: impl FnMut()) -> f64 {
     f();
-    let start = Instant::now();
-    let n = iterations();
-    for _ in 0..n {
-        f();
-    }
-    (items * n) as f64 / start.elapsed().as_secs_f64()
+    f();
+    let mut seconds: Vec<f64> = (0..iterations().max(1))
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    seconds.sort_by(f64::total_cmp);
+    items as f64 / seconds[seconds.len() / 2]
 }
 
 fn main() {
@@ -46,15 +54,21 @@ fn main() {
     }
 }
 
+/// A comma-separated list of batch sizes from the environment variable `key`.
+fn batches(key: &str, default: &str) -> Vec<usize> {
+    let list = std::env::var(key).unwrap_or_else(|_| default.into());
+    list.split(',').map(|b| b.trim().parse().unwrap_or_else(|_| panic!("{key}: {b:?} is not a batch size"))).collect()
+}
+
 fn bench(name: &str) {
-    let config = ClipConfig::named(name).expect("a named model config");
+    let config = ClipConfig::from_name_or_path(name).unwrap_or_else(|e| panic!("CLIP_BENCH_MODEL {name}: {e}"));
     let device = Device::default();
     println!("model {name}, device {device:?}, {} timed iterations", iterations());
     let model = config.init(&device);
     let size = config.vision.image_size();
     let context = config.text.context_length;
 
-    for batch in [8, 32] {
+    for batch in batches("CLIP_BENCH_BATCHES", "1,8,32") {
         let images = Tensor::<4>::random([batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
         let rate = items_per_second(batch, || {
             let _ = model.encode_image(images.clone(), true).into_data();
@@ -67,7 +81,7 @@ fn bench(name: &str) {
         println!("encode_text   batch {batch:>3}: {rate:8.2} texts/s");
     }
 
-    let batch = 32;
+    let batch = batches("CLIP_BENCH_TRAIN_BATCH", "32")[0];
     let train_device = device.clone().autodiff();
     let mut model = config.init(&train_device);
     let mut optimizer = AdamWConfig::new().with_weight_decay(0.2).init();
