@@ -14,8 +14,6 @@
 use std::path::{Path, PathBuf};
 
 use clip_task::Splittable;
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
 
 use crate::audio::AudioError;
 
@@ -270,16 +268,9 @@ impl Splittable for AudioTable {
     }
 
     fn split_off(self, fraction: f64, seed: u64) -> (Self, Self) {
-        let n = self.rows.len();
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-        let held = ((n as f64 * fraction).round() as usize).clamp(1.min(n), n.saturating_sub(1));
-        let (mut kept, mut val) = (Vec::new(), Vec::new());
-        for (i, &row) in order.iter().enumerate() {
-            if i < held { &mut val } else { &mut kept }.push(self.rows[row].clone());
-        }
-        kept.sort_by_key(|r| r.line);
-        val.sort_by_key(|r| r.line);
+        let (kept, held) = clip_core::split::split_rows(self.rows.len(), fraction, seed);
+        let pick = |indices: Vec<usize>| indices.into_iter().map(|i| self.rows[i].clone()).collect();
+        let (kept, val) = (pick(kept), pick(held));
         (Self { path: self.path.clone(), rows: kept }, Self { path: self.path, rows: val })
     }
 }

@@ -216,15 +216,9 @@ impl Splittable for CloudTable {
         self.rows.len()
     }
     fn split_off(self, fraction: f64, seed: u64) -> (Self, Self) {
-        let mut order: Vec<usize> = (0..self.rows.len()).collect();
-        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-        let held = ((self.rows.len() as f64 * fraction).round() as usize).clamp(1, self.rows.len() - 1);
-        let (mut kept, mut val) = (Vec::new(), Vec::new());
-        for (i, &row) in order.iter().enumerate() {
-            if i < held { &mut val } else { &mut kept }.push(self.rows[row].clone());
-        }
-        kept.sort_by_key(|r| r.line);
-        val.sort_by_key(|r| r.line);
+        let (kept, held) = clip_core::split::split_rows(self.rows.len(), fraction, seed);
+        let pick = |indices: Vec<usize>| indices.into_iter().map(|i| self.rows[i].clone()).collect();
+        let (kept, val) = (pick(kept), pick(held));
         (Self { path: self.path.clone(), rows: kept }, Self { path: self.path, rows: val })
     }
 }
