@@ -19,20 +19,27 @@ const DEFAULT_MODELS: &str = "ViT-B-32,configs/models/tiny-digits.json";
 /// (model, measurement, batch) -> items per second.
 type Figures = BTreeMap<(String, String, usize), f64>;
 
-/// Runs both measurements and prints the table; `args` may hold `--models A,B` and `--iters N`.
+/// Runs both measurements and prints the table; `args` may hold `--models A,B`, `--iters N`
+/// and `--ops` (single ops instead of whole models).
 pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let mut models = DEFAULT_MODELS.to_string();
-    let mut iters = "3".to_string();
+    let mut iters = None;
+    let mut ops = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--models" => models = rest.next().context("--models needs a comma-separated list")?.clone(),
-            "--iters" => iters = rest.next().context("--iters needs a number")?.clone(),
-            other => bail!("cargo xtask bench: unknown argument {other:?} (use --models A,B and --iters N)"),
+            "--iters" => iters = Some(rest.next().context("--iters needs a number")?.clone()),
+            "--ops" => ops = true,
+            other => bail!("cargo xtask bench: unknown argument {other:?} (use --models A,B, --iters N and --ops)"),
         }
     }
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let python = python_with_open_clip();
+    if ops {
+        return run_ops(root, iters.as_deref().unwrap_or("20"), threads, python.as_deref());
+    }
+    let iters = iters.unwrap_or_else(|| "3".into());
     let mut ours = Figures::new();
     let mut theirs = Figures::new();
     for model in models.split(',').map(str::trim).filter(|m| !m.is_empty()) {
@@ -76,6 +83,49 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--ops`: single ops at the towers' shapes (benches/ops.rs and bench_ops.py), in microseconds.
+fn run_ops(root: &Path, iters: &str, threads: usize, python: Option<&str>) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(root).args(["bench", "-p", "clip-core", "--bench", "ops"]).env("CLIP_BENCH_ITERS", iters);
+    let ours = parse_ops(&capture(command, "cargo bench -p clip-core --bench ops")?);
+    let theirs = match python {
+        Some(python) => {
+            let mut command = Command::new(python);
+            command.arg(root.join("xtask/bench_ops.py")).args(["--iters", iters, "--threads", &threads.to_string()]);
+            parse_ops(&capture(command, "xtask/bench_ops.py")?)
+        }
+        None => BTreeMap::new(),
+    };
+    println!("\n{threads} threads, median of {iters} runs, microseconds (lower is faster)");
+    println!("| op | shape | ours (flex) | PyTorch | PyTorch time / ours |");
+    println!("| --- | --- | --- | --- | --- |");
+    for ((op, shape), micros) in &ours {
+        // clip-core's own GELU is compared with PyTorch's one GELU.
+        let key = (op.trim_end_matches("_all_cores").to_string(), shape.clone());
+        let (other, ratio) = match theirs.get(&key) {
+            Some(t) => (format!("{t:.1}"), format!("{:.2}", t / micros)),
+            None => ("-".into(), "-".into()),
+        };
+        println!("| {op} | {shape} | {micros:.1} | {other} | {ratio} |");
+    }
+    Ok(())
+}
+
+/// The lines `op gelu [1600,3072]: 37480.7 us` as (op, shape) -> microseconds.
+fn parse_ops(output: &str) -> BTreeMap<(String, String), f64> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("op ")?;
+            let (head, tail) = rest.split_once(": ")?;
+            let (op, shape) = head.split_once(' ')?;
+            let micros = tail.strip_suffix(" us")?.trim().parse().ok()?;
+            Some(((op.to_string(), shape.to_string()), micros))
+        })
+        .collect()
 }
 
 /// Runs `command`, echoing and returning its standard output; an error if it fails.
@@ -131,5 +181,13 @@ mod tests {
         assert_eq!(figures.len(), 2);
         assert_eq!(figures[&("m".into(), "encode_image".into(), 8)], 10.8);
         assert_eq!(figures[&("m".into(), "train step".into(), 32)], 1.93);
+    }
+
+    #[test]
+    fn parses_the_op_lines() {
+        let ops = parse_ops("device Flex\nop gelu [544,256]: 1027.9 us\nop matmul [2,3,4]: 7 us\nop bad: x us\n");
+        assert_eq!(ops.len(), 2);
+        assert_eq!(ops[&("gelu".into(), "[544,256]".into())], 1027.9);
+        assert_eq!(ops[&("matmul".into(), "[2,3,4]".into())], 7.0);
     }
 }

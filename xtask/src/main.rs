@@ -8,7 +8,8 @@
 //! - `pointclouds`: regenerate `datasets/pointclouds`, a tiny generated point-cloud set.
 //! - `spoken-digits`: regenerate `datasets/spoken-digits`, espeak-ng digit words with digit images.
 //! - `bench`: throughput of ViT-B-32 and the quickstart model (image and text encoding, a training
-//!   step) on the CPU, with open_clip's same measurement beside it when a Python has it.
+//!   step) on the CPU, with open_clip's same measurement beside it when a Python has it; `--ops`
+//!   times single ops against PyTorch's.
 
 mod bench;
 mod data_bench;
@@ -31,7 +32,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   videos          regenerate datasets/moving-shapes (generated moving-shape clips with captions and labels)
   pointclouds     regenerate datasets/pointclouds (generated primitive point clouds with labels)
   spoken-digits   regenerate datasets/spoken-digits (espeak-ng digit words paired with digit images)
-  bench [--models A,B] [--iters N]  encode and train-step throughput, ours and open_clip's side by side (CPU)
+  bench [--models A,B] [--iters N] [--ops]  encode and train-step throughput (or single ops), ours and open_clip's side by side (CPU)
   data-bench [SAMPLES] [WORKERS]  samples/s the tar-shard loader decodes per worker, JPEG at 224 px
   sketch-bench    CLIPasso seconds per iteration at 224 px, RN50 and the tiny digits ResNet (CPU)";
 

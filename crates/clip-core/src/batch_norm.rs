@@ -69,13 +69,14 @@ impl BatchNorm2d {
         if input.device().is_autodiff() && self.training.is_enabled() {
             self.forward_train(input)
         } else {
-            let device = input.device();
+            let (device, dtype) = (input.device(), input.dtype());
+            // The running statistics stay in their own float type (f32 under mixed precision).
             batch_norm(
                 input,
                 self.gamma.val(),
                 self.beta.val(),
-                self.running_mean.value_sync().to_device(&device),
-                self.running_var.value_sync().to_device(&device),
+                self.running_mean.value_sync().to_device(&device).cast(dtype),
+                self.running_var.value_sync().to_device(&device).cast(dtype),
                 self.epsilon,
             )
         }
@@ -97,10 +98,11 @@ impl BatchNorm2d {
         let var = self.running_var.value_sync().to_device(&device);
         let count = self.num_batches_tracked.value_sync().to_device(&device);
         let momentum = self.momentum;
+        let (batch_mean, batch_variance) = (result.mean.detach().cast(mean.dtype()), result.variance.detach().cast(var.dtype()));
         self.running_mean
-            .update((mean * (1.0 - momentum) + result.mean.detach() * momentum).detach());
+            .update((mean * (1.0 - momentum) + batch_mean * momentum).detach());
         self.running_var
-            .update((var * (1.0 - momentum) + result.variance.detach() * (momentum * correction)).detach());
+            .update((var * (1.0 - momentum) + batch_variance * (momentum * correction)).detach());
         self.num_batches_tracked.update((count + 1.0).detach());
         // Fold the update in now rather than at the next read, so that a checkpoint or an export
         // taken right after this step holds it (burn's `RunningState` defers it otherwise).

@@ -5,6 +5,7 @@
 //! SigLIP), zero-shot classification, and weight import/export for open_clip/OpenAI and Hugging Face checkpoints.
 //! Outputs match open_clip and transformers to 1e-4 on the reference fixtures.
 
+pub mod attention_maps;
 pub mod batch_norm;
 pub mod config;
 pub mod error;

@@ -147,7 +147,7 @@ impl VisionTransformer {
 
     /// Patch embedding, class token and positional embedding: `[batch, 1 + patches, width]`
     /// and the patch grid.
-    fn embed(&self, images: Tensor<4>) -> (Tensor<3>, [usize; 2]) {
+    pub(crate) fn embed(&self, images: Tensor<4>) -> (Tensor<3>, [usize; 2]) {
         let x = self.conv1.forward(images);
         let [batch, width, grid_h, grid_w] = x.dims();
         let x = x.reshape([batch, width, grid_h * grid_w]).swap_dims(1, 2);

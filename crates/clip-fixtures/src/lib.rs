@@ -14,6 +14,67 @@ use std::path::{Path, PathBuf};
 use clip_core::weights::{Checkpoint, RawTensor};
 use clip_core::{ClipError, Result};
 
+/// The device the parity tests run on: burn's default device (`Device::default()`), which is
+/// `flex` in the default build, the GPU backend in a build with `--features wgpu` (or `cuda`),
+/// and whichever compiled-in backend `BURN_DEVICE` names (`flex`, `wgpu`, `cuda`, ...): burn's
+/// own selection, so one test binary runs on every backend it was built with. An unknown or
+/// not-compiled-in `BURN_DEVICE` panics (burn's message).
+///
+/// The device is tried once per test binary with a small computation. Where it cannot run (a
+/// wgpu build on a machine without a Vulkan driver, a CUDA build without a GPU), this prints why
+/// and returns `None`, and the caller skips its checks; under CI (`CI` set) it panics instead,
+/// so a CI that lost its driver fails rather than passing tests that never ran:
+///
+/// ```ignore
+/// let Some(device) = clip_fixtures::device() else { return };
+/// ```
+pub fn device() -> Option<burn::tensor::Device> {
+    use std::sync::OnceLock;
+    static PROBE: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    let probe = PROBE.get_or_init(|| {
+        let device = burn::tensor::Device::default();
+        let name = format!("{device:?}");
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let x = burn::tensor::Tensor::<1>::from_data(burn::tensor::TensorData::new(vec![1.0f32, 2.0], [2]), &device);
+            (x.clone() + x).into_data().iter::<f32>().collect::<Vec<_>>()
+        }));
+        match ran {
+            Ok(values) if values == [2.0, 4.0] => {
+                say(&format!("clip-fixtures: tests run on {name}"));
+                Ok(name)
+            }
+            Ok(values) => Err(format!("{name} computed 1+1, 2+2 as {values:?}")),
+            Err(payload) => {
+                let reason = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "it panicked".into());
+                Err(format!("{name} cannot run here: {reason}"))
+            }
+        }
+    });
+    match probe {
+        Ok(_) => Some(burn::tensor::Device::default()),
+        Err(reason) if std::env::var_os("CI").is_some() => {
+            panic!("{reason} (CI is set, so this fails instead of skipping; on a machine without a GPU install Mesa's lavapipe: apt install mesa-vulkan-drivers)")
+        }
+        Err(reason) => {
+            say(&format!(
+                "SKIPPED: {reason}; install a Vulkan driver (Mesa's lavapipe: apt install mesa-vulkan-drivers) or set BURN_DEVICE=flex"
+            ));
+            None
+        }
+    }
+}
+
+/// Writes a line to the process's stderr past the test harness's output capture (which takes
+/// only `print!`/`eprint!`), so that a skip is visible in `cargo test`'s output.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// The fixture root: `$CLIP_FIXTURES` if set, else `<workspace>/../shared/fixtures`.
 pub fn root() -> PathBuf {
     match std::env::var_os("CLIP_FIXTURES") {

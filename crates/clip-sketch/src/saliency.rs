@@ -2,16 +2,37 @@
 //! XDoG edge map, turned into a distribution by a softmax with temperature 0.3, from which the
 //! strokes' start points are drawn without replacement.
 //!
-//! The paper's relevancy is Chefer et al.'s gradient-weighted attention relevancy of the ViT
-//! image tower. Here the relevancy is gradient x input for every image tower (ViT or ResNet):
-//! `|sum_c (x - b)_c * d|E(x)| / dx_c|`, the attribution of the image embedding's magnitude to
-//! the pixels that differ from the blank canvas `b`, smoothed by a 3 x 3 box filter. It needs
-//! no attention maps, so it serves the ResNet towers that the geometric loss reads too.
+//! Two relevancy maps, chosen by the image tower ([`Relevancy`]):
+//! - a **ViT** gets the paper's: Chefer et al.'s gradient-weighted attention relevancy
+//!   ([`attention_relevancy`]). Per block, with `A` the attention probabilities
+//!   `[heads, tokens, tokens]` and `G = dS/dA` the gradient of the image-text logit `S`,
+//!   `cam = mean_heads max(G * A, 0)`; from `R = I`, each block in order sets
+//!   `R = R + cam R`; the class token's row of `R` over the patches, on the patch grid,
+//!   upsampled bilinearly to the image and scaled to `[0, 1]`, is the map.
+//! - a **ResNet** has no attention maps: it gets gradient x input,
+//!   `|sum_c (x - b)_c * d|E(x)| / dx_c|`, the attribution of the image embedding's magnitude
+//!   to the pixels that differ from the blank canvas `b`, smoothed by a 3 x 3 box filter
+//!   ([`relevancy`]).
 
 use burn::module::Module;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData};
-use clip_core::ImageTower;
+use clip_core::vision::VisionTransformer;
+use clip_core::{ImageTower, l2_normalize};
 use rand::Rng;
+
+/// Which relevancy map the saliency initialization uses.
+#[derive(Debug, Clone)]
+pub enum Relevancy {
+    /// Gradient x input of the image embedding's magnitude against the blank canvas
+    /// ([`relevancy`]): any image tower.
+    GradientInput,
+    /// Chefer et al.'s attention relevancy ([`attention_relevancy`]) of a ViT tower for the
+    /// image-text logit with this target `[embed_dim]`: the text's L2-normalized embedding
+    /// times CLIP's logit scale.
+    Attention(Tensor<1>),
+}
 
 /// A single-channel map `[height][width]`, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +55,7 @@ impl Map {
     }
 }
 
-/// Gradient x input relevancy of `tower` for `image` `[1, 3, H, W]` (normalized as CLIP's
+/// Gradient x input relevancy of `tower` (a ResNet or a ViT) for `image` `[1, 3, H, W]` (normalized as CLIP's
 /// input) against the blank `background` `[1, 3, H, W]` (same normalization): a `H x W` map.
 pub fn relevancy(tower: &ImageTower, image: Tensor<4>, background: Tensor<4>) -> Map {
     let device = image.device();
@@ -48,6 +69,50 @@ pub fn relevancy(tower: &ImageTower, image: Tensor<4>, background: Tensor<4>) ->
     let attribution = (image - background).mul(gradient).sum_dim(1).abs();
     let values: Vec<f32> = attribution.into_data().iter::<f32>().collect();
     box_blur(&Map { width, height, values })
+}
+
+/// Chefer et al.'s relevancy of the class token to the patches, `[batch, tokens - 1]`, from
+/// every block's attention probabilities and their gradients (each `[batch, heads, tokens,
+/// tokens]`, without autodiff, in block order): `cam = mean_heads max(G * A, 0)`, `R = I`,
+/// then `R = R + cam R` block after block; the result is row 0 of `R` without its first column.
+/// `None` without any block.
+pub fn chefer_relevancy(probabilities: &[Tensor<4>], gradients: &[Tensor<4>]) -> Option<Tensor<2>> {
+    let [batch, _, tokens, _] = probabilities.first()?.dims();
+    let device = probabilities[0].device();
+    let mut r = Tensor::<2>::eye(tokens, &device).unsqueeze_dim::<3>(0).repeat_dim(0, batch);
+    for (a, g) in probabilities.iter().zip(gradients) {
+        let cam = g.clone().mul(a.clone()).clamp_min(0.0).mean_dim(1).squeeze_dim::<3>(1);
+        r = r.clone() + cam.matmul(r);
+    }
+    Some(r.narrow(1, 0, 1).narrow(2, 1, tokens - 1).reshape([batch, tokens - 1]))
+}
+
+/// Chefer et al.'s attention relevancy of the ViT `tower` for `image` `[1, 3, H, W]`
+/// (normalized as CLIP's input) and the image-text logit `S = <E(x) / |E(x)|, target>`
+/// (`target` `[embed_dim]`: a text embedding, L2-normalized and times CLIP's logit scale):
+/// [`chefer_relevancy`] over every block, reshaped to the patch grid, upsampled bilinearly to
+/// `H x W` (half-pixel centers, as PyTorch's `align_corners=False`) and scaled to `[0, 1]`
+/// (all zeros for a tower without blocks).
+pub fn attention_relevancy(tower: &VisionTransformer, image: Tensor<4>, target: Tensor<1>) -> Map {
+    let device = image.device();
+    let [_, _, height, width] = image.dims();
+    let patch = tower.patch_size;
+    let grid = [height / patch, width / patch];
+    let empty = Map { width, height, values: vec![0.0; width * height] };
+    if tower.transformer.resblocks.is_empty() {
+        return empty;
+    }
+    let autodiff = device.clone().autodiff();
+    let (embedding, maps) = tower.clone().to_device(&autodiff).freeze().forward_with_attention(image.autodiff());
+    let target = target.to_device(&device).unsqueeze_dim::<2>(0);
+    let score = l2_normalize(embedding).mul(target.autodiff()).sum();
+    let gradients = maps.gradients(&score.backward());
+    let probabilities: Vec<Tensor<4>> = maps.probabilities.into_iter().map(Tensor::without_autodiff).collect();
+    let Some(rows) = chefer_relevancy(&probabilities, &gradients) else { return empty };
+    let options = InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false).with_output_size([height, width]);
+    let upsampled = interpolate(rows.reshape([1, 1, grid[0], grid[1]]), options);
+    let values: Vec<f32> = upsampled.into_data().iter::<f32>().collect();
+    Map { width, height, values }.normalized()
 }
 
 /// A 3 x 3 box filter (edges averaged over the pixels inside).

@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 
 use crate::loss::{LossConfig, SketchLoss};
 use crate::raster::{RasterConfig, Rasterizer};
-use crate::saliency::{Xdog, blank, gray_of, relevancy, sample_starts, start_distribution};
+use crate::saliency::{Relevancy, Xdog, attention_relevancy, blank, gray_of, relevancy, sample_starts, start_distribution};
 use crate::strokes::Strokes;
 
 /// Configuration of a [`Sketcher`]; the defaults are the paper's.
@@ -106,12 +106,13 @@ impl SketcherConfig {
     }
 
     /// The sketcher over `tower` (CLIP's image tower, on any device; the optimization runs on
-    /// its autodiff device); an error naming the bad value.
+    /// its autodiff device), starting from the gradient x input relevancy (see
+    /// [`Sketcher::with_relevancy`]); an error naming the bad value.
     pub fn init(&self, tower: ImageTower) -> Result<Sketcher, String> {
         self.validate("")?;
         let raster = self.raster().init()?;
         let loss = self.loss.init(tower, OPENAI_MEAN, OPENAI_STD)?;
-        Ok(Sketcher { config: self.clone(), raster, loss })
+        Ok(Sketcher { config: self.clone(), raster, loss, relevancy: Relevancy::GradientInput })
     }
 }
 
@@ -137,9 +138,20 @@ pub struct Sketcher {
     config: SketcherConfig,
     raster: Rasterizer,
     loss: SketchLoss,
+    relevancy: Relevancy,
 }
 
 impl Sketcher {
+    /// The sketcher with `relevancy` for the saliency initialization; an error when it is the
+    /// attention relevancy and the tower is no ViT.
+    pub fn with_relevancy(mut self, relevancy: Relevancy) -> Result<Self, String> {
+        if matches!(relevancy, Relevancy::Attention(_)) && self.loss.tower().as_vit().is_none() {
+            return Err(format!("the attention relevancy reads a ViT's attention maps, and this tower is a {}", self.loss.tower().architecture()));
+        }
+        self.relevancy = relevancy;
+        Ok(self)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &SketcherConfig {
         &self.config
@@ -155,8 +167,13 @@ impl Sketcher {
     pub fn start_distribution(&self, image: &Tensor<4>) -> Vec<f32> {
         let device = image.device();
         let size = self.config.size;
-        let background = blank(1.0 - self.config.ink as f32, [size, size], OPENAI_MEAN, OPENAI_STD, &device);
-        let relevant = relevancy(self.loss.tower(), image.clone(), background);
+        let relevant = match (&self.relevancy, self.loss.tower().as_vit()) {
+            (Relevancy::Attention(target), Some(vit)) => attention_relevancy(vit, image.clone(), target.clone()),
+            _ => {
+                let background = blank(1.0 - self.config.ink as f32, [size, size], OPENAI_MEAN, OPENAI_STD, &device);
+                relevancy(self.loss.tower(), image.clone(), background)
+            }
+        };
         let edges = Xdog::default().edges(&gray_of(image, OPENAI_MEAN, OPENAI_STD));
         start_distribution(&relevant, &edges, self.config.temperature as f32)
     }

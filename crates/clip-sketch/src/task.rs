@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::loss::LossConfig;
 use crate::output::{Style, write_sketch};
 use crate::raster::to_clip_input;
+use crate::saliency::Relevancy;
 use crate::sketcher::{Sketch, Sketcher, SketcherConfig};
 
 /// `[sketch]`: CLIPasso's settings (the defaults are the paper's) and what `clipforge sketch`
@@ -48,6 +49,11 @@ pub struct SketchSection {
     pub seeds: Vec<u64>,
     /// Softmax temperature of the saliency map the start points are drawn from.
     pub temperature: f64,
+    /// The text whose CLIP logit with the image the attention relevancy explains (ViT image
+    /// towers; a ResNet tower's relevancy is gradient x input and reads no text). The
+    /// official code's `--text_target` default is `"none"`; an object's name gives a map of
+    /// that object.
+    pub text_target: String,
     /// Largest step between successive control points of a new stroke (canvas units).
     pub radius: f64,
     /// Geometric loss weights of the ResNet's stem, layer1, layer2, layer3, layer4.
@@ -87,6 +93,7 @@ impl Default for SketchSection {
             lr: 1.0,
             seeds: vec![0, 1, 2],
             temperature: 0.3,
+            text_target: "none".into(),
             radius: 0.05,
             layer_weights: loss.layer_weights,
             semantic_weight: loss.semantic_weight,
@@ -162,6 +169,19 @@ impl ClipassoTask {
         Ok(transform.load(path)?.to_tensor(device).unsqueeze_dim(0))
     }
 
+    /// The sketcher of `strokes` strokes over `clip`'s image tower: with the attention
+    /// relevancy for `section.text_target` when the tower is a ViT, gradient x input otherwise.
+    fn sketcher(&self, clip: &Clip, section: &SketchSection, strokes: usize, device: &Device) -> anyhow::Result<Sketcher> {
+        let sketcher = section.sketcher(self.size(), strokes).init(clip.visual.clone()).map_err(|e| anyhow::anyhow!("sketch.{e}"))?;
+        if clip.visual.as_vit().is_none() {
+            return Ok(sketcher);
+        }
+        let tokens = tokenizer_of(&self.clip)?.tokenize_batch(std::slice::from_ref(&section.text_target), device)?;
+        let [_, dim] = clip.text.text_projection.dims();
+        let target = clip.encode_text(tokens, true).reshape([dim]) * clip.logit_scale();
+        sketcher.with_relevancy(Relevancy::Attention(target)).map_err(anyhow::Error::msg)
+    }
+
     fn style(&self) -> Style {
         let ink = if self.section.ink == "white" { 1.0 } else { 0.0 };
         Style { size: self.size(), width: self.section.width as f32, opacity: self.section.opacity as f32, ink, scale: self.section.scale }
@@ -226,7 +246,7 @@ impl ClipassoTask {
         let mut loss_by_strokes = BTreeMap::new();
         let style = self.style();
         for &count in &counts {
-            let sketcher = section.sketcher(self.size(), count).init(clip.visual.clone()).map_err(|e| anyhow::anyhow!("sketch.{e}"))?;
+            let sketcher = self.sketcher(clip, &section, count, device)?;
             let sketches = sketcher.sketch_batch(batch.clone(), &mut || progress.inc(1))?;
             let mut inputs = Vec::new();
             let mut loss = 0.0;
@@ -280,7 +300,7 @@ impl ClipassoTask {
         if let Some(iterations) = args.iterations {
             section.iterations = iterations;
         }
-        let sketcher = section.sketcher(self.size(), strokes).init(clip.visual.clone()).map_err(|e| anyhow::anyhow!("sketch.{e}"))?;
+        let sketcher = self.sketcher(clip, &section, strokes, device)?;
         let progress = progress_bar((section.seeds.len() * section.iterations) as u64);
         let images: Vec<Tensor<4>> = args.images.iter().map(|path| self.load_image(path, device)).collect::<anyhow::Result<_>>()?;
         let sketches = sketcher.sketch_batch(Tensor::cat(images, 0), &mut || progress.inc(1))?;
@@ -317,6 +337,9 @@ impl Task for ClipassoTask {
         check_clip_model(run)?;
         if !["black", "white"].contains(&section.ink.as_str()) {
             return Err(format!("sketch.ink = {:?}: use \"black\" or \"white\"", section.ink));
+        }
+        if section.text_target.trim().is_empty() {
+            return Err("sketch.text_target must not be empty (the official default is \"none\")".into());
         }
         if section.stroke_counts.contains(&0) {
             return Err("sketch.stroke_counts: every count must be at least 1".into());

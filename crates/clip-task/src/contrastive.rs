@@ -2,7 +2,8 @@
 //! `ClipLoss`) or SigLIP's pairwise sigmoid loss; evaluated by zero-shot classification and
 //! retrieval.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
+use clip_core::loss::in_default_float;
 use clip_core::preprocess::stack_images;
 use clip_core::{Clip, ClipConfig, ClipLoss, ClipTokenizer, FeatureLoss, ImageTower, ImageTowerConfig, Objective, SigLipLoss, StepOutput, l2_normalize};
 use rand::seq::SliceRandom;
@@ -26,6 +27,9 @@ pub struct ContrastiveBatch {
     pub(crate) tokens: Tensor<2, Int>,
     /// The batch's training step, which seeds patch dropout.
     pub(crate) step: usize,
+    /// Position of the first sample in the step's whole batch (a data-parallel shard's start),
+    /// so that patch dropout draws the same patches for a sample on any device.
+    pub(crate) offset: usize,
 }
 
 /// Which contrastive loss.
@@ -46,7 +50,7 @@ impl ContrastiveBatch {
         if count != texts {
             return Err(clip_core::ClipError::Shape(format!("ContrastiveBatch: {count} images but {texts} captions")));
         }
-        Ok(Self { images, tokens, step: 0 })
+        Ok(Self { images, tokens, step: 0, offset: 0 })
     }
 
     /// The batch with the training step it was loaded for (seeding patch dropout, so that a
@@ -86,6 +90,11 @@ impl Objective for ContrastiveObjective {
     fn feature_loss(&self) -> Option<&dyn FeatureLoss<Clip, ContrastiveBatch>> {
         Some(self)
     }
+
+    fn cast_inputs(&self, mut batch: ContrastiveBatch, dtype: FloatDType) -> Option<ContrastiveBatch> {
+        batch.images = batch.images.cast(dtype);
+        Some(batch)
+    }
 }
 
 impl ContrastiveObjective {
@@ -100,7 +109,7 @@ impl ContrastiveObjective {
             let keep = ((patches as f64 * (1.0 - self.patch_dropout)) as usize).max(1);
             let mut kept = Vec::with_capacity(count * keep);
             for sample in 0..count {
-                let mut rng = sample_rng(self.seed ^ 0x5041_5443_4844_524f, batch.step, sample);
+                let mut rng = sample_rng(self.seed ^ 0x5041_5443_4844_524f, batch.step, batch.offset + sample);
                 let mut order: Vec<i64> = (0..patches as i64).collect();
                 order.shuffle(&mut rng);
                 let mut chosen = order[..keep].to_vec();
@@ -118,28 +127,43 @@ impl ContrastiveObjective {
     /// The loss of normalized `[image, text]` embeddings; the logit scale (and bias) without
     /// gradient unless `direct`.
     fn loss_of(&self, model: &Clip, features: Vec<Tensor<2>>, direct: bool) -> clip_core::Result<StepOutput> {
-        let [image, text]: [Tensor<2>; 2] = features
-            .try_into()
-            .map_err(|f: Vec<_>| clip_core::ClipError::Shape(format!("the contrastive loss takes 2 feature tensors, not {}", f.len())))?;
-        let (count, texts) = (image.dims()[0], text.dims()[0]);
-        if count != texts {
-            return Err(clip_core::ClipError::Shape(format!("contrastive loss: {count} image features but {texts} text features")));
-        }
-        let detach_unless_direct = |t: Tensor<1>| if direct { t } else { t.detach() };
+        let [image, text] = pair(features)?;
+        self.gathered_loss(model, [image.clone(), text.clone()], [image, text], 0, direct)
+    }
+
+    /// The loss of the `local` `[image, text]` embeddings against the `gathered` ones (the local
+    /// rows starting at `offset`), computed in the device's default float type (f32 under
+    /// mixed precision).
+    fn gathered_loss(&self, model: &Clip, local: [Tensor<2>; 2], gathered: [Tensor<2>; 2], offset: usize, direct: bool) -> clip_core::Result<StepOutput> {
+        let [image, text] = local.map(in_default_float);
+        let [all_image, all_text] = gathered.map(in_default_float);
+        let detach_unless_direct = |t: Tensor<1>| in_default_float(if direct { t } else { t.detach() });
         let scale = detach_unless_direct(model.logit_scale());
         let logit_scale = f64::from(scale.clone().into_scalar::<f32>());
         let loss = match (self.loss, &model.logit_bias) {
-            (ContrastiveLoss::SigLip, Some(bias)) => SigLipLoss::default().forward(image, text, scale, detach_unless_direct(bias.val())),
+            (ContrastiveLoss::SigLip, Some(bias)) => SigLipLoss { offset }.forward_gathered(image, all_text, scale, detach_unless_direct(bias.val())),
             (ContrastiveLoss::SigLip, None) => {
                 return Err(clip_core::ClipError::config("model", "the SigLIP loss needs a logit bias (init_logit_bias)"));
             }
-            (ContrastiveLoss::InfoNce, _) => ClipLoss::default().forward(image, text, scale),
+            (ContrastiveLoss::InfoNce, _) => ClipLoss { offset }.forward_gathered(image, text, all_image, all_text, scale),
         };
         Ok(StepOutput {
             loss,
             metrics: vec![("logit_scale", logit_scale)],
         })
     }
+}
+
+/// The `[image, text]` features of a contrastive loss, as many images as texts.
+fn pair(features: Vec<Tensor<2>>) -> clip_core::Result<[Tensor<2>; 2]> {
+    let [image, text]: [Tensor<2>; 2] = features
+        .try_into()
+        .map_err(|f: Vec<_>| clip_core::ClipError::Shape(format!("the contrastive loss takes 2 feature tensors, not {}", f.len())))?;
+    let (count, texts) = (image.dims()[0], text.dims()[0]);
+    if count != texts {
+        return Err(clip_core::ClipError::Shape(format!("contrastive loss: {count} image features but {texts} text features")));
+    }
+    Ok([image, text])
 }
 
 /// Image and text embeddings (normalized) are the features; the loss over the concatenated
@@ -151,6 +175,34 @@ impl FeatureLoss<Clip, ContrastiveBatch> for ContrastiveObjective {
 
     fn loss(&self, model: &Clip, features: Vec<Tensor<2>>, direct: bool) -> clip_core::Result<StepOutput> {
         self.loss_of(model, features, direct)
+    }
+
+    fn shard(&self, batch: &ContrastiveBatch, devices: &[Device]) -> clip_core::Result<Vec<ContrastiveBatch>> {
+        let count = batch.images.dims()[0];
+        let parts = devices.len();
+        if parts == 0 || count < parts {
+            return Err(clip_core::ClipError::Shape(format!("a batch of {count} samples cannot be split across {parts} devices")));
+        }
+        let mut start = 0;
+        Ok(devices
+            .iter()
+            .enumerate()
+            .map(|(i, device)| {
+                let len = count / parts + usize::from(i < count % parts);
+                let shard = ContrastiveBatch {
+                    images: batch.images.clone().narrow(0, start, len).to_device(device),
+                    tokens: batch.tokens.clone().narrow(0, start, len).to_device(device),
+                    step: batch.step,
+                    offset: batch.offset + start,
+                };
+                start += len;
+                shard
+            })
+            .collect())
+    }
+
+    fn local_loss(&self, model: &Clip, local: Vec<Tensor<2>>, gathered: Vec<Tensor<2>>, offset: usize) -> clip_core::Result<StepOutput> {
+        self.gathered_loss(model, pair(local)?, pair(gathered)?, offset, true)
     }
 }
 

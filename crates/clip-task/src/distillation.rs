@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use clip_core::loss::in_default_float;
 use clip_core::preprocess::stack_images;
 use clip_core::{Clip, ClipConfig, ClipTokenizer, ImageTower, Objective, StepOutput, l2_normalize};
 use serde::{Deserialize, Serialize};
@@ -57,7 +58,7 @@ impl Objective for DistillationObjective {
     type Batch = DistillationBatch;
 
     fn forward(&self, model: &ImageTower, batch: DistillationBatch) -> clip_core::Result<StepOutput> {
-        let student = l2_normalize(model.forward(batch.images));
+        let student = in_default_float(l2_normalize(model.forward(batch.images)));
         let difference = student.clone() - batch.teacher.clone();
         let loss = match self.loss {
             DistillationLoss::L1 => difference.abs().mean(),
@@ -68,6 +69,11 @@ impl Objective for DistillationObjective {
             loss,
             metrics: vec![("teacher_cosine", f64::from(cosine))],
         })
+    }
+
+    fn cast_inputs(&self, mut batch: DistillationBatch, dtype: FloatDType) -> Option<DistillationBatch> {
+        batch.images = batch.images.cast(dtype);
+        Some(batch)
     }
 }
 

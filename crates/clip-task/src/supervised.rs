@@ -6,7 +6,8 @@
 use burn::module::{Module, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
+use clip_core::loss::in_default_float;
 use clip_core::preprocess::stack_images;
 use clip_core::{Clip, ClipConfig, ClipTokenizer, ImageTower, Objective, StepOutput, ZeroShotClassifier, l2_normalize};
 use serde::{Deserialize, Serialize};
@@ -85,7 +86,7 @@ impl Objective for SupervisedObjective {
     type Batch = LabelledBatch;
 
     fn forward(&self, model: &ImageClassifier, batch: LabelledBatch) -> clip_core::Result<StepOutput> {
-        let logits = model.forward(batch.images);
+        let logits = in_default_float(model.forward(batch.images));
         let [samples, _] = logits.dims();
         let correct = logits
             .clone()
@@ -103,6 +104,11 @@ impl Objective for SupervisedObjective {
             loss,
             metrics: vec![("accuracy", correct as f64 / samples as f64)],
         })
+    }
+
+    fn cast_inputs(&self, mut batch: LabelledBatch, dtype: FloatDType) -> Option<LabelledBatch> {
+        batch.images = batch.images.cast(dtype);
+        Some(batch)
     }
 }
 

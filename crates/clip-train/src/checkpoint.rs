@@ -20,6 +20,9 @@ pub struct TrainState {
     pub skipped: usize,
     /// Seconds spent training so far.
     pub train_seconds: f64,
+    /// The loss scale of a mixed-f16 run (`run.precision = "f16"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<crate::precision::LossScale>,
 }
 
 /// The checkpoint folder of a run.

@@ -36,18 +36,27 @@ pub struct RunConfig {
     pub file: PathBuf,
 }
 
-/// `[run]`: output, backend, seed.
+/// `[run]`: output, backend and devices, seed, precision.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunSection {
     /// Output directory (checkpoints, metrics, summary); `--output` overrides it.
     pub output: PathBuf,
-    /// Backend: `flex` (CPU), `wgpu` or `cuda`.
-    pub device: String,
+    /// Backend: `flex` (CPU), `wgpu` or `cuda`; unset, the backend of `devices`, else `flex`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Devices of a data-parallel run (`["cuda:0", "cuda:1"]`): each batch is split across
+    /// them and the contrastive loss gathers every device's features (see
+    /// `crate::trainer::Execution`); the first holds the master parameters and the optimizer.
+    /// Empty: the one device of `device`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
     /// Seed of model initialization, shuffling and augmentation.
     pub seed: u64,
-    /// Float type of parameters and activations: `f32`, `bf16` or `f16` (where the backend
-    /// supports it).
+    /// Float types: `f32`; `bf16` or `f16` (mixed precision: f32 master parameters and
+    /// optimizer state, forward and backward passes in half precision); `pure-bf16` or
+    /// `pure-f16` (every tensor in half precision: half the memory of the parameter state, but
+    /// updates below the half type's resolution are lost).
     pub precision: String,
 }
 
@@ -55,9 +64,73 @@ impl Default for RunSection {
     fn default() -> Self {
         Self {
             output: PathBuf::from("runs/default"),
-            device: "flex".into(),
+            device: None,
+            devices: Vec::new(),
             seed: 0,
             precision: "f32".into(),
+        }
+    }
+}
+
+/// The backends, and whether this build has each.
+const BACKENDS: [(&str, bool); 3] = [("flex", true), ("wgpu", cfg!(feature = "wgpu")), ("cuda", cfg!(feature = "cuda"))];
+
+impl RunSection {
+    /// The backend the run uses: `device`, else the backend of `devices`, else `flex`.
+    pub fn backend(&self) -> &str {
+        match (&self.device, self.devices.first()) {
+            (Some(device), _) => device,
+            (None, Some(first)) => first.split(':').next().unwrap_or(first),
+            (None, None) => "flex",
+        }
+    }
+
+    /// Checks `device`, `devices` and `precision`, naming the key.
+    fn validate(&self) -> Result<(), String> {
+        crate::precision::Precision::parse(&self.precision)?;
+        let built = |key: &str, name: &str| match BACKENDS.iter().find(|(backend, _)| *backend == name) {
+            None => Err(format!("{key}: {name:?} is no backend: use \"flex\", \"wgpu\" or \"cuda\"")),
+            Some((_, false)) => Err(format!(
+                "{key}: this clipforge was built without the {name} backend; rebuild with \
+                 `cargo build --release -p clip-train --features {name}`"
+            )),
+            Some(_) => Ok(()),
+        };
+        if let Some(device) = &self.device {
+            built(&format!("run.device = {device:?}"), device)?;
+        }
+        let mut seen = Vec::new();
+        for (i, spec) in self.devices.iter().enumerate() {
+            let key = format!("run.devices[{i}] = {spec:?}");
+            let (backend, index) = parse_device(spec).map_err(|e| format!("{key}: {e}"))?;
+            built(&key, backend)?;
+            if backend != self.backend() {
+                return Err(format!(
+                    "{key} is not on the run's backend {:?} ({}): every device of a run is on one backend",
+                    self.backend(),
+                    if self.device.is_some() { "run.device" } else { "run.devices[0]" }
+                ));
+            }
+            // The one CPU device may be listed several times: ranks simulated on it.
+            if backend != "flex" && seen.contains(&(backend, index)) {
+                return Err(format!("{key}: the device is listed twice"));
+            }
+            seen.push((backend, index));
+        }
+        Ok(())
+    }
+}
+
+/// A `run.devices` entry: a backend and an optional index (`"cuda:1"`, `"wgpu:0"`, `"flex"`).
+pub fn parse_device(spec: &str) -> Result<(&str, Option<usize>), String> {
+    match spec.split_once(':') {
+        None => Ok((spec, None)),
+        Some((backend, index)) => {
+            let index = index.parse::<usize>().map_err(|_| format!("{index:?} is not a device index (write \"{backend}:0\")"))?;
+            if backend == "flex" {
+                return Err("the flex backend has one device: write \"flex\"".into());
+            }
+            Ok((backend, Some(index)))
         }
     }
 }
@@ -134,6 +207,14 @@ pub struct TrainSection {
     pub log_every: usize,
     /// Stop after this many steps even if epochs remain (0: no limit).
     pub max_steps: usize,
+    /// open_clip's `--local-loss`, with several `run.devices`: each device computes the
+    /// contrastive loss of its own rows only, against the features gathered from every device
+    /// (memory of a `local x global` logit matrix per device instead of `global x global` on
+    /// the first); the loss and gradients are those of the global batch either way.
+    pub local_loss: bool,
+    /// Gradient checkpointing (burn's balanced checkpointing): memory-bound operations are
+    /// recomputed in the backward pass instead of keeping their outputs.
+    pub grad_checkpointing: bool,
 }
 
 impl Default for TrainSection {
@@ -164,6 +245,8 @@ impl Default for TrainSection {
             keep_checkpoints: 2,
             log_every: 10,
             max_steps: 0,
+            local_loss: false,
+            grad_checkpointing: false,
         }
     }
 }
@@ -302,19 +385,17 @@ impl RunConfig {
         if let Some((key, _, place)) = moved.iter().find(|(_, value, _)| value.is_some()) {
             return Err(format!("train.{key} has moved: write it as {place}"));
         }
-        if !["f32", "bf16", "f16"].contains(&self.run.precision.as_str()) {
-            return Err(format!("run.precision = {:?}: use \"f32\", \"bf16\" or \"f16\"", self.run.precision));
+        self.run.validate()?;
+        if self.run.devices.len() > t.batch_size {
+            return Err(format!("train.batch_size = {} is smaller than the {} run.devices", t.batch_size, self.run.devices.len()));
         }
-        let built = [("flex", true), ("wgpu", cfg!(feature = "wgpu")), ("cuda", cfg!(feature = "cuda"))];
-        match built.iter().find(|(name, _)| *name == self.run.device) {
-            None => return Err(format!("run.device = {:?}: use \"flex\", \"wgpu\" or \"cuda\"", self.run.device)),
-            Some((name, false)) => {
-                return Err(format!(
-                    "run.device = \"{name}\": this clipforge was built without the {name} backend; \
-                     rebuild with `cargo build --release -p clip-train --features {name}`"
-                ));
-            }
-            Some(_) => {}
+        if self.run.devices.len() > 1 && t.accum_freq > 1 {
+            return Err(format!(
+                "train.accum_freq = {} with {} run.devices is not supported: split the batch across the devices \
+                 (a larger train.batch_size) instead",
+                t.accum_freq,
+                self.run.devices.len()
+            ));
         }
         let (lo, hi) = self.data.crop_scale;
         if !(0.0 < lo && lo <= hi && hi <= 1.0) {
@@ -381,8 +462,18 @@ fn upgrade_run_json(value: &mut serde_json::Value) {
     }
 }
 
-/// `--set` values: numbers and booleans typed, anything else a string.
+/// `--set` values: numbers and booleans typed, `[a, b]` a list (of items without commas;
+/// `["cuda:0", "cuda:1"]`), anything else a string (surrounding double quotes dropped in lists).
 fn parse_override(value: &str) -> config::Value {
+    if let Some(items) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+        let items: Vec<config::Value> = items
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| parse_override(item.strip_prefix('"').and_then(|i| i.strip_suffix('"')).unwrap_or(item)))
+            .collect();
+        return items.into();
+    }
     if let Ok(v) = value.parse::<i64>() {
         v.into()
     } else if let Ok(v) = value.parse::<f64>() {
@@ -396,7 +487,44 @@ fn parse_override(value: &str) -> config::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::upgrade_run_json;
+    use super::{RunSection, parse_override, upgrade_run_json};
+
+    #[test]
+    fn run_devices_are_checked_naming_the_entry() {
+        let run = |device: Option<&str>, devices: &[&str], precision: &str| RunSection {
+            device: device.map(String::from),
+            devices: devices.iter().map(|d| d.to_string()).collect(),
+            precision: precision.into(),
+            ..RunSection::default()
+        };
+        let ranks = run(None, &["flex", "flex", "flex"], "bf16");
+        assert_eq!((ranks.validate(), ranks.backend()), (Ok(()), "flex"));
+        assert_eq!(run(Some("flex"), &["flex"], "pure-bf16").validate(), Ok(()));
+        assert_eq!(RunSection::default().backend(), "flex");
+        let refused = [
+            (run(None, &["flex:1"], "f32"), "run.devices[0] = \"flex:1\": the flex backend has one device"),
+            (run(None, &["flex", "gpu:0"], "f32"), "run.devices[1] = \"gpu:0\": \"gpu\" is no backend"),
+            (run(None, &["flex", "flex:x"], "f32"), "run.devices[1] = \"flex:x\": \"x\" is not a device index"),
+            (run(Some("flex"), &[], "fp8"), "run.precision = \"fp8\""),
+        ];
+        for (section, expected) in refused {
+            let error = section.validate().unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+        if !cfg!(feature = "cuda") {
+            let error = run(None, &["cuda:0", "cuda:1"], "f32").validate().unwrap_err();
+            assert!(error.contains("run.devices[0] = \"cuda:0\": this clipforge was built without the cuda backend"), "{error}");
+            let error = run(Some("flex"), &["flex", "cuda:1"], "f32").validate().unwrap_err();
+            assert!(error.contains("run.devices[1]"), "{error}");
+        }
+    }
+
+    #[test]
+    fn set_takes_lists() {
+        let value = parse_override(r#"["cuda:0", "cuda:1"]"#);
+        assert_eq!(value.into_array().unwrap().into_iter().map(|v| v.into_string().unwrap()).collect::<Vec<_>>(), ["cuda:0", "cuda:1"]);
+        assert_eq!(parse_override("[]").into_array().unwrap().len(), 0);
+    }
 
     #[test]
     fn a_run_config_written_before_the_task_sections_is_upgraded() {

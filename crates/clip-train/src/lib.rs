@@ -7,10 +7,13 @@
 //! with exact resume ([`checkpoint`]), metrics and TensorBoard logs; and the [`registry`] of
 //! tasks that `train.objective` names.
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod config;
 pub mod lr;
+pub mod parallel;
 pub mod params;
+pub mod precision;
 pub mod registered;
 pub mod registry;
 pub mod runs;

@@ -10,6 +10,10 @@ use clip_task::embeddings_file::{read_lines, write_embeddings};
 use clip_train::config::RunConfig;
 use clip_train::{registry, runs, trainer};
 
+/// mimalloc, keeping freed tensor buffers for reuse (see [`clip_train::allocator`]).
+#[global_allocator]
+static ALLOCATOR: clip_train::allocator::MiMalloc = clip_train::allocator::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "clipforge", version, about = "Train, fine-tune and use CLIP models")]
 struct Cli {
@@ -139,7 +143,10 @@ enum Command {
 }
 
 fn main() {
-    let matches = with_task_commands(Cli::command()).get_matches();
+    clip_train::allocator::keep_freed_memory();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let by_config = names_run_config(&args);
+    let matches = with_task_commands(Cli::command(), by_config).get_matches_from(args);
     let result = match matches.subcommand() {
         Some((name, args)) if is_task_command(name) => run_task_command(name, args),
         _ => Cli::from_arg_matches(&matches).map_err(anyhow::Error::from).and_then(run),
@@ -168,17 +175,47 @@ fn is_task_command(name: &str) -> bool {
     task_commands().iter().any(|c| c.get_name() == name)
 }
 
-/// `cli` with every task command, each taking first the run that holds its model.
-fn with_task_commands(cli: clap::Command) -> clap::Command {
+/// Whether `args` run a task command with `--config` (its run named by a run config, and every
+/// positional argument the command's own).
+fn names_run_config(args: &[std::ffi::OsString]) -> bool {
+    let is_task = args.get(1).and_then(|a| a.to_str()).is_some_and(is_task_command);
+    is_task
+        && args
+            .iter()
+            .skip(2)
+            .filter_map(|a| a.to_str())
+            .take_while(|a| *a != "--")
+            .any(|a| a == "--config" || a.starts_with("--config="))
+}
+
+/// `cli` with every task command, each taking first the run that holds its model, or, when
+/// `by_config` (the command line gives `--config`), that run as `--config` and no `MODEL`.
+fn with_task_commands(cli: clap::Command, by_config: bool) -> clap::Command {
     task_commands().into_iter().fold(cli, |cli, command| {
-        let located = clap::Command::new(command.get_name().to_string())
-            .about(command.get_about().cloned().unwrap_or_default())
-            .arg(
-                clap::Arg::new("model")
-                    .required(true)
-                    .value_parser(clap::value_parser!(PathBuf))
-                    .help("A run config (TOML; its model.weights or random weights), or a run's output folder (its newest checkpoint)"),
-            )
+        let config = clap::Arg::new("config")
+            .long("config")
+            .value_name("CONFIG")
+            .value_parser(clap::value_parser!(PathBuf))
+            .conflicts_with("checkpoint")
+            .help(
+                "A run config (TOML) whose run to use in place of MODEL: the newest checkpoint in its run.output, where the \
+                 run is first trained (or its interrupted training finished) when it has no summary.json",
+            );
+        let located = clap::Command::new(command.get_name().to_string()).about(command.get_about().cloned().unwrap_or_default());
+        let located = if by_config {
+            located.arg(config.required(true))
+        } else {
+            located
+                .arg(
+                    clap::Arg::new("model")
+                        .value_name("MODEL")
+                        .required_unless_present("config")
+                        .value_parser(clap::value_parser!(PathBuf))
+                        .help("A run config (TOML; its model.weights or random weights), or a run's output folder (its newest checkpoint)"),
+                )
+                .arg(config)
+        };
+        let located = located
             .arg(
                 clap::Arg::new("checkpoint")
                     .long("checkpoint")
@@ -199,10 +236,16 @@ fn with_task_commands(cli: clap::Command) -> clap::Command {
 
 /// Runs task command `name` with the model of the run its arguments name.
 fn run_task_command(name: &str, args: &clap::ArgMatches) -> anyhow::Result<()> {
-    let model = args.get_one::<PathBuf>("model").context("MODEL is required")?;
-    let checkpoint = args.get_one::<PathBuf>("checkpoint").cloned();
     let overrides: Vec<String> = args.get_many::<String>("set").into_iter().flatten().cloned().collect();
-    let (config, checkpoint) = runs::resolve(model, checkpoint, &overrides)?;
+    let by_config = args.get_one::<PathBuf>("config");
+    let (model, config, checkpoint) = match by_config {
+        Some(file) => (file, RunConfig::load(file, &overrides)?, None),
+        None => {
+            let model = args.get_one::<PathBuf>("model").context("give MODEL or --config")?;
+            let (config, checkpoint) = runs::resolve(model, args.get_one::<PathBuf>("checkpoint").cloned(), &overrides)?;
+            (model, config, checkpoint)
+        }
+    };
     let task = registry::task(&config.train.objective).map_err(anyhow::Error::msg)?;
     if !task.commands().iter().any(|c| c.get_name() == name) {
         let offering: Vec<&str> = registry::TASKS
@@ -217,7 +260,9 @@ fn run_task_command(name: &str, args: &clap::ArgMatches) -> anyhow::Result<()> {
             config.train.objective
         );
     }
-    let device = trainer::select_device(&config.run.device)?;
+    // The run of a `--config` is trained first when it has not finished.
+    let checkpoint = if by_config.is_some() { Some(runs::trained(&config)?) } else { checkpoint };
+    let device = trainer::select_device(config.run.backend())?;
     let section = task.section().and_then(|key| config.sections.get(key));
     task.run_command(name, args, section, config.context(&config.run.output), checkpoint.as_deref(), &device)
 }
@@ -243,7 +288,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.model.weights = weights;
                 checkpoint = explicit;
             }
-            let device = trainer::select_device(&config.run.device)?;
+            let device = trainer::select_device(config.run.backend())?;
             let task = registry::task(&config.train.objective).map_err(anyhow::Error::msg)?;
             let section = task.section().and_then(|key| config.sections.get(key));
             let report = task

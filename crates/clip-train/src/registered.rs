@@ -12,7 +12,7 @@ use clip_task::{RunContext, Task, TaskModel};
 use serde_json::Value;
 
 use crate::config::TrainSection;
-use crate::trainer::{Summary, train_task};
+use crate::trainer::{Execution, Summary, train_task_with};
 
 /// A task behind the registry.
 pub trait RegisteredTask: Sync {
@@ -22,8 +22,8 @@ pub trait RegisteredTask: Sync {
     /// Parses and validates the task's section (`None` when the config has none).
     fn validate(&self, section: Option<&Value>, run: &RunContext) -> Result<(), String>;
 
-    /// Trains the task on `device` as `train` says.
-    fn train(&self, section: Option<&Value>, run: RunContext, train: &TrainSection, device: &Device, resume: bool) -> anyhow::Result<Summary>;
+    /// Trains the task on the devices and in the precision of `execution` as `train` says.
+    fn train(&self, section: Option<&Value>, run: RunContext, train: &TrainSection, execution: &Execution, resume: bool) -> anyhow::Result<Summary>;
 
     /// The evaluation report of the model of `checkpoint` (a run checkpoint folder), or of the
     /// model the config describes without one.
@@ -101,10 +101,10 @@ impl<T: Task> RegisteredTask for Entry<T> {
         T::validate(&parse::<T>(section, &run.objective)?, run)
     }
 
-    fn train(&self, section: Option<&Value>, run: RunContext, train: &TrainSection, device: &Device, resume: bool) -> anyhow::Result<Summary> {
+    fn train(&self, section: Option<&Value>, run: RunContext, train: &TrainSection, execution: &Execution, resume: bool) -> anyhow::Result<Summary> {
         let section = parse::<T>(section, &run.objective).map_err(anyhow::Error::msg)?;
         let output = run.output.clone();
-        train_task(T::new(section, run)?, train, device, &output, resume)
+        train_task_with(T::new(section, run)?, train, execution, &output, resume)
     }
 
     fn evaluate(&self, section: Option<&Value>, run: RunContext, checkpoint: Option<&Path>, device: &Device) -> anyhow::Result<Option<Value>> {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, FloatDType, Tensor};
+use burn::tensor::{Device, Tensor};
 use clip_core::Objective;
 use clip_task::data::{BatchSource, LoadedBatch, Schedule, prefetch};
 use clip_task::eval::PeriodicZeroShot;
@@ -21,9 +21,11 @@ use serde::Serialize;
 use tensorboard_rs::summary_writer::SummaryWriter;
 
 use crate::checkpoint::{Checkpoints, TrainState};
-use crate::config::{RunConfig, TrainSection};
+use crate::config::{RunConfig, RunSection, TrainSection, parse_device};
 use crate::lr::{LrPolicy, learning_rate};
+use crate::parallel::parallel_gradients;
 use crate::params::{freeze, lock_image, rank_group};
+use crate::precision::{Precision, check_support};
 use crate::registry;
 
 /// What a finished run reports in `summary.json`.
@@ -69,42 +71,124 @@ pub fn select_device(name: &str) -> anyhow::Result<Device> {
     }
 }
 
-/// Makes `precision` (`f32`, `bf16`, `f16`) the float type of every tensor created on `device`.
-pub fn set_precision(device: &mut Device, precision: &str) -> anyhow::Result<()> {
-    let dtype = match precision {
-        "f32" => return Ok(()),
-        "bf16" => FloatDType::BF16,
-        "f16" => FloatDType::F16,
-        other => bail!("run.precision = {other:?}: use \"f32\", \"bf16\" or \"f16\""),
-    };
-    if !device.supports_dtype(dtype) {
-        bail!("run.precision = {precision:?} is not supported by the {device:?} backend");
+/// The devices of `run`: those of `run.devices` (`"cuda:1"`, `"wgpu:0"`, `"flex"`), or the one
+/// device of `run.device`; a device this machine does not have is an error naming it.
+pub fn select_devices(run: &RunSection) -> anyhow::Result<Vec<Device>> {
+    if run.devices.is_empty() {
+        return Ok(vec![select_device(run.backend())?]);
     }
-    device
-        .configure(dtype)
-        .map_err(|e| anyhow::anyhow!("run.precision = {precision:?}: {e:?}"))
+    run.devices
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let (backend, index) = parse_device(spec).map_err(|e| anyhow::anyhow!("run.devices[{i}] = {spec:?}: {e}"))?;
+            let Some(index) = index else { return select_device(backend) };
+            let found = available_devices(backend)?;
+            found.get(index).cloned().with_context(|| {
+                format!(
+                    "run.devices[{i}] = {spec:?}: this machine has {} {backend} device{} ({backend}:0 to {backend}:{})",
+                    found.len(),
+                    if found.len() == 1 { "" } else { "s" },
+                    found.len().saturating_sub(1)
+                )
+            })
+        })
+        .collect()
+}
+
+/// The devices of `backend` this machine has, in burn's order (its `Device::enumerate`).
+fn available_devices(backend: &str) -> anyhow::Result<Vec<Device>> {
+    match backend {
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(Device::enumerate(burn::tensor::DeviceType::Cuda).into_vec()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(Device::enumerate(burn::tensor::DeviceType::Wgpu).into_vec()),
+        other => {
+            select_device(other)?;
+            bail!("the {other} backend has one device: write {other:?} without an index")
+        }
+    }
+}
+
+/// Prepares `devices` for `run.precision = precision` and says how the run computes: a pure
+/// half type (`pure-bf16`, `pure-f16`) becomes the default float type of every device, before
+/// any tensor is created there; the mixed types (`bf16`, `f16`) leave the devices in f32 and
+/// are checked against the backend.
+pub fn set_precision(devices: &mut [Device], precision: &str) -> anyhow::Result<Precision> {
+    let (mode, default) = Precision::parse(precision).map_err(anyhow::Error::msg)?;
+    let mut configured: Vec<Device> = Vec::new();
+    for device in devices.iter_mut() {
+        if let Some(dtype) = mode.compute_dtype() {
+            check_support(device, dtype, precision)?;
+        }
+        let Some(dtype) = default else { continue };
+        // The CPU device listed several times (simulated ranks) is configured once.
+        if configured.contains(device) {
+            continue;
+        }
+        check_support(device, dtype, precision)?;
+        device
+            .configure(dtype)
+            .map_err(|e| anyhow::anyhow!("run.precision = {precision:?}: {e:?}"))?;
+        configured.push(device.clone());
+    }
+    Ok(mode)
+}
+
+/// Where and how the training step runs (`[run]`'s devices and precision).
+///
+/// With several devices, a step is data-parallel (`crate::parallel`): the batch is split into
+/// one shard per device, each device computes its shard's features on a replica of the model
+/// (`Module::fork`, as burn-train's multi-device strategy does), the features are gathered with
+/// gradient (`clip_core::loss::all_gather`), the contrastive loss sees the global batch, and
+/// every replica's gradients are moved to the first device (`GradientsParams::to_device`) and
+/// summed there, where the optimizer steps. The first device also runs the evaluation.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    /// The devices, without autodiff (the trainer adds it); the first is the master.
+    pub devices: Vec<Device>,
+    /// f32, mixed or pure half precision.
+    pub precision: Precision,
+}
+
+impl Execution {
+    /// One device, in its own float type.
+    pub fn single(device: Device) -> Self {
+        Self { devices: vec![device], precision: Precision::Uniform }
+    }
 }
 
 /// Trains as `config` says, writing everything under `output`; with `resume`, continues
 /// from the newest checkpoint there.
 pub fn train(config: &RunConfig, output: &Path, resume: bool) -> anyhow::Result<Summary> {
-    let mut device = select_device(&config.run.device)?;
-    set_precision(&mut device, &config.run.precision)?;
+    let mut devices = select_devices(&config.run)?;
+    let precision = set_precision(&mut devices, &config.run.precision)?;
     std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
     std::fs::write(output.join("config.json"), serde_json::to_string_pretty(config)?)
         .with_context(|| format!("writing {}", output.join("config.json").display()))?;
     let task = registry::task(&config.train.objective).map_err(anyhow::Error::msg)?;
     let section = task.section().and_then(|key| config.sections.get(key));
-    task.train(section, config.context(output), &config.train, &device, resume)
+    task.train(section, config.context(output), &config.train, &Execution { devices, precision }, resume)
 }
 
 /// Trains `task` on `device` (autodiff is added here) as `train` says, writing checkpoints,
 /// metrics and `summary.json` under `output`; with `resume`, continues from the newest
 /// checkpoint there. The task's evaluation runs at the end on `device`.
-pub fn train_task<T: Task>(mut task: T, train: &TrainSection, device: &Device, output: &Path, resume: bool) -> anyhow::Result<Summary> {
+pub fn train_task<T: Task>(task: T, train: &TrainSection, device: &Device, output: &Path, resume: bool) -> anyhow::Result<Summary> {
+    train_task_with(task, train, &Execution::single(device.clone()), output, resume)
+}
+
+/// [`train_task`] on the devices and in the precision of `execution`.
+pub fn train_task_with<T: Task>(mut task: T, train: &TrainSection, execution: &Execution, output: &Path, resume: bool) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
+    let device = execution.devices.first().context("run.devices lists no device")?;
     device.seed(task.run().seed);
-    let train_device = device.clone().autodiff();
+    let autodiff = |device: &Device| {
+        let device = device.clone().autodiff();
+        if train.grad_checkpointing { device.gradient_checkpointing() } else { device }
+    };
+    let train_devices: Vec<Device> = execution.devices.iter().map(autodiff).collect();
+    let train_device = train_devices[0].clone();
     let mut model = freeze(task.model(&train_device)?, &train.freeze)?;
     if train.lock_image {
         model = lock_image(model, train.lock_image_unlocked_groups)?;
@@ -120,7 +204,24 @@ pub fn train_task<T: Task>(mut task: T, train: &TrainSection, device: &Device, o
             task.run().objective
         );
     }
-    let run = Run { train, output, resume, seed: task.run().seed, data: &task.run().data.train };
+    if train_devices.len() > 1 && objective.feature_loss().is_none() {
+        bail!(
+            "run.devices lists {} devices: data parallelism needs an objective whose loss is computed from the \
+             batch's features (`contrastive`), and train.objective = {:?} has none",
+            train_devices.len(),
+            task.run().objective
+        );
+    }
+    let run = Run {
+        train,
+        output,
+        resume,
+        seed: task.run().seed,
+        data: &task.run().data.train,
+        objective: &task.run().objective,
+        devices: &train_devices,
+        precision: execution.precision,
+    };
     let zero_shot = PeriodicZeroShot::new(task.run())?;
     let periodic = |model: &TaskModel<T>, step: usize| match &zero_shot {
         Some(zero_shot) if step % zero_shot.every == 0 => Ok(Some(zero_shot.run(&task.clip(model.clone().valid(), device)?, device)?)),
@@ -139,6 +240,12 @@ struct Run<'a> {
     seed: u64,
     /// The training data, named in errors.
     data: &'a Path,
+    /// `train.objective`, named in errors.
+    objective: &'a str,
+    /// The training devices (autodiff); the first holds the model and the optimizer.
+    devices: &'a [Device],
+    /// f32, mixed or pure half precision.
+    precision: Precision,
 }
 
 /// A trained model and how the training went.
@@ -233,6 +340,8 @@ impl Run<'_> {
         );
 
         let batches = prefetch(source.clone(), schedule.clone(), state.step * accumulate..total_steps * accumulate, 2);
+        let precision = self.precision;
+        let mut loss_scale = precision.scales_loss().then(|| state.loss_scale.unwrap_or_default());
         let mut last_loss = f64::NAN;
         let mut last_checkpoint = checkpoints.latest()?;
         let started = Instant::now();
@@ -240,6 +349,8 @@ impl Run<'_> {
         for step in state.step..total_steps {
             let mut accumulator = GradientsAccumulator::<O::Model>::new();
             let (mut samples, mut batches_used, mut loss_sum, mut step_metrics) = (0, 0, 0.0, Vec::new());
+            // Mixed f16 multiplies the loss before every backward pass, against underflow.
+            let loss_factor = loss_scale.map_or(1.0, |s| s.scale);
             // With `accum_freq`, the step's micro-batches, for one loss over all of them.
             let mut micro_batches = Vec::new();
             let not_finite = |loss_value: f64| {
@@ -260,22 +371,26 @@ impl Run<'_> {
                     continue;
                 }
                 samples += batch.rows().len();
+                let batch = cast_inputs(objective, to_batch(batch)?, precision, self.objective)?;
                 if t.accum_freq > 1 {
-                    micro_batches.push(to_batch(batch)?);
+                    micro_batches.push(batch);
                     continue;
                 }
                 batches_used += 1;
-                let output_of_batch = objective.forward(&model, to_batch(batch)?)?;
-                let loss_value = f64::from(output_of_batch.loss.clone().into_scalar::<f32>());
+                let (loss_value, metrics, grads) = if self.devices.len() > 1 {
+                    parallel_gradients(objective, &model, batch, self.devices, precision, t.local_loss, loss_factor)?
+                } else {
+                    gradients(objective, &model, batch, precision, loss_factor)?
+                };
                 if !loss_value.is_finite() {
                     return Err(not_finite(loss_value));
                 }
                 loss_sum += loss_value;
-                step_metrics = output_of_batch.metrics;
-                accumulator.accumulate(&model, GradientsParams::from_grads(output_of_batch.loss.backward(), &model));
+                step_metrics = metrics;
+                accumulator.accumulate(&model, grads);
             }
             if !micro_batches.is_empty() {
-                let (loss_value, metrics, grads) = feature_cached_gradients(objective, &model, micro_batches)?;
+                let (loss_value, metrics, grads) = feature_cached_gradients(objective, &model, micro_batches, precision, loss_factor)?;
                 if !loss_value.is_finite() {
                     return Err(not_finite(loss_value));
                 }
@@ -288,15 +403,30 @@ impl Run<'_> {
                 continue;
             }
             let mut grads = accumulator.grads();
-            if batches_used > 1 {
-                scale_gradients(&model, &mut grads, 1.0 / batches_used as f32);
+            if batches_used > 1 || loss_factor != 1.0 {
+                scale_gradients(&model, &mut grads, 1.0 / (batches_used as f32 * loss_factor));
             }
             let loss_value = loss_sum / batches_used as f64;
-            if t.grad_clip_norm > 0.0 {
+            // Under loss scaling, gradients that overflowed skip the update and halve the scale.
+            let overflowed = match &mut loss_scale {
+                Some(scale) => {
+                    let finite = global_norm(&model, &grads).is_finite();
+                    if !finite {
+                        progress.suspend(|| eprintln!("step {}: f16 gradients overflowed at loss scale {}; update skipped", step + 1, scale.scale));
+                    }
+                    scale.update(finite);
+                    state.loss_scale = Some(*scale);
+                    !finite
+                }
+                None => false,
+            };
+            if t.grad_clip_norm > 0.0 && !overflowed {
                 clip_global_norm(&model, &mut grads, t.grad_clip_norm);
             }
             let lr = learning_rate(t.lr, step, t.warmup_steps, total_steps, t.schedule == "cosine");
-            model = objective.after_update(optimizer.step(lr_policy.at(lr), model, grads));
+            if !overflowed {
+                model = objective.after_update(optimizer.step(lr_policy.at(lr), model, grads));
+            }
 
             state.step = step + 1;
             state.samples += samples;
@@ -388,28 +518,73 @@ impl Run<'_> {
     }
 }
 
+/// The loss, metrics and gradients of `batch` on one device: the forward pass under
+/// `precision` (on a half-precision copy of `model` when mixed), the backward pass of the loss
+/// times `loss_factor` (loss scaling; 1 otherwise), the gradients of `model`'s parameters. A
+/// non-finite loss comes back without a backward pass (and without gradients).
+pub fn gradients<O: Objective>(
+    objective: &O,
+    model: &O::Model,
+    batch: O::Batch,
+    precision: Precision,
+    loss_factor: f32,
+) -> anyhow::Result<(f64, Vec<(&'static str, f64)>, GradientsParams)> {
+    let output = objective.forward(&precision.compute(model), batch)?;
+    let loss_value = f64::from(output.loss.clone().into_scalar::<f32>());
+    if !loss_value.is_finite() {
+        return Ok((loss_value, output.metrics, GradientsParams::new()));
+    }
+    let grads = GradientsParams::from_grads(scaled(output.loss, loss_factor).backward(), model);
+    Ok((loss_value, output.metrics, grads))
+}
+
+/// `loss * factor`, or `loss` itself for a factor of 1.
+pub(crate) fn scaled(loss: Tensor<1>, factor: f32) -> Tensor<1> {
+    if factor == 1.0 { loss } else { loss.mul_scalar(factor) }
+}
+
+/// `batch` with its inputs in the compute type of mixed `precision` (unchanged otherwise); an
+/// error naming `objective_name` for an objective that does not support mixed precision.
+fn cast_inputs<O: Objective>(objective: &O, batch: O::Batch, precision: Precision, objective_name: &str) -> anyhow::Result<O::Batch> {
+    let Some(dtype) = precision.compute_dtype() else { return Ok(batch) };
+    objective.cast_inputs(batch, dtype).with_context(|| {
+        format!(
+            "run.precision = {:?} (mixed precision) needs an objective that casts its inputs (contrastive, supervised, \
+             distillation); train.objective = {objective_name:?} does not: use run.precision = \"pure-{0}\" or \"f32\"",
+            if dtype == burn::tensor::FloatDType::F16 { "f16" } else { "bf16" }
+        )
+    })
+}
+
 /// open_clip's `accum_freq` step over `micro_batches`: the features of every micro-batch
 /// without gradient, then for each micro-batch its features again with gradient, spliced among
 /// the cached ones, the loss over all of them and its backward pass; the gradients are summed.
 /// The result is the loss, metrics and gradients of one batch made of all the micro-batches.
 /// Parameters the loss uses directly (the logit scale) take their gradient from the first
-/// micro-batch's pass only (open_clip counts it once per micro-batch).
+/// micro-batch's pass only (open_clip counts it once per micro-batch). The passes run under
+/// `precision`, each backward pass on the loss times `loss_factor`.
 pub fn feature_cached_gradients<O: Objective>(
     objective: &O,
     model: &O::Model,
     micro_batches: Vec<O::Batch>,
+    precision: Precision,
+    loss_factor: f32,
 ) -> anyhow::Result<(f64, Vec<(&'static str, f64)>, GradientsParams)> {
     let features = objective
         .feature_loss()
         .context("train.accum_freq needs an objective whose loss is computed from the batch's features")?;
-    let cached = micro_batches
-        .iter()
-        .map(|batch| Ok(features.features(model, batch)?.into_iter().map(|f| f.detach()).collect::<Vec<_>>()))
-        .collect::<anyhow::Result<Vec<Vec<Tensor<2>>>>>()?;
+    let cached = {
+        let compute = precision.compute(model);
+        micro_batches
+            .iter()
+            .map(|batch| Ok(features.features(&compute, batch)?.into_iter().map(|f| f.detach()).collect::<Vec<_>>()))
+            .collect::<anyhow::Result<Vec<Vec<Tensor<2>>>>>()?
+    };
     let mut accumulator = GradientsAccumulator::<O::Model>::new();
     let (mut loss_value, mut metrics) = (f64::NAN, Vec::new());
     for (j, batch) in micro_batches.iter().enumerate() {
-        let own = features.features(model, batch)?;
+        let compute = precision.compute(model);
+        let own = features.features(&compute, batch)?;
         anyhow::ensure!(
             own.len() == cached[j].len(),
             "the objective gave {} feature tensors with gradient but {} without",
@@ -424,7 +599,7 @@ pub fn feature_cached_gradients<O: Objective>(
                 Tensor::cat(parts, 0)
             })
             .collect();
-        let output = features.loss(model, spliced, j == 0)?;
+        let output = features.loss(&compute, spliced, j == 0)?;
         if j == 0 {
             loss_value = f64::from(output.loss.clone().into_scalar::<f32>());
             metrics = output.metrics;
@@ -432,7 +607,7 @@ pub fn feature_cached_gradients<O: Objective>(
                 break;
             }
         }
-        accumulator.accumulate(model, GradientsParams::from_grads(output.loss.backward(), model));
+        accumulator.accumulate(model, GradientsParams::from_grads(scaled(output.loss, loss_factor).backward(), model));
     }
     Ok((loss_value, metrics, accumulator.grads()))
 }
@@ -451,6 +626,14 @@ fn adamw<M: Module>(t: &TrainSection, model: &M) -> ModuleOptimizer {
 /// Scales all gradients so that their global L2 norm is at most `max_norm`
 /// (`torch.nn.utils.clip_grad_norm_`).
 fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) {
+    let norm = global_norm(model, grads);
+    if norm > max_norm {
+        scale_gradients(model, grads, (max_norm / (norm + 1e-6)) as f32);
+    }
+}
+
+/// The global L2 norm of the gradients of `model`'s parameters (not finite when one is not).
+fn global_norm<M: Module>(model: &M, grads: &GradientsParams) -> f64 {
     struct SquaredNorm<'a> {
         grads: &'a GradientsParams,
         total: f64,
@@ -464,10 +647,7 @@ fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm:
     }
     let mut norm = SquaredNorm { grads, total: 0.0 };
     model.visit(&mut norm);
-    let norm = norm.total.sqrt();
-    if norm > max_norm {
-        scale_gradients(model, grads, (max_norm / (norm + 1e-6)) as f32);
-    }
+    norm.total.sqrt()
 }
 
 /// Multiplies every gradient of `model`'s parameters by `factor`.
@@ -489,7 +669,7 @@ fn scale_gradients<M: Module>(model: &M, grads: &mut GradientsParams, factor: f3
 #[cfg(test)]
 mod tests {
     use burn::nn::{Linear, LinearConfig};
-    use burn::tensor::Distribution;
+    use burn::tensor::{Distribution, FloatDType};
 
     use super::*;
 
@@ -543,7 +723,7 @@ mod tests {
             let micro: Vec<ContrastiveBatch> = (0..4)
                 .map(|i| ContrastiveBatch::new(images.clone().narrow(0, i * 8, 8), tokens.clone().narrow(0, i * 8, 8)).unwrap())
                 .collect();
-            let (micro_loss, _, micro_grads) = feature_cached_gradients(&objective, &model, micro).unwrap();
+            let (micro_loss, _, micro_grads) = feature_cached_gradients(&objective, &model, micro, Precision::Uniform, 1.0).unwrap();
             assert!((whole_loss - micro_loss).abs() < 1e-5, "{loss:?}: loss {whole_loss} vs {micro_loss}");
             // A micro-batch of 8 alone is a different contrastive problem: the test can tell.
             let alone = objective.forward(&model, ContrastiveBatch::new(images.clone().narrow(0, 0, 8), tokens.clone().narrow(0, 0, 8)).unwrap()).unwrap();
@@ -567,6 +747,151 @@ mod tests {
             let tolerance = if loss == ContrastiveLoss::InfoNce { 1e-5 } else { 1e-5 * max_grad.max(1.0) };
             assert!(max_diff < tolerance, "{loss:?}: gradients differ by {max_diff} (tolerance {tolerance})");
         }
+    }
+
+    #[test]
+    fn simulated_ranks_give_the_loss_and_gradients_of_one_device_on_the_global_batch() {
+        use burn::tensor::Int;
+        use clip_task::contrastive::{ContrastiveBatch, ContrastiveLoss, ContrastiveObjective};
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let json = r#"{"embed_dim": 8, "vision_cfg": {"image_size": 8, "layers": 1, "width": 16, "patch_size": 4,
+            "head_width": 8}, "text_cfg": {"context_length": 6, "width": 16, "heads": 2, "layers": 1, "vocab_size": 50}}"#;
+        let base = clip_core::ClipConfig::from_open_clip_json(json, "tiny").unwrap().init(&device);
+        let images = Tensor::<4>::random([30, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        let tokens = Tensor::<2, Int>::random([30, 6], Distribution::Uniform(0.0, 50.0), &device);
+        // Four ranks on the one CPU device, each computing on its own forked replica as it would
+        // on its own GPU: 30 samples split 8, 8, 7, 7.
+        let devices = vec![device.clone(); 4];
+        for loss in [ContrastiveLoss::InfoNce, ContrastiveLoss::SigLip] {
+            let mut model = base.clone();
+            if loss == ContrastiveLoss::SigLip {
+                model.logit_bias = Some(Param::from_tensor(Tensor::from_floats([-2.0], &device)));
+            }
+            // Patch dropout draws per sample: the shards must draw what the whole batch draws.
+            let objective = ContrastiveObjective { loss, patch_dropout: 0.25, seed: 9 };
+            let batch = || ContrastiveBatch::new(images.clone(), tokens.clone()).unwrap().with_step(3);
+            let (one_loss, _, one_grads) = gradients(&objective, &model, batch(), Precision::Uniform, 1.0).unwrap();
+            let one = gradients_of(&model, &one_grads);
+            let largest = one.iter().flat_map(|(_, g)| g.iter()).fold(0f32, |m, g| m.max(g.abs()));
+            for local_loss in [false, true] {
+                let (ranks_loss, _, grads) = parallel_gradients(&objective, &model, batch(), &devices, Precision::Uniform, local_loss, 1.0).unwrap();
+                let ranks = gradients_of(&model, &grads);
+                let loss_gap = (ranks_loss - one_loss).abs() / one_loss.abs();
+                let mut worst = 0f32;
+                for ((name, a), (_, b)) in one.iter().zip(&ranks) {
+                    assert!(!a.is_empty() && a.len() == b.len(), "{loss:?}, local_loss {local_loss}: parameter {name}: {} vs {} gradient values", a.len(), b.len());
+                    worst = a.iter().zip(b).fold(worst, |m, (x, y)| m.max((x - y).abs()));
+                }
+                eprintln!(
+                    "{loss:?}, local_loss {local_loss}: loss {one_loss} vs {ranks_loss} (relative {loss_gap:e}), largest gradient \
+                     difference {worst:e} of largest gradient {largest}, {} parameters",
+                    one.len()
+                );
+                assert!(loss_gap <= 1e-5, "{loss:?}, local_loss {local_loss}: loss {ranks_loss} vs {one_loss}");
+                assert!(worst <= 1e-5 * largest, "{loss:?}, local_loss {local_loss}: gradients differ by {worst} (largest {largest})");
+            }
+            // A rank's shard alone is another contrastive problem: the comparison can tell.
+            let alone = ContrastiveBatch::new(images.clone().narrow(0, 0, 8), tokens.clone().narrow(0, 0, 8)).unwrap().with_step(3);
+            let (alone_loss, _, _) = gradients(&objective, &model, alone, Precision::Uniform, 1.0).unwrap();
+            assert!((alone_loss - one_loss).abs() > 1e-3, "{loss:?}: {alone_loss} vs {one_loss}");
+        }
+    }
+
+    /// One parameter, `value`.
+    #[derive(Module, Debug)]
+    struct Scalar {
+        value: Param<Tensor<1>>,
+    }
+
+    /// The objective `weight * sum(value * input)`, the product in the model's float type, the
+    /// rest in f32: the gradient of `value` is `weight * input`. Records the float type the
+    /// model computed in.
+    #[derive(Default)]
+    struct Nudge {
+        weight: f64,
+        computed_in: std::cell::Cell<Option<burn::tensor::DType>>,
+    }
+
+    impl Objective for Nudge {
+        type Model = Scalar;
+        type Batch = Tensor<1>;
+
+        fn forward(&self, model: &Scalar, input: Tensor<1>) -> clip_core::Result<clip_core::StepOutput> {
+            let value = model.value.val();
+            self.computed_in.set(Some(value.dtype()));
+            let loss = clip_core::loss::in_default_float((value * input).sum()).mul_scalar(self.weight);
+            Ok(clip_core::StepOutput { loss, metrics: Vec::new() })
+        }
+
+        fn cast_inputs(&self, input: Tensor<1>, dtype: FloatDType) -> Option<Tensor<1>> {
+            Some(input.cast(dtype))
+        }
+    }
+
+    #[test]
+    fn mixed_precision_keeps_f32_master_weights_that_accumulate_updates_below_bf16_resolution() {
+        let device = Device::flex().autodiff();
+        let train = TrainSection { weight_decay: 0.0, ..TrainSection::default() };
+        // `steps` AdamW steps of learning rate 1e-4 on a gradient of 1: each moves `value` by 1e-4.
+        // The input is made in the parameter's type, as a pure-bf16 device would make it.
+        let run = |model: Scalar, precision: Precision, steps: usize| {
+            let objective = Nudge { weight: 1.0, ..Nudge::default() };
+            let mut optimizer = adamw(&train, &model);
+            let mut model = model;
+            for _ in 0..steps {
+                let made = Tensor::<1>::from_floats([1.0], &device).cast(model.value.val().dtype());
+                let input = cast_inputs(&objective, made, precision, "nudge").unwrap();
+                let (_, _, grads) = gradients(&objective, &model, input, precision, 1.0).unwrap();
+                model = optimizer.step(1e-4, model, grads);
+            }
+            (model.value.val(), objective.computed_in.get())
+        };
+        let one = |dtype: FloatDType| Scalar { value: Param::from_tensor(Tensor::<1>::from_floats([1.0], &device).cast(dtype)) };
+        let (mixed, computed_in) = run(one(FloatDType::F32), Precision::Mixed(FloatDType::BF16), 50);
+        assert_eq!(computed_in, Some(burn::tensor::DType::BF16), "mixed precision computes in bf16");
+        assert_eq!(mixed.dtype(), burn::tensor::DType::F32, "the master parameter stays f32");
+        let moved = mixed.into_scalar::<f32>();
+        assert!((moved - 0.995).abs() < 1e-5, "50 updates of 1e-4 from 1.0 reach 0.995 in f32: {moved}");
+        // In pure bf16 the parameter itself is bf16, whose spacing below 1.0 is 2^-8: every
+        // update of 1e-4 rounds away.
+        let (pure, computed_in) = run(one(FloatDType::BF16), Precision::Uniform, 50);
+        assert_eq!(computed_in, Some(burn::tensor::DType::BF16));
+        assert_eq!(pure.into_scalar::<f32>(), 1.0, "pure bf16 loses the updates");
+    }
+
+    #[test]
+    fn mixed_precision_is_refused_for_an_objective_that_does_not_cast_its_inputs() {
+        struct Plain;
+        impl Objective for Plain {
+            type Model = Scalar;
+            type Batch = Tensor<1>;
+            fn forward(&self, model: &Scalar, input: Tensor<1>) -> clip_core::Result<clip_core::StepOutput> {
+                Ok(clip_core::StepOutput { loss: (model.value.val() * input).sum(), metrics: Vec::new() })
+            }
+        }
+        let input = || Tensor::<1>::from_floats([1.0], &Device::flex());
+        let error = cast_inputs(&Plain, input(), Precision::Mixed(FloatDType::BF16), "lseg").unwrap_err().to_string();
+        assert!(error.contains("run.precision = \"bf16\"") && error.contains("train.objective = \"lseg\""), "{error}");
+        assert!(cast_inputs(&Plain, input(), Precision::Uniform, "lseg").is_ok());
+    }
+
+    #[test]
+    fn loss_scaling_keeps_f16_gradients_from_underflowing() {
+        let device = Device::flex().autodiff();
+        let model = Scalar { value: Param::from_tensor(Tensor::<1>::from_floats([1.0], &device)) };
+        // A gradient of 1e-8 is below f16's smallest subnormal (6e-8): it reaches the f16
+        // product as 0 unless the loss is scaled first.
+        let objective = Nudge { weight: 1e-8, ..Nudge::default() };
+        let f16 = Precision::Mixed(FloatDType::F16);
+        let grad = |factor: f32| {
+            let input = cast_inputs(&objective, Tensor::<1>::from_floats([1.0], &device), f16, "nudge").unwrap();
+            let (_, _, grads) = gradients(&objective, &model, input, f16, factor).unwrap();
+            grads.get::<1>(model.value.id).unwrap().into_scalar::<f32>() / factor
+        };
+        assert_eq!(grad(1.0), 0.0, "unscaled, the f16 gradient underflows");
+        let scaled = grad(crate::precision::LossScale::default().scale);
+        assert!((scaled - 1e-8).abs() < 1e-11, "scaled by 65536, it survives: {scaled:e}");
     }
 
     #[test]

@@ -783,21 +783,61 @@ fn open_clip_training_options_take_effect_and_bad_values_are_refused() {
 
 #[test]
 fn half_precision_runs_and_unknown_precisions_are_refused() {
-    let out = scratch("bf16");
-    let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "run.precision=bf16",
-        "--set", "train.max_steps=3"];
-    args.extend(FAST);
-    let output = run(&args);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let summary = summary_of(&out);
-    assert_eq!(summary["steps"], 3);
-    let loss = summary["final_loss"].as_f64().unwrap();
-    // bf16 keeps 8 significant bits: the loss is a multiple of a power of two near it.
-    let ulp = 2f64.powi(loss.log2().floor() as i32 - 7);
-    assert_eq!((loss / ulp).fract(), 0.0, "{loss} is not a bf16 value");
+    // bf16 keeps 8 significant bits: a bf16 value is a multiple of a power of two near it.
+    let is_bf16 = |x: f64| (x / 2f64.powi(x.log2().floor() as i32 - 7)).fract() == 0.0;
+    for (precision, bf16_loss) in [("pure-bf16", true), ("bf16", false)] {
+        let out = scratch(precision);
+        let setting = format!("run.precision={precision}");
+        let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", &setting, "--set", "train.max_steps=3"];
+        args.extend(FAST);
+        let output = run(&args);
+        assert!(output.status.success(), "{precision}: {}", stderr(&output));
+        let summary = summary_of(&out);
+        assert_eq!(summary["steps"], 3);
+        // Pure bf16 computes the loss in bf16; mixed precision computes it in f32 from bf16
+        // features (f32 master weights: the final checkpoint loads into an f32 model).
+        let losses = losses(&out);
+        assert!(losses.values().all(|l| l.is_finite() && is_bf16(*l) == bf16_loss), "{precision}: {losses:?}");
+        let _ = std::fs::remove_dir_all(&out);
+    }
     let output = run(&["check", "configs/quickstart.toml", "--set", "run.precision=fp8"]);
     assert!(!output.status.success() && stderr(&output).contains("run.precision"), "{}", stderr(&output));
-    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn simulated_data_parallel_ranks_train_as_one_device() {
+    // The quickstart on one device, and on three ranks simulated on the CPU (16 samples split
+    // 6, 5, 5), the loss global or local: the same losses, step after step.
+    let runs = [("dp-one", vec![]), ("dp-ranks", vec!["--set", r#"run.devices=["flex", "flex", "flex"]"#]),
+        ("dp-local", vec!["--set", r#"run.devices=["flex", "flex", "flex"]"#, "--set", "train.local_loss=true"])];
+    let mut all = Vec::new();
+    for (name, extra) in &runs {
+        let out = scratch(name);
+        let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "train.max_steps=4"];
+        args.extend(FAST);
+        args.extend(extra);
+        let output = run(&args);
+        assert!(output.status.success(), "{name}: {}", stderr(&output));
+        all.push(losses(&out));
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    for (losses, (name, _)) in all.iter().zip(&runs).skip(1) {
+        assert_eq!(losses.len(), 4, "{name}");
+        for ((step, a), b) in all[0].iter().zip(losses.values()) {
+            assert!((a - b).abs() <= 1e-4 * a.abs(), "{name}, step {step}: {b} vs one device's {a}");
+        }
+    }
+    let refused = [
+        (vec!["--set", r#"run.devices=["flex", "flex"]"#, "--set", "train.accum_freq=2"], "train.accum_freq = 2 with 2 run.devices"),
+        (vec!["--set", r#"run.devices=["flex", "cuda:1"]"#], "run.devices[1] = \"cuda:1\""),
+        (vec!["--set", "run.devices=[\"flex:2\"]"], "run.devices[0] = \"flex:2\": the flex backend has one device"),
+    ];
+    for (set, expected) in refused {
+        let mut args = vec!["check", "configs/quickstart.toml"];
+        args.extend(set);
+        let output = run(&args);
+        assert!(!output.status.success() && stderr(&output).contains(expected), "{expected}: {}", stderr(&output));
+    }
 }
 
 /// The reference photographs (`$CLIP_FIXTURES/preprocess/*.png`).
@@ -1280,25 +1320,10 @@ fn clipasso_config(dir: &Path, iterations: usize) -> PathBuf {
     path
 }
 
-#[test]
-fn clipasso_sketches_held_out_digits_that_clip_recognizes() {
-    let started = Instant::now();
-    let out = scratch("clipasso");
-    let config = clipasso_config(&out, 40);
-    // The config's tiny ResNet CLIP, fitted to the digits for a hundred steps (zero-shot top-1
-    // about 0.95).
-    let run_dir = out.join("run");
-    let output = run(&["train", config.to_str().unwrap(), "--output", run_dir.to_str().unwrap()]);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let trained = summary_of(&run_dir)["zero_shot_top1"].as_f64().unwrap();
-    assert!(trained > 0.6, "the CLIP learned too little to judge sketches: zero-shot top-1 {trained}");
-    let trained_at = started.elapsed();
-
-    // Without images, `sketch` draws one held-out digit per class and scores the sketches.
-    let sketches = out.join("sketches");
-    let output = run(&["sketch", run_dir.to_str().unwrap(), "--output", sketches.to_str().unwrap()]);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let summary = summary_of(&sketches);
+/// The `summary.json` that `sketch` wrote to `dir` after sketching one held-out digit per class
+/// at 4 and 16 strokes, checked: recognition well above chance, and more strokes no worse.
+fn recognized_sketches(dir: &Path) -> serde_json::Value {
+    let summary = summary_of(dir);
     let chance = summary["chance_top1"].as_f64().unwrap();
     let top1 = summary["recognition_top1"].as_f64().unwrap();
     let by = |strokes: &str| summary["recognition_by_strokes"][strokes].as_f64().unwrap();
@@ -1311,29 +1336,85 @@ fn clipasso_sketches_held_out_digits_that_clip_recognizes() {
     // (the test's ten images make every image a step of 0.1).
     assert!(by("16") >= by("4") - 0.1 - 1e-9, "{summary}");
     for stem in ["svg", "png", "gif"] {
-        let count = std::fs::read_dir(&sketches).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == stem)).count();
+        let count = std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == stem)).count();
         let expected = if stem == "gif" { 10 } else { 20 };
         assert_eq!(count, expected, "{stem} files");
     }
+    summary
+}
+
+#[test]
+fn clipasso_sketches_held_out_digits_that_clip_recognizes() {
+    let started = Instant::now();
+    let out = scratch("clipasso");
+    let config = clipasso_config(&out, 40);
+    let config = config.to_str().unwrap();
+    let run_dir = out.join("run");
+    let in_run_dir = format!("run.output={}", run_dir.display());
+    let in_run_dir = in_run_dir.as_str();
+
+    // `sketch --config` first trains the config's tiny ResNet CLIP in its run.output (a hundred
+    // steps, zero-shot top-1 about 0.95), then draws one held-out digit per class and scores them.
+    let sketches = out.join("sketches");
+    let output = run(&["sketch", "--config", config, "--set", in_run_dir, "--output", sketches.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("training the run"), "{}", stderr(&output));
+    let trained = summary_of(&run_dir)["zero_shot_top1"].as_f64().unwrap();
+    assert!(trained > 0.6, "the CLIP learned too little to judge sketches: zero-shot top-1 {trained}");
+    let summary = recognized_sketches(&sketches);
     let sketched_at = started.elapsed();
 
-    // With images, `sketch` draws them with the strokes asked for.
+    // The run folder itself (`sketch RUN`) holds the same CLIP: the same sketches, scored alike.
+    let again = out.join("again");
+    let output = run(&["sketch", run_dir.to_str().unwrap(), "--output", again.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let repeated = recognized_sketches(&again);
+    assert_eq!(summary["recognition_by_strokes"], repeated["recognition_by_strokes"], "{summary} vs {repeated}");
+
+    // With images, `sketch` draws them with the strokes asked for; `--config` finds its run
+    // finished and trains nothing.
     let image = workspace().join("datasets/digits/images/0804.png");
+    let image = image.to_str().unwrap();
     let drawn = out.join("drawn");
-    let output = run(&["sketch", run_dir.to_str().unwrap(), image.to_str().unwrap(), "--strokes", "5", "--iterations", "3",
+    let output = run(&["sketch", "--config", config, "--set", in_run_dir, image, "--strokes", "5", "--iterations", "3",
         "--output", drawn.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("training the run"), "{}", stderr(&output));
     let svg = std::fs::read_to_string(drawn.join("0804.svg")).unwrap();
     assert_eq!(svg.matches("<path d=\"M").count(), 5, "{svg}");
     assert!(image::open(drawn.join("0804.gif")).is_ok() && image::open(drawn.join("0804.png")).is_ok());
 
-    // Bad values name their key.
-    for (set, named) in [("sketch.ink=red", "sketch.ink"), ("sketch.width=0", "sketch.width"), ("sketch.wdth=2", "wdth")] {
-        let output = run(&["sketch", config.to_str().unwrap(), image.to_str().unwrap(), "--output", drawn.to_str().unwrap(), "--set", set]);
-        assert!(!output.status.success(), "{set} was accepted");
-        assert!(stderr(&output).contains(named), "{set}: {}", stderr(&output));
+    // A ViT CLIP (random weights) starts its strokes from the attention relevancy.
+    let vit = out.join("vit.toml");
+    let text = std::fs::read_to_string(config).unwrap()
+        .replace("configs/models/tiny-digits-rn.json", "configs/models/tiny-digits.json")
+        .replace("semantic_weight = 1.0", "semantic_weight = 1.0\nlayer_weights = [0.0, 0.0, 0.0, 0.0, 0.0]\ntext_target = \"the digit seven\"");
+    std::fs::write(&vit, text).unwrap();
+    let output = run(&["sketch", vit.to_str().unwrap(), image, "--strokes", "3", "--iterations", "2", "--output", drawn.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(std::fs::read_to_string(drawn.join("0804.svg")).unwrap().matches("<path d=\"M").count(), 3);
+
+    // Bad values name their key (and the file); a missing config, and a run.output that holds
+    // a run of another configuration, are refused.
+    let cases: [(&[&str], &[&str]); 6] = [
+        (&[config, "--set", "sketch.ink=red"], &["sketch.ink"]),
+        (&[config, "--set", "sketch.width=0"], &["sketch.width"]),
+        (&[config, "--set", "sketch.wdth=2"], &["wdth"]),
+        (&["--config", config, "--set", "sketch.wdth=2"], &["wdth", config]),
+        (&["--config", "configs/no-such-config.toml"], &["configs/no-such-config.toml", "no such configuration file"]),
+        (&["--config", config, "--set", in_run_dir, "--set", "train.lr=1e-3"], &["train.lr", "another configuration"]),
+    ];
+    for (args, named) in cases {
+        let mut line = vec!["sketch"];
+        line.extend_from_slice(args);
+        line.extend([image, "--output", drawn.to_str().unwrap()]);
+        let output = run(&line);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        for name in named {
+            assert!(stderr(&output).contains(name), "{args:?}: {}", stderr(&output));
+        }
     }
-    eprintln!("clipasso: trained in {trained_at:?}, sketched by {sketched_at:?}: {summary}");
+    eprintln!("clipasso: trained and sketched by {sketched_at:?}, all done by {:?}: {summary}", started.elapsed());
     let _ = std::fs::remove_dir_all(&out);
 }
 
