@@ -7,7 +7,8 @@
 //! - [`strokes`]: the optimized control points, as a module, and their SVG.
 //! - [`augment`]: the perspective and crop augmentations on tensors.
 //! - [`loss`]: the geometric (ResNet layers) and semantic (embedding) losses.
-//! - [`saliency`]: the relevancy x XDoG start-point distribution.
+//! - [`saliency`]: the relevancy x XDoG start-point distribution (a ViT's attention relevancy,
+//!   as the paper's, or gradient x input for a ResNet).
 //! - [`sketcher`]: the optimization over seeds.
 //! - [`output`]: SVG, PNG and animated GIF.
 //! - [`task`]: the `clipasso` task and `clipforge sketch`.

@@ -207,9 +207,11 @@ fn with_task_commands(cli: clap::Command, by_config: bool) -> clap::Command {
         } else {
             located
                 .arg(
+                    // Required: a command line with `--config` takes the variant without MODEL
+                    // (and clap refuses an optional positional before a command's required ones).
                     clap::Arg::new("model")
                         .value_name("MODEL")
-                        .required_unless_present("config")
+                        .required(true)
                         .value_parser(clap::value_parser!(PathBuf))
                         .help("A run config (TOML; its model.weights or random weights), or a run's output folder (its newest checkpoint)"),
                 )
