@@ -3,8 +3,12 @@
 printed in the same line format so that xtask can put them side by side.
 
     python xtask/bench_open_clip.py --model ViT-B-32 --batches 1,8,32 --train-batch 32 --iters 3
+    python xtask/bench_open_clip.py --model ViT-B-32 --batches 32,256 --train-batch 256 --device cuda
 
 --model takes an open_clip model name or an open_clip JSON config (embed_dim, vision_cfg, text_cfg).
+--device is torch's device (cpu or cuda). Everything runs in f32, as the Rust side does: no
+autocast, and TF32 matrix products off. On cuda every timed run is bracketed by
+torch.cuda.synchronize(), so queued kernels are counted.
 """
 import argparse
 import json
@@ -27,14 +31,21 @@ def captions(batch, context):
     return ids
 
 
-def items_per_second(items, iters, step):
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def items_per_second(items, iters, step, device):
     """Two warm-up runs, then items per second of the median of `iters` timed runs."""
     step()
     step()
     seconds = []
     for _ in range(max(iters, 1)):
+        synchronize(device)
         start = time.perf_counter()
         step()
+        synchronize(device)
         seconds.append(time.perf_counter() - start)
     seconds.sort()
     return items / seconds[len(seconds) // 2]
@@ -57,28 +68,37 @@ def main():
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build(args.model).eval()
+    # f32 throughout, as on the Rust side: no TF32 in matrix products or convolutions.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    device = torch.device(args.device)
+    model = build(args.model).to(device).eval()
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     context = model.context_length
-    print(f"open_clip {open_clip.__version__}, torch {torch.__version__}, {args.threads} threads, model {args.model}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(
+        f"open_clip {open_clip.__version__}, torch {torch.__version__}, device {args.device} ({where}), "
+        f"{args.threads} threads, f32, model {args.model}"
+    )
     with torch.inference_mode():
         for batch in [int(b) for b in args.batches.split(",")]:
-            images = torch.randn(batch, 3, size, size)
-            rate = items_per_second(batch, args.iters, lambda: model.encode_image(images, normalize=True))
+            images = torch.randn(batch, 3, size, size, device=device)
+            rate = items_per_second(batch, args.iters, lambda: model.encode_image(images, normalize=True), device)
             print(f"encode_image  batch {batch:>3}: {rate:8.2f} images/s")
-            tokens = captions(batch, context)
-            rate = items_per_second(batch, args.iters, lambda: model.encode_text(tokens, normalize=True))
+            tokens = captions(batch, context).to(device)
+            rate = items_per_second(batch, args.iters, lambda: model.encode_text(tokens, normalize=True), device)
             print(f"encode_text   batch {batch:>3}: {rate:8.2f} texts/s")
     model.train()
     batch = args.train_batch
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.2)
     loss_fn = open_clip.ClipLoss()
-    images = torch.randn(batch, 3, size, size)
-    tokens = captions(batch, context)
+    images = torch.randn(batch, 3, size, size, device=device)
+    tokens = captions(batch, context).to(device)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -89,7 +109,7 @@ def main():
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
 
-    rate = items_per_second(batch, args.iters, step)
+    rate = items_per_second(batch, args.iters, step, device)
     print(f"train step    batch {batch:>3}: {rate:8.2f} samples/s (forward + backward + AdamW)")
 
 

@@ -100,7 +100,9 @@ fn check_depthclip(fixture: &ModelFixture, device: &Device) {
         &depthclip.text_features.to_data().iter::<f32>().collect::<Vec<_>>(),
         &text_features.to_data().iter::<f32>().collect::<Vec<_>>(),
     );
-    assert!(max == 0.0, "{name}: DepthClip::new encodes the prompts differently ({max:e})");
+    // Bit-identical on flex. On wgpu, burn's fusion builds its kernels from whatever is still
+    // unmaterialized, so the same expression can round differently in the last bit.
+    assert!(max <= 1e-6, "{name}: DepthClip::new encodes the prompts differently ({max:e})");
 
     let out = depthclip.forward(images.clone());
     let [_, channels, h, w] = out.layer4.dims();

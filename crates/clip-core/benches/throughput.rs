@@ -1,7 +1,11 @@
 //! Throughput of ViT-B-32 and RN50: image and text encoding at batch 1, 8 and 32, and one
 //! training step (forward, InfoNCE, backward, AdamW) at batch 32. Run with `cargo bench -p
 //! clip-core` (or `cargo xtask bench`, which also runs open_clip's same measurement); the device
-//! is burn's default (`flex` on CPU unless `BURN_DEVICE` names another compiled-in backend).
+//! is burn's default (`flex` on CPU unless `BURN_DEVICE` names another compiled-in backend:
+//! `BURN_DEVICE=wgpu cargo bench -p clip-core --features wgpu --bench throughput`, or `cuda`;
+//! `cargo xtask bench --device wgpu|cuda` does this). Every timed run ends with its results
+//! read back to the host (encoding) or a device-wide sync (training), so GPU work is counted.
+//! Everything runs in f32.
 //! `CLIP_BENCH_MODEL` picks other architectures (comma-separated names or open_clip JSON
 //! configs), `CLIP_BENCH_BATCHES` the encode batches, `CLIP_BENCH_TRAIN_BATCH` the training
 //! batch and `CLIP_BENCH_ITERS` the timed repeats. `xtask/bench_open_clip.py` prints the same
@@ -100,7 +104,11 @@ fn bench(name: &str) {
         let loss = ClipLoss::default().forward(image, text, model.logit_scale());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(1e-5, model.clone(), grads).clamp_logit_scale();
+        // Reading one parameter back waits only for the work it depends on; on a GPU backend
+        // the other parameters' AdamW updates may still be queued (burn's fusion runs them on
+        // its own thread), so wait for the whole device before the clock stops.
         let _ = model.logit_scale.val().into_data();
+        train_device.sync().expect("the training step failed on the device");
     });
     println!("train step    batch {batch:>3}: {rate:8.2} samples/s (forward + backward + AdamW)");
 }

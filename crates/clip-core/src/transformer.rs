@@ -273,8 +273,8 @@ mod tests {
         // there are several cores; [7, 3, 5] is too small to split.
         for shape in [[3, 113, 256], [7, 3, 5]] {
             let x = Tensor::<3>::random(shape, Distribution::Normal(0.0, 3.0), &device);
-            let ours: Vec<f32> = Activation::Gelu.forward(x.clone()).into_data().to_vec().unwrap();
-            let burns: Vec<f32> = gelu(x).into_data().to_vec().unwrap();
+            let ours: Vec<f32> = Activation::Gelu.forward(x.clone()).into_data().iter::<f32>().collect();
+            let burns: Vec<f32> = gelu(x).into_data().iter::<f32>().collect();
             assert_eq!(ours, burns, "shape {shape:?}");
         }
     }
@@ -286,7 +286,7 @@ mod tests {
         let gradient = |f: &dyn Fn(Tensor<2>) -> Tensor<2>| -> Vec<f32> {
             let input = x.clone().require_grad();
             let grads = f(input.clone()).sum().backward();
-            input.grad(&grads).expect("a gradient").into_data().to_vec().unwrap()
+            input.grad(&grads).expect("a gradient").into_data().iter::<f32>().collect()
         };
         assert_eq!(gradient(&|t| Activation::Gelu.forward(t)), gradient(&|t| gelu(t)));
     }

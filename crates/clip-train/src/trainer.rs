@@ -742,9 +742,10 @@ mod tests {
                 "{loss:?}: loss {whole_loss}, largest gradient difference {max_diff:e} (largest gradient {max_grad}) over {} parameters",
                 whole.len()
             );
-            // InfoNCE is a mean (gradients of order 1): 1e-5 absolute. SigLIP sums over the
-            // texts (loss ~100 here), so f32 rounding scales with it: 1e-5 relative.
-            let tolerance = if loss == ContrastiveLoss::InfoNce { 1e-5 } else { 1e-5 * max_grad.max(1.0) };
+            // f32 rounding scales with the largest gradient (about 40 for InfoNCE here, 500 for
+            // SigLIP, which sums over the texts), and the order of the threads' partial sums
+            // varies between runs: 1e-5 relative. A wrong micro-batch gradient is off by far more.
+            let tolerance = 1e-5 * max_grad.max(1.0);
             assert!(max_diff < tolerance, "{loss:?}: gradients differ by {max_diff} (tolerance {tolerance})");
         }
     }

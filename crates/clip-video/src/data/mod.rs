@@ -9,9 +9,11 @@
 //!   clip.
 //! - [`VideoTable`]: (video, captions, label) samples from MSR-VTT's annotation JSON, a
 //!   caption table, or a labelled table or class folders (Kinetics, UCF101).
+//! - [`MovingShapesConfig`]: the generated moving-shapes set (`datasets/moving-shapes`), any size.
 
 mod augment;
 mod ffmpeg;
+mod moving_shapes;
 mod sampler;
 mod table;
 
@@ -24,6 +26,7 @@ use rand::Rng;
 
 pub use augment::{ClipAugment, ClipAugmentConfig};
 pub use ffmpeg::{FFMPEG_ENV, FFPROBE_ENV, Ffmpeg};
+pub use moving_shapes::MovingShapesConfig;
 pub use sampler::FrameSampler;
 pub use table::{VideoSample, VideoTable};
 
