@@ -7,7 +7,7 @@
 # Steps, each timed and marked PASS / FAIL / SKIP; a failed step does not stop the next:
 #   1. nvidia-smi and `vulkaninfo --summary`, when installed;
 #   2. `BURN_DEVICE=wgpu cargo test-wgpu` (the parity tests and a short training run on the wgpu
-#      backend, here on the real GPU), then DepthCLIP's and PointCLIP's parity on wgpu;
+#      backend, here on the real GPU);
 #   3. `cargo xtask bench --device wgpu --models ViT-B-32` (inference at batch 32 and 256, a
 #      training step at batch 256, beside open_clip on torch's cuda when CLIPFORGE_BENCH_PYTHON or
 #      python3 has torch and open_clip);
@@ -74,8 +74,6 @@ fi
 step "rust toolchain" bash -c 'cargo --version && rustc --version'
 
 step "cargo test-wgpu" env BURN_DEVICE=wgpu cargo test-wgpu
-# The method parity suites CI leaves out of `cargo test-wgpu` (same build, only runs).
-step "wgpu method parity" env BURN_DEVICE=wgpu cargo test --workspace --features wgpu --test depthclip_parity --test pointclip_parity
 
 step "bench wgpu" cargo xtask bench --device wgpu --models ViT-B-32
 

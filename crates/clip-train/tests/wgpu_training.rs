@@ -48,13 +48,7 @@ fn summary(output: &Path) -> serde_json::Value {
 fn a_short_run_on_wgpu_gives_the_losses_of_flex() {
     // The test process itself opens burn's default device, wgpu in this build: skipped (or,
     // under CI, failed) where no Vulkan driver is found.
-    let Some(device) = clip_fixtures::device() else { return };
-    // The README's first test command runs every test with BURN_DEVICE=flex on the same build;
-    // this one belongs to the second (`cargo test-wgpu`, BURN_DEVICE=wgpu).
-    if !format!("{device:?}").contains("Wgpu") {
-        eprintln!("skipped here: burn's default device is {device:?}; `BURN_DEVICE=wgpu cargo test-wgpu` runs it");
-        return;
-    }
+    let Some(_) = clip_fixtures::device() else { return };
     let dir = std::env::temp_dir().join(format!("clipforge-wgpu-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
