@@ -697,25 +697,34 @@ mod tests {
         collect.out
     }
 
-    #[test]
-    fn accum_freq_gives_the_loss_and_gradients_of_the_whole_batch() {
-        use burn::tensor::Int;
-        use clip_task::contrastive::{ContrastiveBatch, ContrastiveLoss, ContrastiveObjective};
+    /// A tiny CLIP on an autodiff flex device seeded with `seed`, and a random batch of `batch`
+    /// 8-pixel images and 6-token captions drawn after it.
+    fn tiny_contrastive_batch(seed: u64, batch: usize) -> (Device, clip_core::Clip, Tensor<4>, Tensor<2, burn::tensor::Int>) {
         let device = Device::flex().autodiff();
-        device.seed(3);
+        device.seed(seed);
         let json = r#"{"embed_dim": 8, "vision_cfg": {"image_size": 8, "layers": 1, "width": 16, "patch_size": 4,
             "head_width": 8}, "text_cfg": {"context_length": 6, "width": 16, "heads": 2, "layers": 1, "vocab_size": 50}}"#;
         let model = clip_core::ClipConfig::from_open_clip_json(json, "tiny").unwrap().init(&device);
-        let images = Tensor::<4>::random([32, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
-        let tokens = Tensor::<2, Int>::random([32, 6], Distribution::Uniform(0.0, 50.0), &device);
+        let images = Tensor::<4>::random([batch, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        let tokens = Tensor::random([batch, 6], Distribution::Uniform(0.0, 50.0), &device);
+        (device, model, images, tokens)
+    }
+
+    /// `base` for `loss`: SigLIP's model carries a logit bias (-2), InfoNCE's none.
+    fn for_loss(base: &clip_core::Clip, loss: clip_task::contrastive::ContrastiveLoss, device: &Device) -> clip_core::Clip {
+        let mut model = base.clone();
+        if loss == clip_task::contrastive::ContrastiveLoss::SigLip {
+            model.logit_bias = Some(Param::from_tensor(Tensor::from_floats([-2.0], device)));
+        }
+        model
+    }
+
+    #[test]
+    fn accum_freq_gives_the_loss_and_gradients_of_the_whole_batch() {
+        use clip_task::contrastive::{ContrastiveBatch, ContrastiveLoss, ContrastiveObjective};
+        let (device, base, images, tokens) = tiny_contrastive_batch(3, 32);
         for loss in [ContrastiveLoss::InfoNce, ContrastiveLoss::SigLip] {
-            let model = if loss == ContrastiveLoss::SigLip {
-                let mut model = model.clone();
-                model.logit_bias = Some(Param::from_tensor(Tensor::from_floats([-2.0], &device)));
-                model
-            } else {
-                model.clone()
-            };
+            let model = for_loss(&base, loss, &device);
             let objective = ContrastiveObjective { loss, ..Default::default() };
             let whole = objective.forward(&model, ContrastiveBatch::new(images.clone(), tokens.clone()).unwrap()).unwrap();
             let whole_loss = f64::from(whole.loss.clone().into_scalar::<f32>());
@@ -752,23 +761,13 @@ mod tests {
 
     #[test]
     fn simulated_ranks_give_the_loss_and_gradients_of_one_device_on_the_global_batch() {
-        use burn::tensor::Int;
         use clip_task::contrastive::{ContrastiveBatch, ContrastiveLoss, ContrastiveObjective};
-        let device = Device::flex().autodiff();
-        device.seed(5);
-        let json = r#"{"embed_dim": 8, "vision_cfg": {"image_size": 8, "layers": 1, "width": 16, "patch_size": 4,
-            "head_width": 8}, "text_cfg": {"context_length": 6, "width": 16, "heads": 2, "layers": 1, "vocab_size": 50}}"#;
-        let base = clip_core::ClipConfig::from_open_clip_json(json, "tiny").unwrap().init(&device);
-        let images = Tensor::<4>::random([30, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
-        let tokens = Tensor::<2, Int>::random([30, 6], Distribution::Uniform(0.0, 50.0), &device);
+        let (device, base, images, tokens) = tiny_contrastive_batch(5, 30);
         // Four ranks on the one CPU device, each computing on its own forked replica as it would
         // on its own GPU: 30 samples split 8, 8, 7, 7.
         let devices = vec![device.clone(); 4];
         for loss in [ContrastiveLoss::InfoNce, ContrastiveLoss::SigLip] {
-            let mut model = base.clone();
-            if loss == ContrastiveLoss::SigLip {
-                model.logit_bias = Some(Param::from_tensor(Tensor::from_floats([-2.0], &device)));
-            }
+            let model = for_loss(&base, loss, &device);
             // Patch dropout draws per sample: the shards must draw what the whole batch draws.
             let objective = ContrastiveObjective { loss, patch_dropout: 0.25, seed: 9 };
             let batch = || ContrastiveBatch::new(images.clone(), tokens.clone()).unwrap().with_step(3);
