@@ -92,10 +92,9 @@ fn parse_args(args: &[String]) -> anyhow::Result<Options> {
             "--batches" => batches = Some(batch_list(rest.next().context("--batches needs a comma-separated list")?)?),
             "--train-batch" => {
                 let batch = rest.next().context("--train-batch needs a number")?;
-                train_batch = Some(batch_list(batch)?);
-                if batch.contains(',') {
-                    bail!("--train-batch takes one batch size, not {batch:?}");
-                }
+                let size = batch.trim().parse::<usize>().ok().filter(|&n| n > 0);
+                let size = size.with_context(|| format!("--train-batch takes one batch size, not {batch:?}"))?;
+                train_batch = Some(size.to_string());
             }
             other => bail!(
                 "cargo xtask bench: unknown argument {other:?} (use --models A,B, --iters N, --ops, \

@@ -6,12 +6,13 @@
 use std::path::Path;
 
 use anyhow::Context;
+use clip_video::data::SHAPE_COLORS;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use crate::shapes::{COLORS, Shape};
+use crate::shapes::Shape;
 
 const SIZE: u32 = 64;
 const TRAIN: usize = 192;
@@ -106,7 +107,7 @@ pub fn generate(out: &Path) -> anyhow::Result<()> {
 fn sample(rng: &mut StdRng) -> Sample {
     'retry: loop {
         let count = rng.random_range(1..=3);
-        let mut colors: Vec<usize> = (0..COLORS.len()).collect();
+        let mut colors: Vec<usize> = (0..SHAPE_COLORS.len()).collect();
         colors.shuffle(rng);
         let mut shapes: Vec<Shape> = Vec::new();
         for &color in &colors[..count] {
@@ -150,7 +151,7 @@ fn sample(rng: &mut StdRng) -> Sample {
         for y in 0..SIZE {
             for x in 0..SIZE {
                 if let Some(i) = owner(x, y) {
-                    image.put_pixel(x, y, image::Rgb(COLORS[shapes[i].color].1));
+                    image.put_pixel(x, y, image::Rgb(SHAPE_COLORS[shapes[i].color].1));
                     let b = &mut bounds[i];
                     *b = [b[0].min(x), b[1].min(y), b[2].max(x + 1), b[3].max(y + 1)];
                     pixels[i] += 1;
@@ -190,7 +191,7 @@ fn caption(shapes: &[Shape]) -> (String, Vec<[usize; 2]>) {
         if i > 0 {
             text.push_str(if i + 1 == shapes.len() { " and " } else { ", " });
         }
-        let color = COLORS[shape.color].0;
+        let color = SHAPE_COLORS[shape.color].0;
         text.push_str(if color.starts_with(['a', 'e', 'i', 'o', 'u']) {
             "an "
         } else {

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
+use clip_video::data::SHAPE_COLORS;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -16,14 +17,6 @@ const TRAIN: usize = 192;
 const VAL: usize = 64;
 const SEED: u64 = 20_261_124;
 const LABELS: [&str; 4] = ["background", "circle", "square", "triangle"];
-pub(crate) const COLORS: [(&str, [u8; 3]); 6] = [
-    ("red", [220, 40, 40]),
-    ("green", [40, 190, 60]),
-    ("blue", [40, 70, 230]),
-    ("yellow", [230, 210, 40]),
-    ("purple", [150, 60, 200]),
-    ("orange", [240, 140, 30]),
-];
 
 /// One shape: label 1..=3 (4, a five-pointed star, only in `det-shapes`), centre, half-size,
 /// color index.
@@ -114,7 +107,7 @@ fn sample(rng: &mut StdRng) -> (image::RgbImage, image::GrayImage, String) {
                         rng.random_range(radius..SIZE as f32 - radius),
                     ),
                     radius,
-                    color: rng.random_range(0..COLORS.len()),
+                    color: rng.random_range(0..SHAPE_COLORS.len()),
                 }
             })
             .collect();
@@ -143,7 +136,7 @@ fn sample(rng: &mut StdRng) -> (image::RgbImage, image::GrayImage, String) {
         for y in 0..SIZE {
             for x in 0..SIZE {
                 let (color, noise, label) = match owner(x, y) {
-                    Some(i) => (COLORS[shapes[i].color].1.map(f32::from), 10.0, shapes[i].label),
+                    Some(i) => (SHAPE_COLORS[shapes[i].color].1.map(f32::from), 10.0, shapes[i].label),
                     None => {
                         let ramp = slope.0 * x as f32 + slope.1 * y as f32;
                         (base.map(|b| b + ramp), 18.0, 0)
@@ -164,7 +157,7 @@ fn caption(shapes: &[Shape], dark: bool) -> String {
     let names: Vec<String> = shapes
         .iter()
         .map(|s| {
-            let color = COLORS[s.color].0;
+            let color = SHAPE_COLORS[s.color].0;
             let article = if color.starts_with(['a', 'e', 'i', 'o', 'u']) {
                 "an"
             } else {

@@ -1,8 +1,6 @@
 //! Depth data on disk: 16-bit depth PNGs and colorized depth PNGs by round trip, RGB + depth
 //! samples, the NYU test crop and the placement of a prediction back into the full frame.
 
-use std::path::PathBuf;
-
 use burn::tensor::Device;
 use clip_3d::depthclip::io::{
     DepthIoError, DepthMap, IMAGENET_MEAN, IMAGENET_STD, NYU_DEPTH_SCALE, NYU_TEST_CROP, colormap, colorize_depth,
@@ -10,8 +8,9 @@ use clip_3d::depthclip::io::{
 };
 use image::{Rgb, RgbImage};
 
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("depthclip-io-{}-{name}", std::process::id()))
+/// A fresh scratch directory, removed when dropped.
+fn temp() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("depthclip-io-").tempdir().unwrap()
 }
 
 /// A 7 x 5 map of depths 0.5 m .. 4.6 m in 0.1237 m steps with one pixel without depth.
@@ -23,12 +22,12 @@ fn ramp() -> DepthMap {
 
 #[test]
 fn sixteen_bit_depth_png_round_trips_to_the_millimetre() {
-    let path = temp("depth.png");
+    let dir = temp();
+    let path = dir.path().join("depth.png");
     let depth = ramp();
     write_depth_png(&path, &depth, NYU_DEPTH_SCALE).unwrap();
     let decoded = image::open(&path).unwrap();
     let read = read_depth_png(&path, NYU_DEPTH_SCALE);
-    let _ = std::fs::remove_file(&path);
     assert_eq!(decoded.color(), image::ColorType::L16, "written as 16-bit grayscale");
     let read = read.unwrap();
     assert_eq!((read.width, read.height), (7, 5));
@@ -50,10 +49,10 @@ fn quantization_saturates_and_zeroes_invalid_depths() {
 
 #[test]
 fn eight_bit_depth_is_refused() {
-    let path = temp("gray8.png");
+    let dir = temp();
+    let path = dir.path().join("gray8.png");
     image::GrayImage::from_pixel(3, 2, image::Luma([7])).save(&path).unwrap();
     let read = read_depth_png(&path, NYU_DEPTH_SCALE);
-    let _ = std::fs::remove_file(&path);
     match read {
         Err(DepthIoError::Format { message, .. }) => assert!(message.contains("16-bit"), "{message}"),
         other => panic!("expected a format error, got {other:?}"),
@@ -62,11 +61,11 @@ fn eight_bit_depth_is_refused() {
 
 #[test]
 fn colorized_depth_maps_near_dark_far_bright_and_missing_black() {
-    let path = temp("color.png");
+    let dir = temp();
+    let path = dir.path().join("color.png");
     let depth = ramp();
     write_colorized_depth_png(&path, &depth, None).unwrap();
     let read = image::open(&path).map(|i| i.to_rgb8());
-    let _ = std::fs::remove_file(&path);
     let read = read.unwrap();
     assert_eq!(read.dimensions(), (7, 5));
     assert_eq!(read, colorize_depth(&depth, None), "the PNG holds the colors exactly");
@@ -83,13 +82,13 @@ fn colorized_depth_maps_near_dark_far_bright_and_missing_black() {
 
 #[test]
 fn samples_pair_an_image_with_its_depth() {
-    let (rgb_path, depth_path) = (temp("rgb.png"), temp("sample-depth.png"));
+    let dir = temp();
+    let (rgb_path, depth_path) = (dir.path().join("rgb.png"), dir.path().join("sample-depth.png"));
     RgbImage::from_fn(7, 5, |x, y| Rgb([x as u8 * 30, y as u8 * 50, 9])).save(&rgb_path).unwrap();
     write_depth_png(&depth_path, &ramp(), NYU_DEPTH_SCALE).unwrap();
     let sample = read_sample(&rgb_path, &depth_path, NYU_DEPTH_SCALE);
     RgbImage::new(6, 5).save(&rgb_path).unwrap();
     let mismatched = read_sample(&rgb_path, &depth_path, NYU_DEPTH_SCALE);
-    let _ = (std::fs::remove_file(&rgb_path), std::fs::remove_file(&depth_path));
     let sample = sample.unwrap();
     assert_eq!(sample.rgb.get_pixel(2, 3).0, [60, 150, 9]);
     assert!((sample.depth.get(1, 0) - 0.624).abs() < 1e-6);

@@ -212,10 +212,10 @@ fn official_state_dict_round_trips_and_gives_the_architecture() {
     let loaded = import_official(&checkpoint(with_pool), &tiny_clip(), &device).unwrap();
     assert_eq!(export_official(&loaded, &tiny_clip()).unwrap(), tensors);
 
-    let file = std::env::temp_dir().join(format!("depthclip-tiny-{}.safetensors", std::process::id()));
+    let dir = tempfile::Builder::new().prefix("depthclip-tiny-").tempdir().unwrap();
+    let file = dir.path().join("tiny.safetensors");
     save_official(&clip, &config.clip, &file).unwrap();
     let read = load_official(&file, Some(2), &device);
-    let _ = std::fs::remove_file(&file);
     let (reloaded, reconfig) = read.unwrap();
     assert_eq!(reconfig, tiny_clip());
     let images = Tensor::<4>::random([1, 3, 64, 64], Distribution::Normal(0.0, 1.0), &device);

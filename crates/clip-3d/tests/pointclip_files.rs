@@ -2,7 +2,7 @@
 //! `.npy`, binary and ASCII PLY and ModelNet40 `.txt`, read back exactly, give the official depth
 //! maps; the views are written as PNGs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
 use clip_3d::pointclip::io::{PointCloud, read_point_cloud};
@@ -11,11 +11,9 @@ use clip_3d::pointclip::png::save_views;
 use clip_3d::pointclip::projection::ProjectionConfig;
 use clip_fixtures::{self as fixtures, abs_diff};
 
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pointclip-files-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh scratch directory, removed when dropped.
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("pointclip-files-").tempdir().unwrap()
 }
 
 fn write_npy(path: &Path, points: &[[f32; 3]]) {
@@ -69,7 +67,8 @@ fn clouds_read_from_files_project_as_the_official_code() {
     let original: Vec<Vec<[f32; 3]>> =
         raw.values.chunks(count * 3).map(|c| c.chunks(3).map(|p| [p[0], p[1], p[2]]).collect()).collect();
 
-    let dir = temp_dir();
+    let tmp = temp_dir();
+    let dir = tmp.path();
     let mut read = Vec::new();
     for (i, cloud) in original.iter().enumerate() {
         // Each cloud in a different format.
@@ -122,5 +121,4 @@ fn clouds_read_from_files_project_as_the_official_code() {
     let image = image::open(&files[0]).unwrap().to_luma8();
     assert_eq!((image.width(), image.height()), (224, 224));
     assert!(image.pixels().any(|p| p.0[0] == 255), "the farthest point is white");
-    let _ = std::fs::remove_dir_all(&dir);
 }

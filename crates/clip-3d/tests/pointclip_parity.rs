@@ -358,10 +358,10 @@ fn saved_official_weights_load_back() {
     let config = adapter_config(&meta, &fixture);
     let adapter = official::import_adapter(&checkpoint, &config, &device).unwrap();
     // The adapter checkpoint written as safetensors (counters as int64) reads back unchanged.
-    let file = std::env::temp_dir().join(format!("pointclip-adapter-{}.safetensors", std::process::id()));
+    let dir = tempfile::Builder::new().prefix("pointclip-adapter-").tempdir().unwrap();
+    let file = dir.path().join("adapter.safetensors");
     let layout = official::adapter_layout();
     Checkpoint::write_safetensors_with_integers(&official::export_adapter(&adapter).unwrap(), &layout.integer_keys(), &file).unwrap();
     let reread = Checkpoint::read(&file).unwrap();
-    let _ = std::fs::remove_file(&file);
     assert_round_trip("adapter.safetensors", &checkpoint, reread.tensors);
 }

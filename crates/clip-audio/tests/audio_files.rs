@@ -2,17 +2,15 @@
 //! resampling, crop and pad, int16 scaling, the errors of empty and corrupt files, ESC-50,
 //! UrbanSound8K and generic tables with their folds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clip_audio::audio::{AudioOptions, Crop, INT16_SCALE, crop_or_pad, decode_file, load_audio, resample};
 use clip_audio::data::{AudioTable, DatasetFormat};
 use clip_task::Splittable;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("clip-audio-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh scratch directory, removed when dropped.
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("clip-audio-{name}-")).tempdir().unwrap()
 }
 
 /// Writes a 16-bit WAV of `channels` interleaved channels.
@@ -35,7 +33,8 @@ fn sine(rate: u32, seconds: f64, hz: f64, amplitude: f64) -> Vec<i16> {
 
 #[test]
 fn wav_is_decoded_mixed_down_and_scaled_to_int16_units() {
-    let dir = scratch("decode");
+    let tmp = scratch("decode");
+    let dir = tmp.path();
     let path = dir.join("stereo.wav");
     // Left 1000, right -3000: the mono mixdown is their mean, -1000.
     let samples: Vec<i16> = (0..800).flat_map(|_| [1000i16, -3000]).collect();
@@ -75,7 +74,8 @@ fn clips_are_cropped_and_padded() {
 
 #[test]
 fn empty_and_corrupt_files_are_errors_naming_them() {
-    let dir = scratch("bad");
+    let tmp = scratch("bad");
+    let dir = tmp.path();
     let empty = dir.join("empty.wav");
     std::fs::write(&empty, b"").unwrap();
     let corrupt = dir.join("corrupt.wav");
@@ -96,7 +96,8 @@ fn empty_and_corrupt_files_are_errors_naming_them() {
 
 #[test]
 fn generic_tables_read_paths_captions_images_labels_and_folds() {
-    let dir = scratch("table");
+    let tmp = scratch("table");
+    let dir = tmp.path();
     std::fs::write(
         dir.join("train.tsv"),
         "audio\tcaption\timage\tlabel\tfold\nclips/a.wav\ta dog barks\timages/a.png\tdog\t1\n\nclips/b.wav\train\timages/b.png\train\t2\n",
@@ -126,30 +127,32 @@ fn generic_tables_read_paths_captions_images_labels_and_folds() {
 
 #[test]
 fn esc50_and_urbansound8k_layouts_are_read_with_their_folds() {
-    let esc = scratch("esc50");
+    let esc_dir = scratch("esc50");
+    let esc = esc_dir.path();
     std::fs::create_dir_all(esc.join("meta")).unwrap();
     std::fs::write(
         esc.join("meta/esc50.csv"),
         "filename,fold,target,category,esc10,src_file,take\n1-100032-A-0.wav,1,0,dog,True,100032,A\n2-1-A-1.wav,2,42,car_horn,False,1,A\n",
     )
     .unwrap();
-    let table = AudioTable::read_format(&esc, DatasetFormat::Esc50).unwrap();
+    let table = AudioTable::read_format(esc, DatasetFormat::Esc50).unwrap();
     assert_eq!(table.rows[1].audio, esc.join("audio/2-1-A-1.wav"));
     assert_eq!((table.rows[1].label.as_deref(), table.rows[1].fold), (Some("car horn"), Some(2)));
     let (train, val) = table.split_fold(1).unwrap();
     assert_eq!((train.rows.len(), val.rows[0].caption.as_str()), (1, "dog"));
     std::fs::write(esc.join("meta/esc50.csv"), "filename,fold,target,category\nx.wav,6,0,dog\n").unwrap();
-    let error = AudioTable::esc50(&esc).unwrap_err().to_string();
+    let error = AudioTable::esc50(esc).unwrap_err().to_string();
     assert!(error.contains("esc50.csv:2") && error.contains("1..=5"), "{error}");
 
-    let us8k = scratch("us8k");
+    let us8k_dir = scratch("us8k");
+    let us8k = us8k_dir.path();
     std::fs::create_dir_all(us8k.join("metadata")).unwrap();
     std::fs::write(
         us8k.join("metadata/UrbanSound8K.csv"),
         "slice_file_name,fsID,start,end,salience,fold,classID,class\n100032-3-0-0.wav,100032,0.0,0.317,1,5,3,dog_bark\n",
     )
     .unwrap();
-    let table = AudioTable::read_format(&us8k, DatasetFormat::Urbansound8k).unwrap();
+    let table = AudioTable::read_format(us8k, DatasetFormat::Urbansound8k).unwrap();
     assert_eq!(table.rows[0].audio, us8k.join("audio/fold5/100032-3-0-0.wav"));
     assert_eq!((table.rows[0].label.as_deref(), table.rows[0].fold), (Some("dog bark"), Some(5)));
 }

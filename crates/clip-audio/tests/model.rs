@@ -170,11 +170,11 @@ fn a_saved_checkpoint_reads_back_exactly() {
     let device = Device::flex();
     let config = tiny_config();
     let model = config.init(&device).unwrap();
-    let path = std::env::temp_dir().join(format!("clip-audio-official-{}.safetensors", std::process::id()));
+    let dir = tempfile::Builder::new().prefix("clip-audio-official-").tempdir().unwrap();
+    let path = dir.path().join("official.safetensors");
     clip_audio::official::save_official(&model, &config, &path).unwrap();
     let read = Checkpoint::read(&path).unwrap();
     assert_eq!(read.tensors, export_official(&model, &config).unwrap());
-    let _ = std::fs::remove_file(&path);
 }
 
 #[test]

@@ -63,9 +63,12 @@ pub fn read_columns(path: &Path, columns: &[&str]) -> Result<Vec<TableRow>, Tabl
 mod tests {
     use super::*;
 
-    fn write(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("clip-core-table-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// A scratch directory for one test, removed when dropped.
+    fn scratch() -> tempfile::TempDir {
+        tempfile::Builder::new().prefix("clip-core-table-").tempdir().unwrap()
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
@@ -73,16 +76,18 @@ mod tests {
 
     #[test]
     fn columns_in_the_asked_order_with_lines() {
-        let path = write("a.tsv", "title\tfilepath\textra\n\"he said \"\"hi\"\"\" \t 1.png\tx\ncat\t2.png\ty\n");
+        let dir = scratch();
+        let path = write(dir.path(), "a.tsv", "title\tfilepath\textra\n\"he said \"\"hi\"\"\" \t 1.png\tx\ncat\t2.png\ty\n");
         let rows = read_columns(&path, &["filepath", "title"]).unwrap();
         assert_eq!(rows, [(2, vec!["1.png".to_string(), "he said \"hi\"".to_string()]), (3, vec!["2.png".into(), "cat".into()])]);
-        let path = write("b.csv", "filepath,title\n1.png,\"a dog, running\"\n");
+        let path = write(dir.path(), "b.csv", "filepath,title\n1.png,\"a dog, running\"\n");
         assert_eq!(read_columns(&path, &["title"]).unwrap(), [(2, vec!["a dog, running".to_string()])]);
     }
 
     #[test]
     fn errors_name_the_file_line_and_column() {
-        let path = write("c.csv", "filepath,title\n1.png,a dog\n2.png,\n");
+        let dir = scratch();
+        let path = write(dir.path(), "c.csv", "filepath,title\n1.png,a dog\n2.png,\n");
         let error = read_columns(&path, &["filepath", "caption"]).unwrap_err().to_string();
         assert!(error.ends_with("c.csv:1: no column \"caption\" (columns: filepath, title)"), "{error}");
         let error = read_columns(&path, &["filepath", "title"]).unwrap_err().to_string();

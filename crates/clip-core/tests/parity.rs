@@ -153,7 +153,7 @@ fn dtypes(path: &Path) -> BTreeMap<String, String> {
 #[test]
 fn export_then_import_gives_identical_tensors() {
     let Some(device) = fixtures::device() else { return };
-    let out = std::env::temp_dir().join(format!("clip-core-roundtrip-{}", std::process::id()));
+    let out = tempfile::Builder::new().prefix("clip-core-roundtrip-").tempdir().unwrap();
     for fixture in all_fixtures(&fixtures::root()) {
         let (own, other) = match fixture.format.as_str() {
             "open_clip" => (CheckpointFormat::OpenClip, CheckpointFormat::HuggingFace),
@@ -163,7 +163,7 @@ fn export_then_import_gives_identical_tensors() {
         let config = config_of(&fixture);
         let original = fixture.tensors("model").unwrap();
         let model = weights::load_clip(&fixture.file("model"), &config, &device).unwrap();
-        let dir = out.join(fixture.dir.file_name().unwrap());
+        let dir = out.path().join(fixture.dir.file_name().unwrap());
 
         // Exported in the fixture's own layout, every tensor comes back bit for bit, with its
         // dtype (BatchNorm's num_batches_tracked stays int64).
@@ -187,7 +187,6 @@ fn export_then_import_gives_identical_tensors() {
         let back = save(own, &reimported, &config, &dir.join("back"));
         assert_eq!(fixtures::read_tensors(&back).unwrap(), original, "{}", fixture.dir.display());
     }
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
@@ -200,12 +199,11 @@ fn hugging_face_export_carries_its_config() {
         .expect("a CLIP fixture");
     let config = config_of(&fixture);
     let model = weights::load_clip(&fixture.file("model"), &config, &device).unwrap();
-    let dir = std::env::temp_dir().join(format!("clip-core-hf-export-{}", std::process::id()));
-    weights::save_hugging_face(&model, &config, &dir).unwrap();
-    let (_, read_back) = weights::load_hugging_face(&dir, &device).unwrap();
+    let dir = tempfile::Builder::new().prefix("clip-core-hf-export-").tempdir().unwrap();
+    weights::save_hugging_face(&model, &config, dir.path()).unwrap();
+    let (_, read_back) = weights::load_hugging_face(dir.path(), &device).unwrap();
     assert_eq!(read_back.vision, config.vision);
     assert_eq!(read_back.text, config.text);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -219,8 +217,8 @@ fn logit_bias_round_trips_through_the_open_clip_layout() {
     let mut config = config_of(&fixture);
     config.init_logit_bias = Some(-10.0);
     let model = config.init(&device);
-    let dir = std::env::temp_dir().join(format!("clip-core-bias-{}", std::process::id()));
-    let path = dir.join("siglip.safetensors");
+    let dir = tempfile::Builder::new().prefix("clip-core-bias-").tempdir().unwrap();
+    let path = dir.path().join("siglip.safetensors");
     weights::save_open_clip(&model, &config, &path).unwrap();
     let saved = fixtures::read_tensors(&path).unwrap();
     assert_eq!(saved["logit_bias"].values, vec![-10.0]);
@@ -229,13 +227,12 @@ fn logit_bias_round_trips_through_the_open_clip_layout() {
     assert_eq!(weights::export(&back, &layout).unwrap(), weights::export(&model, &layout).unwrap());
     // The exported JSON config carries the bias, so the model is rebuilt with one.
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("open_clip_config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("open_clip_config.json")).unwrap()).unwrap();
     let rebuilt = ClipConfig::from_open_clip_value(json["model_cfg"].clone(), "exported").unwrap();
     assert_eq!(rebuilt.init_logit_bias, Some(-10.0));
     // A checkpoint without the bias does not load into a model that has one.
     let err = weights::load_clip(&fixture.file("model"), &config, &device).unwrap_err();
     assert!(err.to_string().contains("logit_bias"), "{err}");
     // Hugging Face's CLIPModel has no place for it.
-    assert!(weights::save_hugging_face(&model, &config, &dir.join("hf")).is_err());
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(weights::save_hugging_face(&model, &config, &dir.path().join("hf")).is_err());
 }

@@ -34,8 +34,7 @@ fn convert(source: &Path, target: &Path, nest: bool) -> bool {
 #[test]
 fn pytorch_checkpoints_load_like_safetensors() {
     let device = Device::flex();
-    let dir = std::env::temp_dir().join(format!("clip-core-pytorch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempfile::Builder::new().prefix("clip-core-pytorch-").tempdir().unwrap();
     let mut checked = 0;
     for fixture in fixtures::model_fixtures(&fixtures::root()).unwrap() {
         let (config, format) = match fixture.format.as_str() {
@@ -54,7 +53,7 @@ fn pytorch_checkpoints_load_like_safetensors() {
         let expected = weights::export(&reference, &layout).unwrap();
         for nest in [false, true] {
             let name = fixture.dir.file_name().unwrap().to_string_lossy().to_string();
-            let path = dir.join(format!("{name}-{nest}.pt"));
+            let path = dir.path().join(format!("{name}-{nest}.pt"));
             if !convert(&fixture.file("model"), &path, nest) {
                 return;
             }
@@ -65,5 +64,4 @@ fn pytorch_checkpoints_load_like_safetensors() {
         }
     }
     assert!(checked > 0, "no CLIP fixture to convert");
-    let _ = std::fs::remove_dir_all(&dir);
 }

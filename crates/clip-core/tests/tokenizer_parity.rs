@@ -16,10 +16,10 @@ fn every_tokenizer_case_matches_open_clip() {
 
 #[test]
 fn tokenizer_json_round_trip_matches_open_clip() {
-    let path = std::env::temp_dir().join(format!("clip-core-tokenizer-{}.json", std::process::id()));
+    let dir = tempfile::Builder::new().prefix("clip-core-tokenizer-").tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
     ClipTokenizer::new().save(&path).unwrap();
     let loaded = ClipTokenizer::from_file(&path).unwrap();
-    std::fs::remove_file(&path).unwrap();
     check_every_case(&loaded);
 }
 

@@ -1,7 +1,5 @@
 //! A checkpoint that does not fit the model is an error naming the key, never a partial load.
 
-use std::path::PathBuf;
-
 use burn::tensor::Device;
 use clip_fixtures as fixtures;
 use clip_core::weights::{self, Checkpoint};
@@ -17,17 +15,17 @@ fn open_clip_fixture() -> (ClipConfig, std::collections::BTreeMap<String, weight
     (config, fixture.tensors("model").unwrap())
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("clip-core-weight-errors-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A scratch directory for one test, removed when dropped.
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("clip-core-weight-errors-").tempdir().unwrap()
 }
 
 #[test]
 fn missing_key_is_named_with_its_shape() {
     let (config, mut tensors) = open_clip_fixture();
     tensors.remove("visual.ln_post.bias");
-    let path = scratch("missing.safetensors");
+    let dir = scratch();
+    let path = dir.path().join("missing.safetensors");
     Checkpoint::write_safetensors(&tensors, &path).unwrap();
     let err = weights::load_clip(&path, &config, &Device::flex()).unwrap_err();
     assert!(matches!(&err, ClipError::MissingKey { key, .. } if key == "visual.ln_post.bias"), "{err}");
@@ -46,7 +44,8 @@ fn resnet_checkpoint_without_batch_counters_loads() {
     let config = ClipConfig::from_open_clip_value(fixture.model_config(), "fixture").unwrap();
     let mut tensors = fixture.tensors("model").unwrap();
     tensors.retain(|key, _| !key.ends_with("num_batches_tracked"));
-    let path = scratch("frozen-bn.safetensors");
+    let dir = scratch();
+    let path = dir.path().join("frozen-bn.safetensors");
     Checkpoint::write_safetensors(&tensors, &path).unwrap();
     let model = weights::load_clip(&path, &config, &Device::flex()).unwrap();
     let resnet = model.visual.as_resnet().unwrap();
@@ -66,7 +65,8 @@ fn unexpected_key_is_named() {
     let (config, mut tensors) = open_clip_fixture();
     let extra = tensors["logit_scale"].clone();
     tensors.insert("visual.extra_head.weight".into(), extra);
-    let path = scratch("unexpected.safetensors");
+    let dir = scratch();
+    let path = dir.path().join("unexpected.safetensors");
     Checkpoint::write_safetensors(&tensors, &path).unwrap();
     let err = weights::load_clip(&path, &config, &Device::flex()).unwrap_err();
     assert!(err.to_string().contains("visual.extra_head.weight"), "{err}");
@@ -79,7 +79,8 @@ fn mis_shaped_key_names_both_shapes() {
     let original = tensors[key].clone();
     let truncated = original.chunk(0, 2);
     tensors.insert(key.into(), truncated.clone());
-    let path = scratch("shape.safetensors");
+    let dir = scratch();
+    let path = dir.path().join("shape.safetensors");
     Checkpoint::write_safetensors(&tensors, &path).unwrap();
     let err = weights::load_clip(&path, &config, &Device::flex()).unwrap_err();
     match &err {
@@ -95,12 +96,13 @@ fn mis_shaped_key_names_both_shapes() {
 #[test]
 fn corrupt_and_absent_files_are_errors_naming_the_path() {
     let (config, _) = open_clip_fixture();
-    let path = scratch("corrupt.safetensors");
+    let dir = scratch();
+    let path = dir.path().join("corrupt.safetensors");
     std::fs::write(&path, b"this is not a safetensors file").unwrap();
     let err = weights::load_clip(&path, &config, &Device::flex()).unwrap_err();
     assert!(err.to_string().contains("corrupt.safetensors"), "{err}");
 
-    let absent = scratch("absent.safetensors");
+    let absent = dir.path().join("absent.safetensors");
     let err = weights::load_clip(&absent, &config, &Device::flex()).unwrap_err();
     assert!(err.to_string().contains("absent.safetensors"), "{err}");
 }
@@ -109,7 +111,8 @@ fn corrupt_and_absent_files_are_errors_naming_the_path() {
 fn checkpoint_for_another_architecture_is_rejected() {
     let (mut config, tensors) = open_clip_fixture();
     config.text.layers += 1;
-    let path = scratch("deeper.safetensors");
+    let dir = scratch();
+    let path = dir.path().join("deeper.safetensors");
     Checkpoint::write_safetensors(&tensors, &path).unwrap();
     let err = weights::load_clip(&path, &config, &Device::flex()).unwrap_err();
     let layer = config.text.layers - 1;

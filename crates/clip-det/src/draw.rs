@@ -349,12 +349,11 @@ mod tests {
 
     #[test]
     fn save_png_writes_atomically() {
-        let dir = std::env::temp_dir().join(format!("clip-det-draw-{}", std::process::id()));
-        let path = dir.join("sub/out.png");
+        let dir = tempfile::Builder::new().prefix("clip-det-draw-").tempdir().unwrap();
+        let path = dir.path().join("sub/out.png");
         let image = RgbImage::from_fn(3, 2, |x, y| Rgb([x as u8 * 80, y as u8 * 100, 7]));
         save_png(&image, &path).unwrap();
         assert_eq!(image::open(&path).unwrap().to_rgb8(), image);
-        assert!(!dir.join("sub/out.png.tmp").exists());
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!dir.path().join("sub/out.png.tmp").exists());
     }
 }

@@ -8,10 +8,10 @@ use clip_det::data::{
 };
 use image::{Rgb, RgbImage};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("clip-det-data-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("images")).unwrap();
+/// A fresh scratch directory with an empty `images` folder, removed when dropped.
+fn scratch(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix(&format!("clip-det-data-{name}-")).tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("images")).unwrap();
     dir
 }
 
@@ -47,13 +47,14 @@ const ANNOTATIONS: &str = r#"[
     {"id": 3, "image_id": 10, "category_id": 9, "bbox": [0, 0, 4, 2], "iscrowd": 1},
     {"id": 4, "image_id": 11, "category_id": 9, "bbox": [2, 0, 1, 1]}]"#;
 
-fn dataset(name: &str) -> (PathBuf, CocoDataset) {
-    let dir = scratch(name);
+fn dataset(name: &str) -> (tempfile::TempDir, CocoDataset) {
+    let tmp = scratch(name);
+    let dir = tmp.path();
     write_image(&dir.join("images/a.png"));
     write_image(&dir.join("images/b.png"));
-    let json = write_json(&dir, ANNOTATIONS);
+    let json = write_json(dir, ANNOTATIONS);
     let dataset = CocoDataset::read(&json, &dir.join("images")).unwrap();
-    (dir, dataset)
+    (tmp, dataset)
 }
 
 #[test]
@@ -65,7 +66,7 @@ fn reads_images_annotations_categories_and_captions() {
     assert_eq!(data.categories[2].frequency, None);
     let a = &data.images[0];
     assert_eq!((a.id, a.width, a.height), (10, 4, 2));
-    assert_eq!(a.file, dir.join("images/a.png"));
+    assert_eq!(a.file, dir.path().join("images/a.png"));
     assert_eq!(a.annotations.len(), 3);
     // category_id 7 is the second category; [x, y, w, h] = [1, 0.5, 3, 1.5] is [1, 0.5, 4, 2].
     assert_eq!(a.annotations[0].category, 1);
@@ -87,19 +88,20 @@ fn reads_images_annotations_categories_and_captions() {
 #[test]
 fn write_then_read_gives_the_same_dataset() {
     let (dir, data) = dataset("write");
-    let out = dir.join("out/copy.json");
+    let out = dir.path().join("out/copy.json");
     data.write(&out).unwrap();
-    let back = CocoDataset::read(&out, &dir.join("images")).unwrap();
+    let back = CocoDataset::read(&out, &dir.path().join("images")).unwrap();
     assert_eq!(back.images, data.images);
     assert_eq!(back.categories, data.categories);
-    assert!(!dir.join("out/copy.json.tmp").exists());
+    assert!(!dir.path().join("out/copy.json.tmp").exists());
 }
 
 fn read_error(name: &str, annotations: &str) -> String {
-    let dir = scratch(name);
+    let tmp = scratch(name);
+    let dir = tmp.path();
     write_image(&dir.join("images/a.png"));
     write_image(&dir.join("images/b.png"));
-    let json = write_json(&dir, annotations);
+    let json = write_json(dir, annotations);
     let error = CocoDataset::read(&json, &dir.join("images"))
         .unwrap_err()
         .to_string();
@@ -158,9 +160,10 @@ fn malformed_annotations_are_named() {
 
 #[test]
 fn missing_and_corrupt_images_are_named() {
-    let dir = scratch("missing");
+    let tmp = scratch("missing");
+    let dir = tmp.path();
     write_image(&dir.join("images/a.png"));
-    let json = write_json(&dir, "[]");
+    let json = write_json(dir, "[]");
     let error = CocoDataset::read(&json, &dir.join("images")).unwrap_err();
     assert!(
         matches!(error, DetectionDataError::Image { id: 11, .. }),
@@ -232,7 +235,7 @@ fn dataset_split_partitions_images_reproducibly() {
 #[test]
 fn proposals_are_grouped_per_image_by_score() {
     let (dir, data) = dataset("proposals");
-    let path = dir.join("proposals.json");
+    let path = dir.path().join("proposals.json");
     std::fs::write(
         &path,
         r#"[{"image_id": 11, "bbox": [0, 0, 1, 1], "score": 0.2},

@@ -237,13 +237,12 @@ fn assert_close(ours: f64, theirs: f64, what: &str, seed: u64) {
 
 #[test]
 fn coco_ap_matches_pycocotools() {
-    let dir = std::env::temp_dir().join(format!("clip-det-pycocotools-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new().prefix("clip-det-pycocotools-").tempdir().unwrap();
+    let dir = tmp.path();
     for seed in 0..4 {
         let scene = scene(seed);
-        write_coco(&scene, &dir);
-        let Some((stats, per_category)) = pycocotools(&dir) else {
-            let _ = std::fs::remove_dir_all(&dir);
+        write_coco(&scene, dir);
+        let Some((stats, per_category)) = pycocotools(dir) else {
             return;
         };
         let categories: Vec<usize> = (0..CATEGORIES).collect();
@@ -261,5 +260,4 @@ fn coco_ap_matches_pycocotools() {
         // The scene exercises what it claims: no detections for 3, no ground truth for 4.
         assert!(per_category[3] == Some(0.0) && per_category[4].is_none());
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

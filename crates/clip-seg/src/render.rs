@@ -132,14 +132,13 @@ mod tests {
 
     #[test]
     fn save_png_round_trips_and_names_the_path_on_failure() {
-        let dir = std::env::temp_dir().join(format!("clip-seg-render-{}", std::process::id()));
-        let path = dir.join("nested/map.png");
+        let dir = tempfile::Builder::new().prefix("clip-seg-render-").tempdir().unwrap();
+        let path = dir.path().join("nested/map.png");
         let map = colorize(&[0, 1, 2, 3], 2, 2, &palette(4));
         save_png(&map, &path).unwrap();
         assert_eq!(image::open(&path).unwrap().to_rgb8(), map);
         // A file where a folder should be.
         let err = save_png(&map, &path.join("below-a-file.png")).unwrap_err();
         assert!(err.to_string().contains("below-a-file.png"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -65,13 +65,13 @@ fn shapes_dataset_loads_through_both_transforms() {
     }
 }
 
-/// A folder with a 4x3 image, and a sample pairing it with a mask written by `mask`.
-fn sample_with_mask(name: &str, mask: impl FnOnce(&Path)) -> (PathBuf, SegmentationSample) {
-    let dir = std::env::temp_dir().join(format!("clip-seg-data-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let image = dir.join("image.png");
+/// A folder with a 4x3 image, and a sample pairing it with a mask written by `mask`. The
+/// folder is removed when the returned `TempDir` is dropped.
+fn sample_with_mask(name: &str, mask: impl FnOnce(&Path)) -> (tempfile::TempDir, SegmentationSample) {
+    let dir = tempfile::Builder::new().prefix(&format!("clip-seg-data-{name}-")).tempdir().unwrap();
+    let image = dir.path().join("image.png");
     image::RgbImage::new(4, 3).save(&image).unwrap();
-    let mask_path = dir.join("mask.png");
+    let mask_path = dir.path().join("mask.png");
     mask(&mask_path);
     let sample = SegmentationSample {
         image,
@@ -95,19 +95,18 @@ fn load_error(sample: &SegmentationSample) -> String {
 
 #[test]
 fn mask_of_the_wrong_size_names_both_files() {
-    let (dir, sample) = sample_with_mask("size", |p| image::GrayImage::new(3, 3).save(p).unwrap());
+    let (_dir, sample) = sample_with_mask("size", |p| image::GrayImage::new(3, 3).save(p).unwrap());
     let err = load_error(&sample);
     assert!(err.contains("mask.png: the mask is 3x3 but its image"), "{err}");
     assert!(
         err.contains("image.png is 4x3") && err.contains("table line 7"),
         "{err}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn label_out_of_range_names_the_mask_value_and_count() {
-    let (dir, sample) = sample_with_mask("range", |p| {
+    let (_dir, sample) = sample_with_mask("range", |p| {
         image::GrayImage::from_pixel(4, 3, image::Luma([2])).save(p).unwrap()
     });
     let err = load_error(&sample);
@@ -115,22 +114,19 @@ fn label_out_of_range_names_the_mask_value_and_count() {
         err.contains("mask.png: mask value 2 is not a label: there are 2 labels"),
         "{err}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn corrupt_mask_names_the_file() {
-    let (dir, sample) = sample_with_mask("corrupt", |p| std::fs::write(p, b"\x89PNG but not really").unwrap());
+    let (_dir, sample) = sample_with_mask("corrupt", |p| std::fs::write(p, b"\x89PNG but not really").unwrap());
     let err = load_error(&sample);
     assert!(err.contains("mask.png: cannot decode the mask PNG"), "{err}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn missing_column_names_the_table() {
-    let dir = std::env::temp_dir().join(format!("clip-seg-data-columns-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let table = dir.join("train.csv");
+    let dir = tempfile::Builder::new().prefix("clip-seg-data-columns-").tempdir().unwrap();
+    let table = dir.path().join("train.csv");
     std::fs::write(&table, "image,caption\na.jpg,a cat\n").unwrap();
     let err = SegmentationTable::read(&table, &SegmentationColumns::default())
         .unwrap_err()
@@ -139,5 +135,4 @@ fn missing_column_names_the_table() {
         err.contains("train.csv:1: no column \"mask\" (columns: image, caption)"),
         "{err}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }

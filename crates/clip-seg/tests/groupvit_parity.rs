@@ -2,7 +2,6 @@
 //! root, plus weight round trips and key errors.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clip_core::ClipError;
@@ -107,10 +106,9 @@ fn groupvit_matches_transformers_on_every_fixture() {
     }
 }
 
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("clip-seg-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A fresh scratch directory, removed when dropped.
+fn scratch_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("clip-seg-{name}-")).tempdir().unwrap()
 }
 
 #[test]
@@ -120,9 +118,9 @@ fn save_then_load_is_bit_identical() {
         let config = config_of(&fixture);
         let model = load_groupvit(&fixture.file("model"), &config, &device).unwrap();
         let dir = scratch_dir("groupvit-roundtrip");
-        save_hugging_face(&model, &config, &dir).unwrap();
+        save_hugging_face(&model, &config, dir.path()).unwrap();
         let (back, back_config): (GroupVit, GroupVitConfig) =
-            load_hugging_face(&dir, &device).unwrap();
+            load_hugging_face(dir.path(), &device).unwrap();
         assert_eq!(back_config, config);
         let layout = hugging_face_layout(&config);
         assert_eq!(
@@ -131,14 +129,13 @@ fn save_then_load_is_bit_identical() {
         );
         // The export holds every fixture tensor but the BatchNorm step counters, bit for bit.
         let original = Checkpoint::read(&fixture.file("model")).unwrap();
-        let saved = Checkpoint::read(&dir.join("model.safetensors")).unwrap();
+        let saved = Checkpoint::read(&dir.path().join("model.safetensors")).unwrap();
         for (key, raw) in &original.tensors {
             match saved.tensors.get(key) {
                 Some(ours) => assert_eq!(ours, raw, "{key}"),
                 None => assert!(key.ends_with("num_batches_tracked"), "{key} not exported"),
             }
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 

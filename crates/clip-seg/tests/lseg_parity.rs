@@ -252,10 +252,10 @@ fn export_gives_back_every_checkpoint_tensor() {
             assert!(exported[key] == *tensor, "{name}: {key} differs after the round trip");
         }
         // Written to disk (BatchNorm counters as int64) and read back: the same tensors.
-        let path = std::env::temp_dir().join(format!("clip-seg-lseg-{name}-{}.safetensors", std::process::id()));
+        let dir = tempfile::Builder::new().prefix("clip-seg-lseg-").tempdir().unwrap();
+        let path = dir.path().join(format!("{name}.safetensors"));
         save_official(&model, &config, &path).unwrap();
         let back = Checkpoint::read(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
         assert!(back.tensors == checkpoint.tensors, "{name}: saved file differs");
     }
 }
@@ -341,11 +341,11 @@ fn lightning_keys_and_fp16_tensors_load() {
     let checkpoint = fixture.checkpoint("model").unwrap();
     let prefixed: BTreeMap<String, RawTensor> =
         checkpoint.tensors.iter().map(|(k, t)| (format!("net.{k}"), t.clone())).collect();
-    let path = std::env::temp_dir().join(format!("clip-seg-lseg-fp16-{}.safetensors", std::process::id()));
+    let dir = tempfile::Builder::new().prefix("clip-seg-lseg-fp16-").tempdir().unwrap();
+    let path = dir.path().join("lseg-fp16.safetensors");
     let half = |key: &str| key.starts_with("net.clip_pretrained.") && !key.ends_with("logit_scale");
     write_mixed_safetensors(&prefixed, half, &path);
     let model = load_official(&path, &config, &device).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::remove_file(&path).unwrap();
     let exported = export_official(&model, &config).unwrap();
     for (key, original) in &checkpoint.tensors {
         let want: Vec<f32> = if half(&format!("net.{key}")) {

@@ -364,7 +364,8 @@ mod tests {
 
     #[test]
     fn jsonl_and_image_folders_become_tables() {
-        let dir = std::env::temp_dir().join(format!("clip-train-tables-{}", std::process::id()));
+        let tmp = tempfile::Builder::new().prefix("clip-train-tables-").tempdir().unwrap();
+        let dir = tmp.path();
         std::fs::create_dir_all(dir.join("folder/cat")).unwrap();
         std::fs::create_dir_all(dir.join("folder/dog")).unwrap();
         for name in ["folder/cat/a.png", "folder/cat/b.JPG", "folder/dog/c.png", "folder/dog/notes.txt"] {
@@ -381,7 +382,6 @@ mod tests {
         std::fs::write(dir.join("t.jsonl"), "{\"filepath\": \"a.png\", \"title\": \"a cat\"}\n").unwrap();
         let table = PairTable::read(&dir.join("t.jsonl"), &section()).unwrap();
         assert_eq!((table.pairs[0].caption.as_str(), table.pairs[0].image.clone()), ("a cat", dir.join("a.png")));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -719,11 +719,9 @@ mod tests {
         assert_eq!(split_member("d/0001.seg.png"), Some(("d/0001", "seg.png")));
     }
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("clip-task-shards-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh scratch directory, removed when dropped.
+    fn scratch(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("clip-task-shards-{name}-")).tempdir().unwrap()
     }
 
     /// `count` digits of the shipped dataset, captions naming their row.
@@ -757,10 +755,11 @@ mod tests {
 
     #[test]
     fn shards_round_trip_and_stream_in_a_seeded_resumable_order() {
-        let dir = scratch("stream");
-        let shards = write_shards(&digits(20), &dir, 6).unwrap();
+        let tmp = scratch("stream");
+        let dir = tmp.path();
+        let shards = write_shards(&digits(20), dir, 6).unwrap();
         assert_eq!(shards.len(), 4);
-        let pattern = shard_pattern(&dir, shards.len());
+        let pattern = shard_pattern(dir, shards.len());
         assert!(pattern.ends_with("{000000..000003}.tar"), "{pattern}");
         let mut samples = Vec::new();
         read_shard(&Arc::new(shards[0].clone()), &mut |s| {
@@ -803,12 +802,12 @@ mod tests {
         // Batches decode the images and tokenize the captions.
         let batch = shuffled.batch(&[0, 1, 2, 3], 0).unwrap();
         assert_eq!((batch.rows.len(), batch.images.len(), batch.skipped.len()), (4, 4, 0));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn resampled_mode_draws_shards_by_source_weight() {
-        let dir = scratch("resampled");
+        let tmp = scratch("resampled");
+        let dir = tmp.path();
         write_shards(&digits(12), &dir.join("a"), 3).unwrap();
         let b = digits(12);
         let b = PairTable { pairs: b.pairs[6..].to_vec(), ..b };
@@ -836,12 +835,12 @@ mod tests {
         assert!(keys.len() < 30);
         assert_eq!(source.raw(0, 0, 30).unwrap().iter().map(|s| s.key.clone()).collect::<Vec<_>>(),
             batcher(&resampled(vec![])).raw(0, 0, 30).unwrap().iter().map(|s| s.key.clone()).collect::<Vec<_>>(), "seeded");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn corrupt_members_name_shard_and_key_and_are_skipped_when_asked() {
-        let dir = scratch("corrupt");
+        let tmp = scratch("corrupt");
+        let dir = tmp.path();
         std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
         let mut table = digits(4);
         table.pairs[2].image = dir.join("broken.png");
@@ -868,6 +867,5 @@ mod tests {
         let broken = samples.last().unwrap().broken.clone().unwrap();
         assert!(samples.len() >= 2 && broken.contains("rest of the shard is lost"), "{broken}");
         assert!(count_samples(&cut).is_err() || count_samples(&cut).unwrap() < 4);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -10,11 +10,9 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("clipforge-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty scratch folder, removed when the returned `TempDir` is dropped.
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("clipforge-test-{name}-")).tempdir().unwrap()
 }
 
 /// A tiny, fast run: small batches, a few steps, no evaluation prompts beyond three.
@@ -50,19 +48,20 @@ fn losses(output: &Path) -> std::collections::BTreeMap<u64, f64> {
 
 #[test]
 fn short_training_run_writes_summary_metrics_and_checkpoint() {
-    let out = scratch("short");
+    let tmp = scratch("short");
+    let out = tmp.path();
     let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "train.max_steps=6"];
     args.extend(FAST);
     let output = run(&args);
     assert!(output.status.success(), "{}", stderr(&output));
-    let summary = summary_of(&out);
+    let summary = summary_of(out);
     assert_eq!(summary["steps"], 6);
     assert_eq!(summary["samples"], 96);
     assert_eq!(summary["chance_top1"], 0.1);
     let top1 = summary["zero_shot_top1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&top1));
     assert!(summary["samples_per_second"].as_f64().unwrap() > 0.0);
-    assert_eq!(losses(&out).len(), 6);
+    assert_eq!(losses(out).len(), 6);
     assert!(out.join("checkpoints/step-00000006/model.bpk").is_file());
     assert!(out.join("checkpoints/step-00000006/optimizer.bpk").is_file());
 
@@ -103,20 +102,21 @@ fn short_training_run_writes_summary_metrics_and_checkpoint() {
     let output = run(&args);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("--resume"), "{}", stderr(&output));
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn run_killed_with_sigkill_resumes_to_the_same_losses() {
     let steps = ["--set", "train.max_steps=24", "--set", "train.checkpoint_every=8"];
-    let reference = scratch("reference");
+    let reference_tmp = scratch("reference");
+    let reference = reference_tmp.path();
     let mut args = vec!["train", "configs/quickstart.toml", "--output", reference.to_str().unwrap()];
     args.extend(FAST);
     args.extend(steps);
     let output = run(&args);
     assert!(output.status.success(), "{}", stderr(&output));
 
-    let killed = scratch("killed");
+    let killed_tmp = scratch("killed");
+    let killed = killed_tmp.path();
     args[3] = killed.to_str().unwrap();
     let mut child = clipforge(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -132,18 +132,17 @@ fn run_killed_with_sigkill_resumes_to_the_same_losses() {
     resume.push("--resume");
     let output = run(&resume);
     assert!(output.status.success(), "{}", stderr(&output));
-    let (expected, got) = (losses(&reference), losses(&killed));
+    let (expected, got) = (losses(reference), losses(killed));
     assert_eq!(got.keys().max(), Some(&24));
     for (step, loss) in &expected {
         assert_eq!(got.get(step), Some(loss), "loss at step {step} after resume");
     }
-    let _ = std::fs::remove_dir_all(&reference);
-    let _ = std::fs::remove_dir_all(&killed);
 }
 
 #[test]
 fn bad_configs_name_the_file_and_the_key() {
-    let dir = scratch("configs");
+    let tmp = scratch("configs");
+    let dir = tmp.path();
     let base = std::fs::read_to_string(workspace().join("configs/quickstart.toml")).unwrap();
     let cases: [(&str, String, &str); 5] = [
         ("unknown-key", base.replace("epochs = 30", "epochs = 30\nlearning_rate = 0.1"), "learning_rate"),
@@ -187,12 +186,12 @@ fn bad_configs_name_the_file_and_the_key() {
     assert!(stderr(&output).contains("train.objective = \"lseg\" needs segmentation.labels"), "{}", stderr(&output));
     let output = run(&["check", "configs/quickstart.toml"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn corrupt_images_stop_the_run_or_are_skipped_and_counted() {
-    let dir = scratch("corrupt");
+    let tmp = scratch("corrupt");
+    let dir = tmp.path();
     let digits = workspace().join("datasets/digits");
     std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
     let mut table = String::from("filepath\ttitle\tlabel\n");
@@ -219,12 +218,12 @@ fn corrupt_images_stop_the_run_or_are_skipped_and_counted() {
     let summary = summary_of(&out);
     assert_eq!(summary["skipped_samples"], 1);
     assert_eq!(summary["samples"], 31);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn diverging_loss_stops_with_a_clear_message() {
-    let out = scratch("nan");
+    let tmp = scratch("nan");
+    let out = tmp.path();
     let output = run(&[
         "train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "train.batch_size=16",
         "--set", "train.lr=1e38", "--set", "train.warmup_steps=0", "--set", "train.grad_clip_norm=0",
@@ -234,7 +233,6 @@ fn diverging_loss_stops_with_a_clear_message() {
     let message = stderr(&output);
     assert!(message.contains("loss is") && message.contains("train.lr"), "{message}");
     assert!(!out.join("summary.json").exists());
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 /// Reads `tag` from the run's event files with TensorBoard's own reader (the `tensorboard`
@@ -261,43 +259,45 @@ print(json.dumps([[e.step, e.value] for e in acc.Scalars(sys.argv[2])]))
 
 #[test]
 fn tensorboard_reads_the_logged_losses() {
-    let out = scratch("tensorboard");
+    let tmp = scratch("tensorboard");
+    let out = tmp.path();
     let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "train.max_steps=5"];
     args.extend(FAST);
     let output = run(&args);
     assert!(output.status.success(), "{}", stderr(&output));
-    let Some(scalars) = tensorboard_scalars(&out, "train/loss") else {
+    let Some(scalars) = tensorboard_scalars(out, "train/loss") else {
         eprintln!("the tensorboard Python package is not installed: pip install tensorboard to run this check");
         return;
     };
-    let expected = losses(&out);
+    let expected = losses(out);
     assert_eq!(scalars.len(), expected.len());
     for (step, value) in scalars {
         assert!((value - expected[&step]).abs() < 1e-6, "step {step}: {value} vs {}", expected[&step]);
     }
-    let top1 = tensorboard_scalars(&out, "eval/zero_shot_top1").unwrap();
+    let top1 = tensorboard_scalars(out, "eval/zero_shot_top1").unwrap();
     assert_eq!(top1.len(), 1);
     // Training and evaluation scalars share one event file (a second writer in the same
     // second would truncate the first one's).
     let files = std::fs::read_dir(out.join("tensorboard")).unwrap().count();
     assert_eq!(files, 1, "event files in {}", out.join("tensorboard").display());
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 /// Trains a few contrastive steps and returns the final checkpoint, for runs that start from one.
-fn trained_checkpoint(name: &str) -> (PathBuf, PathBuf) {
-    let out = scratch(name);
+fn trained_checkpoint(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = scratch(name);
+    let out = tmp.path();
     let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "train.max_steps=3"];
     args.extend(FAST);
     let output = run(&args);
     assert!(output.status.success(), "{}", stderr(&output));
     let checkpoint = out.join("checkpoints/step-00000003");
-    (out, checkpoint)
+    (tmp, checkpoint)
 }
 
 #[test]
 fn supervised_objective_starts_at_zero_shot_and_reports_accuracy() {
-    let (out, checkpoint) = trained_checkpoint("supervised");
+    let (tmp, checkpoint) = trained_checkpoint("supervised");
+    let out = tmp.path();
     let run_dir = out.join("supervised");
     let weights = format!("model.weights={}", checkpoint.display());
     let mut args = vec![
@@ -331,7 +331,6 @@ fn supervised_objective_starts_at_zero_shot_and_reports_accuracy() {
     assert!(metrics.lines().all(|l| l.contains("\"accuracy\"")), "{metrics}");
     let losses = losses(&run_dir);
     assert!(losses[&12] < losses[&1], "cross-entropy went from {} to {}", losses[&1], losses[&12]);
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 /// `clipforge embed` of the first digit with the CLIP of `weights`, written to `file`.
@@ -347,7 +346,8 @@ fn embed_image(weights: &Path, file: &Path) -> Vec<f32> {
 
 #[test]
 fn distillation_objective_caches_the_teacher_and_learns_its_embeddings() {
-    let (out, teacher) = trained_checkpoint("distill");
+    let (tmp, teacher) = trained_checkpoint("distill");
+    let out = tmp.path();
     let run_dir = out.join("distill");
     let weights = format!("distill.teacher_weights={}", teacher.display());
     let mut args = vec![
@@ -374,12 +374,12 @@ fn distillation_objective_caches_the_teacher_and_learns_its_embeddings() {
     let output = run(&again);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stderr(&output).contains("teacher embeddings from"), "{}", stderr(&output));
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn image_folder_with_a_random_validation_split() {
-    let dir = scratch("folder");
+    let tmp = scratch("folder");
+    let dir = tmp.path();
     let digits = workspace().join("datasets/digits");
     let table = std::fs::read_to_string(digits.join("train.tsv")).unwrap();
     for line in table.lines().skip(1).take(60) {
@@ -402,12 +402,12 @@ fn image_folder_with_a_random_validation_split() {
     let summary = summary_of(&out);
     assert_eq!(summary["eval"]["samples"], 15, "a quarter of 60 images held out");
     assert_eq!(summary["samples"], 45);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn siglip_loss_trains_a_model_with_a_logit_bias() {
-    let out = scratch("siglip");
+    let out_tmp = scratch("siglip");
+    let out = out_tmp.path();
     let mut args = vec![
         "train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "contrastive.loss=siglip",
         "--set", "model.name=configs/models/tiny-digits-siglip.json", "--set", "train.max_steps=10",
@@ -415,11 +415,12 @@ fn siglip_loss_trains_a_model_with_a_logit_bias() {
     args.extend(FAST);
     let output = run(&args);
     assert!(output.status.success(), "{}", stderr(&output));
-    let losses = losses(&out);
+    let losses = losses(out);
     assert!(losses[&10] < losses[&1], "sigmoid loss went from {} to {}", losses[&1], losses[&10]);
 
     // A model without a bias is refused with the reason.
-    let again = scratch("siglip-no-bias");
+    let again_tmp = scratch("siglip-no-bias");
+    let again = again_tmp.path();
     let output = run(&["train", "configs/quickstart.toml", "--output", again.to_str().unwrap(), "--set", "contrastive.loss=siglip"]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("init_logit_bias"), "{}", stderr(&output));
@@ -427,13 +428,12 @@ fn siglip_loss_trains_a_model_with_a_logit_bias() {
     let output = run(&["check", "configs/quickstart.toml", "--set", "train.loss=siglip"]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("train.loss has moved: write it as [contrastive] loss"), "{}", stderr(&output));
-    let _ = std::fs::remove_dir_all(&out);
-    let _ = std::fs::remove_dir_all(&again);
 }
 
 #[test]
 fn frozen_tower_is_left_untouched_by_fine_tuning() {
-    let (out, start) = trained_checkpoint("freeze");
+    let (tmp, start) = trained_checkpoint("freeze");
+    let out = tmp.path();
     let config = out.join("lit.toml");
     let quickstart = std::fs::read_to_string(workspace().join("configs/quickstart.toml")).unwrap();
     let weights = format!("name = \"configs/models/tiny-digits.json\"\nweights = \"{}\"", start.display());
@@ -460,14 +460,14 @@ fn frozen_tower_is_left_untouched_by_fine_tuning() {
         }
     }
     assert_ne!(after["ln_final.weight"], before["ln_final.weight"], "the text tower should train");
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 /// A ResNet image tower (`configs/models/tiny-digits-rn.json`) goes through the same commands
 /// as a ViT: train, eval, zero-shot, embed, export, and fine-tuning with a frozen tower.
 #[test]
 fn resnet_tower_trains_evaluates_and_exports_like_a_vit() {
-    let out = scratch("resnet");
+    let tmp = scratch("resnet");
+    let out = tmp.path();
     let model = "configs/models/tiny-digits-rn.json";
     let name = format!("model.name={model}");
     let run_dir = out.join("run");
@@ -534,12 +534,11 @@ fn resnet_tower_trains_evaluates_and_exports_like_a_vit() {
     }
     assert_ne!(after["visual.bn2.running_mean"], tensors["visual.bn2.running_mean"], "unfrozen BatchNorm trains");
     assert_ne!(after["ln_final.weight"], tensors["ln_final.weight"], "the text tower should train");
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn zero_shot_command_ranks_the_labels() {
-    let (out, checkpoint) = trained_checkpoint("zero-shot");
+    let (_out, checkpoint) = trained_checkpoint("zero-shot");
     let image = workspace().join("datasets/digits/images/0000.png");
     let output = run(&[
         "zero-shot", "--model", "configs/models/tiny-digits.json", "--weights", checkpoint.to_str().unwrap(),
@@ -558,12 +557,12 @@ fn zero_shot_command_ranks_the_labels() {
     let output = run(&["zero-shot", "--weights", checkpoint.to_str().unwrap(), "--labels", " , ", image.to_str().unwrap(),
         "--model", "configs/models/tiny-digits.json"]);
     assert!(!output.status.success() && stderr(&output).contains("--labels"), "{}", stderr(&output));
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn accumulated_batches_reproduce_the_large_batch_gradient() {
-    let (out, start) = trained_checkpoint("accumulate");
+    let (tmp, start) = trained_checkpoint("accumulate");
+    let out = tmp.path();
     // Without random crops (area 1 of an 8x8 digit is the whole digit) the two runs see the
     // same pixels; the supervised loss is a mean, so two accumulated halves equal one batch.
     let config = out.join("finetune.toml");
@@ -587,12 +586,12 @@ fn accumulated_batches_reproduce_the_large_batch_gradient() {
         let other = accumulated[step];
         assert!((loss - other).abs() <= 1e-5 * loss.abs().max(1.0), "step {step}: {loss} vs {other}");
     }
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn accum_freq_trains_contrastive_micro_batches_as_one_batch() {
-    let out = scratch("accum-freq");
+    let tmp = scratch("accum-freq");
+    let out = tmp.path();
     // Whole digits (no random crop area), so both runs see the same pixels in the same order.
     let quickstart = std::fs::read_to_string(workspace().join("configs/quickstart.toml")).unwrap();
     let whole = out.join("whole.toml");
@@ -639,12 +638,12 @@ fn accum_freq_trains_contrastive_micro_batches_as_one_batch() {
     ]);
     let message = stderr(&output);
     assert!(!output.status.success() && message.contains("train.accum_freq = 2") && message.contains("train.accumulate_batches"), "{message}");
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn quickstart_trains_from_shards_as_from_the_table_and_resumes() {
-    let dir = scratch("shards");
+    let tmp = scratch("shards");
+    let dir = tmp.path();
     let shards = dir.join("shards");
     let output = run(&["shards", "datasets/digits/train.tsv", "--output", shards.to_str().unwrap(), "--samples-per-shard", "200", "--label-column", "label"]);
     assert!(output.status.success(), "{}", stderr(&output));
@@ -703,12 +702,12 @@ fn quickstart_trains_from_shards_as_from_the_table_and_resumes() {
     assert!(!output.status.success() && stderr(&output).contains("data.train_num_samples"), "{}", stderr(&output));
     let output = run(&["check", "configs/quickstart.toml", "--set", "data.resampled=true"]);
     assert!(!output.status.success() && stderr(&output).contains("data.resampled applies to tar shards"), "{}", stderr(&output));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn open_clip_training_options_take_effect_and_bad_values_are_refused() {
-    let dir = scratch("options");
+    let tmp = scratch("options");
+    let dir = tmp.path();
     // A class folder of 40 validation digits for the periodic zero-shot evaluation.
     let folder = dir.join("classes");
     let digits = workspace().join("datasets/digits");
@@ -779,7 +778,6 @@ fn open_clip_training_options_take_effect_and_bad_values_are_refused() {
         let output = run(&args);
         assert!(!output.status.success() && stderr(&output).contains(expected), "{expected}: {}", stderr(&output));
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -787,19 +785,19 @@ fn half_precision_runs_and_unknown_precisions_are_refused() {
     // bf16 keeps 8 significant bits: a bf16 value is a multiple of a power of two near it.
     let is_bf16 = |x: f64| (x / 2f64.powi(x.log2().floor() as i32 - 7)).fract() == 0.0;
     for (precision, bf16_loss) in [("pure-bf16", true), ("bf16", false)] {
-        let out = scratch(precision);
+        let tmp = scratch(precision);
+        let out = tmp.path();
         let setting = format!("run.precision={precision}");
         let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", &setting, "--set", "train.max_steps=3"];
         args.extend(FAST);
         let output = run(&args);
         assert!(output.status.success(), "{precision}: {}", stderr(&output));
-        let summary = summary_of(&out);
+        let summary = summary_of(out);
         assert_eq!(summary["steps"], 3);
         // Pure bf16 computes the loss in bf16; mixed precision computes it in f32 from bf16
         // features (f32 master weights: the final checkpoint loads into an f32 model).
-        let losses = losses(&out);
+        let losses = losses(out);
         assert!(losses.values().all(|l| l.is_finite() && is_bf16(*l) == bf16_loss), "{precision}: {losses:?}");
-        let _ = std::fs::remove_dir_all(&out);
     }
     let output = run(&["check", "configs/quickstart.toml", "--set", "run.precision=fp8"]);
     assert!(!output.status.success() && stderr(&output).contains("run.precision"), "{}", stderr(&output));
@@ -813,14 +811,14 @@ fn simulated_data_parallel_ranks_train_as_one_device() {
         ("dp-local", vec!["--set", r#"run.devices=["flex", "flex", "flex"]"#, "--set", "train.local_loss=true"])];
     let mut all = Vec::new();
     for (name, extra) in &runs {
-        let out = scratch(name);
+        let tmp = scratch(name);
+        let out = tmp.path();
         let mut args = vec!["train", "configs/quickstart.toml", "--output", out.to_str().unwrap(), "--set", "train.max_steps=4"];
         args.extend(FAST);
         args.extend(extra);
         let output = run(&args);
         assert!(output.status.success(), "{name}: {}", stderr(&output));
-        all.push(losses(&out));
-        let _ = std::fs::remove_dir_all(&out);
+        all.push(losses(out));
     }
     for (losses, (name, _)) in all.iter().zip(&runs).skip(1) {
         assert_eq!(losses.len(), 4, "{name}");
@@ -884,34 +882,36 @@ fn segment_photographs(model: &Path, out: &Path, extra: &[&str]) {
 
 #[test]
 fn lseg_learns_the_shapes_and_segments_photographs() {
-    let out = scratch("lseg");
+    let tmp = scratch("lseg");
+    let out = tmp.path();
     let output = run(&[
         "train", "configs/lseg.toml", "--output", out.to_str().unwrap(), "--set", "train.batch_size=16",
         "--set", "train.max_steps=64", "--set", "train.log_every=1", "--set", "train.warmup_steps=4",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let (first, last) = loss_drop(&out, 4);
+    let (first, last) = loss_drop(out, 4);
     assert!(last < first, "loss went from {first} to {last}");
     // Held-out mIoU clearly above labelling every pixel background (the chance level, 0.20 on
     // the shipped validation masks; 64 steps reach 0.35).
-    let eval = &summary_of(&out)["eval"];
+    let eval = &summary_of(out)["eval"];
     let (miou, chance) = (eval["mean_iou"].as_f64().unwrap(), eval["chance_mean_iou"].as_f64().unwrap());
     assert!(miou > chance + 0.08, "mIoU {miou:.3} is not above the chance level {chance:.3} by 0.08: {eval}");
     // The trained run segments photographs with labels it never saw.
-    segment_photographs(&out, &out.join("segmented"), &["--labels", "person,cat,sky,rocket,cup"]);
+    segment_photographs(out, &out.join("segmented"), &["--labels", "person,cat,sky,rocket,cup"]);
 }
 
 #[test]
 fn groupvit_learns_from_captions_and_segments_photographs() {
-    let out = scratch("groupvit");
+    let tmp = scratch("groupvit");
+    let out = tmp.path();
     let output = run(&[
         "train", "configs/groupvit.toml", "--output", out.to_str().unwrap(), "--set", "train.batch_size=16",
         "--set", "train.max_steps=24", "--set", "train.log_every=1", "--set", "train.warmup_steps=2",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let (first, last) = loss_drop(&out, 4);
+    let (first, last) = loss_drop(out, 4);
     assert!(last < first, "loss went from {first} to {last}");
-    let eval = &summary_of(&out)["eval"];
+    let eval = &summary_of(out)["eval"];
     assert!((0.0..=1.0).contains(&eval["mean_iou"].as_f64().unwrap()), "{eval}");
     // A config alone (random weights) runs the same path; labels from segmentation.labels.
     segment_photographs(Path::new("configs/groupvit.toml"), &out.join("random"), &[]);
@@ -919,7 +919,8 @@ fn groupvit_learns_from_captions_and_segments_photographs() {
 
 #[test]
 fn bad_masks_name_the_file() {
-    let dir = scratch("bad-masks");
+    let tmp = scratch("bad-masks");
+    let dir = tmp.path();
     let shapes = workspace().join("datasets/shapes");
     let table = std::fs::read_to_string(shapes.join("train.tsv")).unwrap();
     let mut lines = table.lines();
@@ -948,15 +949,16 @@ fn bad_masks_name_the_file() {
 
 #[test]
 fn clip4clip_learns_video_text_retrieval() {
-    let out = scratch("clip4clip");
+    let tmp = scratch("clip4clip");
+    let out = tmp.path();
     let output = run(&[
         "train", "configs/clip4clip.toml", "--output", out.to_str().unwrap(), "--set", "train.batch_size=8",
         "--set", "train.max_steps=16", "--set", "train.log_every=1", "--set", "train.warmup_steps=2",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let (first, last) = loss_drop(&out, 4);
+    let (first, last) = loss_drop(out, 4);
     assert!(last < first, "loss went from {first} to {last}");
-    let eval = &summary_of(&out)["eval"];
+    let eval = &summary_of(out)["eval"];
     assert_eq!(eval["clips"], 32);
     // Held-out text-to-video R@1 at least twice a random ranking's (1 in 32).
     let (r1, chance) = (eval["t2v_r1"].as_f64().unwrap(), eval["chance_r1"].as_f64().unwrap());
@@ -990,15 +992,16 @@ fn clip4clip_learns_video_text_retrieval() {
 
 #[test]
 fn actionclip_reports_zero_shot_and_fine_tuned_accuracy() {
-    let out = scratch("actionclip");
+    let tmp = scratch("actionclip");
+    let out = tmp.path();
     let output = run(&[
         "train", "configs/actionclip.toml", "--output", out.to_str().unwrap(), "--set", "train.batch_size=8",
         "--set", "train.max_steps=16", "--set", "train.log_every=1", "--set", "train.warmup_steps=2",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let (first, last) = loss_drop(&out, 4);
+    let (first, last) = loss_drop(out, 4);
     assert!(last < first, "loss went from {first} to {last}");
-    let summary = summary_of(&out);
+    let summary = summary_of(out);
     assert_eq!(summary["chance_top1"], 0.25);
     for key in ["zero_shot_top1", "zero_shot_top5"] {
         assert!((0.0..=1.0).contains(&summary[key].as_f64().unwrap()), "{summary}");
@@ -1028,7 +1031,8 @@ fn actionclip_reports_zero_shot_and_fine_tuned_accuracy() {
 /// cannot tell a clip from its reverse, does not get near it.
 #[test]
 fn actionclip_reads_the_order_of_frames() {
-    let dir = scratch("video-order");
+    let tmp = scratch("video-order");
+    let dir = tmp.path();
     let data = dir.join("moving-shapes");
     clip_video::data::MovingShapesConfig::new().with_train(512).with_val(128).with_plain(true).generate(&data).unwrap();
     let train = format!("data.train={}", data.join("train_labels.tsv").display());
@@ -1056,7 +1060,8 @@ fn actionclip_reads_the_order_of_frames() {
 
 #[test]
 fn missing_clips_name_the_table_line_or_are_skipped() {
-    let dir = scratch("bad-clips");
+    let tmp = scratch("bad-clips");
+    let dir = tmp.path();
     let clips = workspace().join("datasets/moving-shapes");
     let rows: Vec<String> = (0..8).map(|i| format!("{}/clips/{i:04}\tmoving left", clips.display())).collect();
     let table = format!("video\tlabel\n{}\n{}/clips/9999\tmoving up\n", rows.join("\n"), clips.display());
@@ -1131,8 +1136,9 @@ fn eval_report(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn vild_learns_the_shapes_and_detects_in_photographs() {
-    let out = scratch("vild");
-    let reported = train_detector("configs/vild.toml", &out, "60");
+    let tmp = scratch("vild");
+    let out = tmp.path();
+    let reported = train_detector("configs/vild.toml", out, "60");
     // The saved model holds everything inference needs (CLIP's text tower included): the
     // run's checkpoint, evaluated anew, gives the AP the run reported.
     let again = eval_report(&["eval", out.to_str().unwrap()]);
@@ -1142,7 +1148,7 @@ fn vild_learns_the_shapes_and_detects_in_photographs() {
     }
     let cache = out.join("vild_crop_embeddings.safetensors");
     assert!(cache.is_file(), "ViLD-image caches the crop embeddings");
-    detect_photographs(&out, &out.join("detected"), "person,cat,rocket,cup");
+    detect_photographs(out, &out.join("detected"), "person,cat,rocket,cup");
 
     // The box head can train and evaluate on the precomputed proposals instead of the RPN's;
     // the crop embeddings come from the cache given.
@@ -1159,9 +1165,10 @@ fn vild_learns_the_shapes_and_detects_in_photographs() {
 
 #[test]
 fn glip_grounds_the_shapes_and_pseudo_labels_captions() {
-    let out = scratch("glip");
-    train_detector("configs/glip.toml", &out, "30");
-    detect_photographs(&out, &out.join("detected"), "person,cat,rocket,cup");
+    let tmp = scratch("glip");
+    let out = tmp.path();
+    train_detector("configs/glip.toml", out, "30");
+    detect_photographs(out, &out.join("detected"), "person,cat,rocket,cup");
 
     // The trained GLIP labels the captions of the validation images, and GLIP trains on them.
     let pseudo = out.join("pseudo.json");
@@ -1199,7 +1206,8 @@ fn glip_grounds_the_shapes_and_pseudo_labels_captions() {
 
 #[test]
 fn malformed_annotations_name_the_file_and_the_annotation() {
-    let dir = scratch("bad-boxes");
+    let tmp = scratch("bad-boxes");
+    let dir = tmp.path();
     let text = std::fs::read_to_string(workspace().join("datasets/det-shapes/train.json")).unwrap();
     let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
     let annotation = &mut json["annotations"][3];
@@ -1236,8 +1244,9 @@ fn depth_scenes(dir: &Path, count: usize, depth: f32) -> PathBuf {
 
 #[test]
 fn depthclip_evaluates_writes_depth_maps_and_fine_tunes() {
-    let dir = scratch("depthclip");
-    let table = depth_scenes(&dir, 4, 2.0);
+    let tmp = scratch("depthclip");
+    let dir = tmp.path();
+    let table = depth_scenes(dir, 4, 2.0);
     let data = [format!("data.train={}", table.display()), format!("data.val={}", table.display())];
     let sets = [
         "--set", "model.name=configs/models/tiny-depth-rn.json", "--set", &data[0], "--set", &data[1],
@@ -1281,7 +1290,8 @@ fn depthclip_evaluates_writes_depth_maps_and_fine_tunes() {
 
 #[test]
 fn pointclip_classifies_held_out_clouds_zero_shot_and_few_shot() {
-    let out = scratch("pointclip");
+    let tmp = scratch("pointclip");
+    let out = tmp.path();
     let started = Instant::now();
     // The stand-in pretraining of the tiny CLIP on single depth views of the 192 training clouds
     // (36 steps, as configs/pointclip.toml), then PointCLIP with it frozen.
@@ -1290,9 +1300,9 @@ fn pointclip_classifies_held_out_clouds_zero_shot_and_few_shot() {
         "--set", "train.log_every=1", "--set", "train.warmup_steps=4",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let (first, last) = loss_drop(&out, 4);
+    let (first, last) = loss_drop(out, 4);
     assert!(last < first, "loss went from {first} to {last}");
-    let summary = summary_of(&out);
+    let summary = summary_of(out);
     let eval = &summary["eval"];
     assert_eq!(eval["clouds"], 96, "{eval}");
     let chance = summary["chance_top1"].as_f64().unwrap();
@@ -1334,7 +1344,6 @@ fn pointclip_classifies_held_out_clouds_zero_shot_and_few_shot() {
         let size = image::image_dimensions(views.join(format!("{stem}_0_{view}.png"))).unwrap();
         assert_eq!(size, (resolution, resolution), "view {view}");
     }
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 /// The CLIPasso toy config, sped up for the test suite: one validation digit per class, 4 and
@@ -1382,8 +1391,9 @@ fn recognized_sketches(dir: &Path) -> serde_json::Value {
 #[test]
 fn clipasso_sketches_held_out_digits_that_clip_recognizes() {
     let started = Instant::now();
-    let out = scratch("clipasso");
-    let config = clipasso_config(&out, 40);
+    let tmp = scratch("clipasso");
+    let out = tmp.path();
+    let config = clipasso_config(out, 40);
     let config = config.to_str().unwrap();
     let run_dir = out.join("run");
     let in_run_dir = format!("run.output={}", run_dir.display());
@@ -1451,19 +1461,19 @@ fn clipasso_sketches_held_out_digits_that_clip_recognizes() {
         }
     }
     eprintln!("clipasso: trained and sketched by {sketched_at:?}, all done by {:?}: {summary}", started.elapsed());
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn audioclip_classifies_held_out_voices_zero_shot() {
-    let out = scratch("audioclip");
+    let tmp = scratch("audioclip");
+    let out = tmp.path();
     let started = Instant::now();
     // AudioCLIP from scratch on the spoken digits (configs/audioclip.toml, shortened): a tiny
     // ResNet CLIP and a small ESResNeXt-FBSP, the tri-modal loss; then the clips of held-out
     // voices classified zero-shot against the ten digit words.
     let output = run(&["train", "configs/audioclip.toml", "--output", out.to_str().unwrap(), "--set", "train.log_every=1"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let summary = summary_of(&out);
+    let summary = summary_of(out);
     let eval = &summary["eval"];
     assert_eq!(eval["clips"], 60, "{eval}");
     let chance = summary["chance_top1"].as_f64().unwrap();
@@ -1511,5 +1521,4 @@ fn audioclip_classifies_held_out_voices_zero_shot() {
         assert!(!output.status.success(), "{set} was accepted");
         assert!(stderr(&output).contains(named), "{set}: {}", stderr(&output));
     }
-    let _ = std::fs::remove_dir_all(&out);
 }

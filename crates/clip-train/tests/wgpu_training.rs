@@ -49,9 +49,8 @@ fn a_short_run_on_wgpu_gives_the_losses_of_flex() {
     // The test process itself opens burn's default device, wgpu in this build: skipped (or,
     // under CI, failed) where no Vulkan driver is found.
     let Some(_) = clip_fixtures::device() else { return };
-    let dir = std::env::temp_dir().join(format!("clipforge-wgpu-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let dir = tempfile::Builder::new().prefix("clipforge-wgpu-").tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
 
     // Starting weights: one step on flex, exported as a Hugging Face directory.
     let init = path("init");
@@ -96,5 +95,4 @@ fn a_short_run_on_wgpu_gives_the_losses_of_flex() {
         // One of the 359 validation digits may change its top label on a near tie.
         assert!((got - want).abs() <= 1.0 / 359.0 + 1e-9, "{key}: wgpu {got} against flex {want}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -120,7 +120,8 @@ fn a_task_written_outside_the_trainer_trains() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut data = clip_task::DataSection::new(root.join("datasets/digits/train.tsv"));
     data.label_column = Some("label".into());
-    let output = std::env::temp_dir().join(format!("clipforge-probe-{}", std::process::id()));
+    let dir = tempfile::Builder::new().prefix("clipforge-probe-").tempdir().unwrap();
+    let output = dir.path().join("run");
     let model = clip_task::ModelSection::named(root.join("configs/models/tiny-digits.json").to_str().unwrap());
     let run = RunContext::new(model, data, &output);
     ProbeTask::validate(&ProbeSection::default(), &run).unwrap();
@@ -129,5 +130,4 @@ fn a_task_written_outside_the_trainer_trains() {
     let summary = clip_train::trainer::train_task(task, &train, &Device::flex(), &output, false).unwrap();
     assert_eq!(summary.steps, 3);
     assert!(summary.final_loss.is_finite());
-    let _ = std::fs::remove_dir_all(&output);
 }

@@ -21,14 +21,9 @@ fn transform() -> EvalTransform {
     EvalTransformConfig::new().with_image_size(16).init()
 }
 
-/// A fresh temporary folder for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("clip-video-data-{name}-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh temporary folder for one test, removed when the returned `TempDir` is dropped.
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("clip-video-data-{name}-")).tempdir().unwrap()
 }
 
 /// Copies the first `frames` frames of generated clip `clip` into `dir`.
@@ -96,20 +91,21 @@ fn msrvtt_annotations_match_the_caption_table() {
 
 #[test]
 fn class_folders_are_labelled_by_name() {
-    let root = scratch("classes");
+    let tmp = scratch("classes");
+    let root = tmp.path();
     copy_frames("0000", 2, &root.join("moving left/clip_b"));
     copy_frames("0004", 2, &root.join("moving left/clip_a"));
     copy_frames("0001", 2, &root.join("moving right/clip_c"));
     std::fs::write(root.join("moving right/clip_d.avi"), b"").unwrap();
     std::fs::write(root.join("moving right/notes.txt"), b"skipped").unwrap();
     std::fs::write(root.join("README.md"), b"skipped").unwrap();
-    let table = VideoTable::read_labelled(&root).unwrap();
+    let table = VideoTable::read_labelled(root).unwrap();
     let found: Vec<_> = table
         .videos
         .iter()
         .map(|v| {
             (
-                v.source.strip_prefix(&root).unwrap().to_owned(),
+                v.source.strip_prefix(root).unwrap().to_owned(),
                 v.label.clone().unwrap(),
             )
         })
@@ -125,12 +121,11 @@ fn class_folders_are_labelled_by_name() {
     assert_eq!(table.labels(), ["moving left", "moving right"]);
 
     std::fs::create_dir(root.join("empty class")).unwrap();
-    let err = VideoTable::read_labelled(&root).unwrap_err();
+    let err = VideoTable::read_labelled(root).unwrap_err();
     assert!(
         err.to_string().contains("empty class: the class folder holds no video"),
         "{err}"
     );
-    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
@@ -176,7 +171,8 @@ fn clips_are_sampled_transformed_and_stacked() {
 
 #[test]
 fn bad_videos_are_named() {
-    let dir = scratch("bad-videos");
+    let tmp = scratch("bad-videos");
+    let dir = tmp.path();
     let (transform, sampler) = (transform(), FrameSampler::eval(4));
     let mut rng = StdRng::seed_from_u64(0);
 
@@ -222,12 +218,12 @@ fn bad_videos_are_named() {
         message.contains("corrupt: frame ") && message.contains("01.png: cannot decode"),
         "{message}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn bad_tables_are_named() {
-    let dir = scratch("bad-tables");
+    let tmp = scratch("bad-tables");
+    let dir = tmp.path();
     let write = |name: &str, text: &str| {
         std::fs::write(dir.join(name), text).unwrap();
         dir.join(name)
@@ -292,7 +288,6 @@ fn bad_tables_are_named() {
     assert_eq!(table.videos[0].source, dir.join("videos/video0"));
     assert_eq!(table.videos[1].source, dir.join("videos/video1.mp4"));
     assert_eq!(table.videos[1].captions, ["b"]);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Whether the `ffmpeg` and `ffprobe` programs run; prints why a test is skipped when not, and
@@ -340,7 +335,8 @@ fn video_files_decode_like_their_frames() {
     if !ffmpeg_available("video_files_decode_like_their_frames") {
         return;
     }
-    let dir = scratch("ffmpeg");
+    let tmp = scratch("ffmpeg");
+    let dir = tmp.path();
     let transform = transform();
     let mut rng = StdRng::seed_from_u64(0);
     // Lossless FFV1 in Matroska: the sampled frames equal those of the frame folder.
@@ -377,7 +373,6 @@ fn video_files_decode_like_their_frames() {
         err.to_string().contains("video ") && err.to_string().contains("corrupt.mp4: "),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -188,11 +188,11 @@ fn float16_official_checkpoints_load() {
         let checkpoint = fixture.checkpoint("model").unwrap();
         let found: BTreeSet<String> = keys.iter().filter(|k| checkpoint.tensors.contains_key(*k)).cloned().collect();
         assert_eq!(found, keys, "{}: fp16 keys not in the checkpoint", fixture.name());
-        let file = std::env::temp_dir().join(format!("fp16-{}-{}.safetensors", std::process::id(), fixture.name()));
+        let dir = tempfile::Builder::new().prefix("fp16-").tempdir().unwrap();
+        let file = dir.path().join(format!("{}.safetensors", fixture.name()));
         write_with_fp16(&checkpoint, &keys, &file);
         // The fixtures' values are fp16-representable: read back as f32 they are the same.
         let reread = Checkpoint::read(&file).unwrap();
-        let _ = std::fs::remove_file(&file);
         for (key, tensor) in &checkpoint.tensors {
             assert_eq!(&reread.tensors[key], tensor, "{}: '{key}' after float16", fixture.name());
         }

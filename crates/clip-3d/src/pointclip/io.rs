@@ -665,12 +665,9 @@ pub fn read_npy(path: &Path) -> Result<PointCloud> {
 mod tests {
     use super::*;
 
-    /// A fresh directory under the system temp dir for one test.
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("pointclip-io-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh directory under the system temp dir for one test, removed when dropped.
+    fn temp_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("pointclip-io-{name}-")).tempdir().unwrap()
     }
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -695,21 +692,22 @@ mod tests {
 
     #[test]
     fn modelnet_txt() {
-        let dir = temp_dir("txt");
-        let good = write(&dir, "chair_0001.txt", b"0.1,0.2,0.3,0,0,1\n\n-1,2,3e-1,1,0,0\n");
+        let tmp = temp_dir("txt");
+        let dir = tmp.path();
+        let good = write(dir, "chair_0001.txt", b"0.1,0.2,0.3,0,0,1\n\n-1,2,3e-1,1,0,0\n");
         let cloud = read_point_cloud(&good, 0, 0).unwrap();
         assert_eq!(cloud.points, [[0.1, 0.2, 0.3], [-1.0, 2.0, 0.3]]);
         assert_eq!(cloud.normals.unwrap(), [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]);
-        let xyz = write(&dir, "xyz.txt", b"1 2 3\n4 5 6\n");
+        let xyz = write(dir, "xyz.txt", b"1 2 3\n4 5 6\n");
         assert!(read_modelnet_txt(&xyz).unwrap().normals.is_none());
-        let bad = write(&dir, "bad.txt", b"0,0,0,0,0,1\n0,abc,0,0,0,1\n");
+        let bad = write(dir, "bad.txt", b"0,0,0,0,0,1\n0,abc,0,0,0,1\n");
         let err = read_modelnet_txt(&bad).unwrap_err().to_string();
         assert!(err.contains("bad.txt:2:") && err.contains("abc"), "{err}");
-        let ragged = write(&dir, "ragged.txt", b"0,0,0,0,0,1\n0,0,0\n");
+        let ragged = write(dir, "ragged.txt", b"0,0,0,0,0,1\n0,0,0\n");
         assert!(read_modelnet_txt(&ragged).unwrap_err().to_string().contains("ragged.txt:2:"));
-        let short = write(&dir, "short.txt", b"1,2\n");
+        let short = write(dir, "short.txt", b"1,2\n");
         assert!(read_modelnet_txt(&short).unwrap_err().to_string().contains("short.txt:1:"));
-        let empty = write(&dir, "empty.txt", b"\n");
+        let empty = write(dir, "empty.txt", b"\n");
         assert!(read_modelnet_txt(&empty).unwrap_err().to_string().contains("no points"));
         let missing = dir.join("missing.txt");
         assert!(read_modelnet_txt(&missing).unwrap_err().to_string().contains("missing.txt"));
@@ -721,21 +719,22 @@ mod tests {
 
     #[test]
     fn ply_ascii() {
-        let dir = temp_dir("ply-ascii");
+        let tmp = temp_dir("ply-ascii");
+        let dir = tmp.path();
         let text = PLY_HEADER.replace("{FORMAT}", "ascii") + "1 2 3 255\n-4 5.5 6 0\n3 0 1 0\n";
-        let cloud = read_point_cloud(&write(&dir, "a.ply", text.as_bytes()), 0, 0).unwrap();
+        let cloud = read_point_cloud(&write(dir, "a.ply", text.as_bytes()), 0, 0).unwrap();
         assert_eq!(cloud.points, [[1.0, 2.0, 3.0], [-4.0, 5.5, 6.0]]);
         let bad = PLY_HEADER.replace("{FORMAT}", "ascii") + "1 2 3 255\n-4 x 6 0\n";
-        let err = read_ply(&write(&dir, "b.ply", bad.as_bytes())).unwrap_err().to_string();
+        let err = read_ply(&write(dir, "b.ply", bad.as_bytes())).unwrap_err().to_string();
         // Header lines 1..11, then the vertex lines 12 and 13.
         assert!(err.contains("b.ply:13:") && err.contains("'x'"), "{err}");
         let truncated = PLY_HEADER.replace("{FORMAT}", "ascii") + "1 2 3 255\n";
-        assert!(read_ply(&write(&dir, "c.ply", truncated.as_bytes())).unwrap_err().to_string().contains("1 of 2"));
+        assert!(read_ply(&write(dir, "c.ply", truncated.as_bytes())).unwrap_err().to_string().contains("1 of 2"));
         let no_xyz = "ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nend_header\n1\n";
-        assert!(read_ply(&write(&dir, "d.ply", no_xyz.as_bytes())).unwrap_err().to_string().contains("x, y, z"));
+        assert!(read_ply(&write(dir, "d.ply", no_xyz.as_bytes())).unwrap_err().to_string().contains("x, y, z"));
         let bad_header = "ply\nformat ascii 1.0\nelement vertex many\n";
-        assert!(read_ply(&write(&dir, "e.ply", bad_header.as_bytes())).unwrap_err().to_string().contains("e.ply:3:"));
-        assert!(read_ply(&write(&dir, "f.ply", b"off\n")).unwrap_err().to_string().contains("f.ply:1:"));
+        assert!(read_ply(&write(dir, "e.ply", bad_header.as_bytes())).unwrap_err().to_string().contains("e.ply:3:"));
+        assert!(read_ply(&write(dir, "f.ply", b"off\n")).unwrap_err().to_string().contains("f.ply:1:"));
     }
 
     fn binary_body(little: bool) -> Vec<u8> {
@@ -757,14 +756,15 @@ mod tests {
 
     #[test]
     fn ply_binary() {
-        let dir = temp_dir("ply-binary");
+        let tmp = temp_dir("ply-binary");
+        let dir = tmp.path();
         for (format, little) in [("binary_little_endian", true), ("binary_big_endian", false)] {
             let mut bytes = PLY_HEADER.replace("{FORMAT}", format).into_bytes();
             bytes.extend(binary_body(little));
-            let cloud = read_ply(&write(&dir, &format!("{format}.ply"), &bytes)).unwrap();
+            let cloud = read_ply(&write(dir, &format!("{format}.ply"), &bytes)).unwrap();
             assert_eq!(cloud.points, [[1.0, 2.0, 3.0], [-4.0, 5.5, 6.0]], "{format}");
             bytes.truncate(bytes.len() - 3);
-            let err = read_ply(&write(&dir, "short.ply", &bytes)).unwrap_err().to_string();
+            let err = read_ply(&write(dir, "short.ply", &bytes)).unwrap_err().to_string();
             assert!(err.contains("short.ply") && err.contains("row 1"), "{err}");
         }
         // A face element before the vertices is skipped.
@@ -780,17 +780,18 @@ mod tests {
         for v in [1.0f32, 2.0, 3.0, 0.0, 1.0, 0.0] {
             bytes.extend(v.to_le_bytes());
         }
-        let cloud = read_ply(&write(&dir, "face-first.ply", &bytes)).unwrap();
+        let cloud = read_ply(&write(dir, "face-first.ply", &bytes)).unwrap();
         assert_eq!(cloud.points, [[1.0, 2.0, 3.0]]);
         assert_eq!(cloud.normals.unwrap(), [[0.0, 1.0, 0.0]]);
     }
 
     #[test]
     fn off_meshes_are_sampled_on_their_surface() {
-        let dir = temp_dir("off");
+        let tmp = temp_dir("off");
+        let dir = tmp.path();
         // A unit square in z = 0 as one quad, with a comment and ModelNet's glued header.
         let text = "OFF4 1 0\n# corners\n0 0 0\n1 0 0\n1 1 0\n0 1 0\n4 0 1 2 3\n";
-        let path = write(&dir, "square.off", text.as_bytes());
+        let path = write(dir, "square.off", text.as_bytes());
         let mesh = read_off(&path).unwrap();
         assert_eq!((mesh.vertices.len(), mesh.faces.len()), (4, 1));
         let cloud = read_point_cloud(&path, 500, 7).unwrap();
@@ -802,18 +803,18 @@ mod tests {
         let mean_x = cloud.points.iter().map(|p| p[0]).sum::<f32>() / 500.0;
         assert!((mean_x - 0.5).abs() < 0.05, "{mean_x}");
 
-        let split = write(&dir, "split.off", b"OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n");
+        let split = write(dir, "split.off", b"OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n");
         assert_eq!(read_off(&split).unwrap().faces, [vec![0, 1, 2]]);
-        let out_of_range = write(&dir, "range.off", b"OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 5\n");
+        let out_of_range = write(dir, "range.off", b"OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 5\n");
         let err = read_off(&out_of_range).unwrap_err().to_string();
         assert!(err.contains("range.off:6:") && err.contains("5"), "{err}");
-        let bad_vertex = write(&dir, "vertex.off", b"OFF\n3 1 0\n0 0 0\n1 zero 0\n");
+        let bad_vertex = write(dir, "vertex.off", b"OFF\n3 1 0\n0 0 0\n1 zero 0\n");
         assert!(read_off(&bad_vertex).unwrap_err().to_string().contains("vertex.off:4:"));
-        let truncated = write(&dir, "short.off", b"OFF\n3 1 0\n0 0 0\n");
+        let truncated = write(dir, "short.off", b"OFF\n3 1 0\n0 0 0\n");
         assert!(read_off(&truncated).unwrap_err().to_string().contains("1 of 3 vertices"));
-        let not_off = write(&dir, "ply.off", b"ply\n");
+        let not_off = write(dir, "ply.off", b"ply\n");
         assert!(read_off(&not_off).unwrap_err().to_string().contains("ply.off:1:"));
-        let flat = write(&dir, "flat.off", b"OFF\n3 1 0\n0 0 0\n1 0 0\n2 0 0\n3 0 1 2\n");
+        let flat = write(dir, "flat.off", b"OFF\n3 1 0\n0 0 0\n1 0 0\n2 0 0\n3 0 1 2\n");
         assert!(read_point_cloud(&flat, 10, 0).unwrap_err().to_string().contains("positive area"));
     }
 
@@ -833,25 +834,26 @@ mod tests {
 
     #[test]
     fn npy_arrays() {
-        let dir = temp_dir("npy");
+        let tmp = temp_dir("npy");
+        let dir = tmp.path();
         let f4: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let cloud = read_point_cloud(&write(&dir, "a.npy", &npy("<f4", "(2, 3)", false, &f4)), 0, 0).unwrap();
+        let cloud = read_point_cloud(&write(dir, "a.npy", &npy("<f4", "(2, 3)", false, &f4)), 0, 0).unwrap();
         assert_eq!(cloud.points, [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]);
         // Fortran order: columns first.
-        let cloud = read_npy(&write(&dir, "b.npy", &npy("<f4", "(2, 3)", true, &f4))).unwrap();
+        let cloud = read_npy(&write(dir, "b.npy", &npy("<f4", "(2, 3)", true, &f4))).unwrap();
         assert_eq!(cloud.points, [[1.0, 3.0, 5.0], [2.0, 4.0, 6.0]]);
         let f8: Vec<u8> = (0..12).flat_map(|v| f64::from(v).to_le_bytes()).collect();
-        let cloud = read_npy(&write(&dir, "c.npy", &npy("<f8", "(2, 6)", false, &f8))).unwrap();
+        let cloud = read_npy(&write(dir, "c.npy", &npy("<f8", "(2, 6)", false, &f8))).unwrap();
         assert_eq!(cloud.points, [[0.0, 1.0, 2.0], [6.0, 7.0, 8.0]]);
         assert_eq!(cloud.normals.unwrap(), [[3.0, 4.0, 5.0], [9.0, 10.0, 11.0]]);
-        let err = read_npy(&write(&dir, "d.npy", &npy("<f4", "(3,)", false, &f4[..12]))).unwrap_err().to_string();
+        let err = read_npy(&write(dir, "d.npy", &npy("<f4", "(3,)", false, &f4[..12]))).unwrap_err().to_string();
         assert!(err.contains("d.npy") && err.contains("[3]"), "{err}");
-        let err = read_npy(&write(&dir, "e.npy", &npy("<i4", "(2, 3)", false, &f4))).unwrap_err().to_string();
+        let err = read_npy(&write(dir, "e.npy", &npy("<i4", "(2, 3)", false, &f4))).unwrap_err().to_string();
         assert!(err.contains("<i4"), "{err}");
-        let err = read_npy(&write(&dir, "f.npy", &npy("<f4", "(3, 3)", false, &f4))).unwrap_err().to_string();
+        let err = read_npy(&write(dir, "f.npy", &npy("<f4", "(3, 3)", false, &f4))).unwrap_err().to_string();
         assert!(err.contains("f.npy") && err.contains("bytes"), "{err}");
-        assert!(read_npy(&write(&dir, "g.npy", b"not numpy")).unwrap_err().to_string().contains("magic"));
-        let err = read_npy(&write(&dir, "h.npy", &npy("<f4", "(2, 2)", false, &f4[..16]))).unwrap_err().to_string();
+        assert!(read_npy(&write(dir, "g.npy", b"not numpy")).unwrap_err().to_string().contains("magic"));
+        let err = read_npy(&write(dir, "h.npy", &npy("<f4", "(2, 2)", false, &f4[..16]))).unwrap_err().to_string();
         assert!(err.contains("3 columns"), "{err}");
     }
 

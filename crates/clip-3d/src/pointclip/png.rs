@@ -59,10 +59,11 @@ mod tests {
 
     #[test]
     fn pngs_round_trip() {
-        let dir = std::env::temp_dir().join(format!("pointclip-png-{}", std::process::id()));
+        let tmp = tempfile::Builder::new().prefix("pointclip-png-").tempdir().unwrap();
+        let dir = tmp.path();
         let device = Device::flex();
         let depth = Tensor::<3>::from_data(TensorData::new(vec![0.0f32, 0.5, 1.0, 2.0, 0.0, 0.0, 0.0, 4.0], [2, 2, 2]), &device);
-        let files = save_views(depth, 2, &dir, "cloud").unwrap();
+        let files = save_views(depth, 2, dir, "cloud").unwrap();
         assert_eq!(files, [dir.join("cloud_0_0.png"), dir.join("cloud_0_1.png")]);
         let first = image::open(&files[0]).unwrap();
         assert_eq!(first.color(), image::ColorType::L8);
@@ -70,6 +71,5 @@ mod tests {
         assert_eq!(image::open(&files[1]).unwrap().to_luma8().into_raw(), [0, 0, 0, 255]);
         let err = save_depth_png(&[0.0; 3], 2, 2, &dir.join("bad.png")).unwrap_err().to_string();
         assert!(err.contains("bad.png") && err.contains("2x2"), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

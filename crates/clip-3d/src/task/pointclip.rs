@@ -631,8 +631,8 @@ mod tests {
 
     #[test]
     fn tables_name_the_missing_column_and_split() {
-        let dir = std::env::temp_dir().join(format!("pointclip-table-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("pointclip-table-").tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("t.tsv");
         std::fs::write(&path, "cloud\tname\na.npy\tcube\n").unwrap();
         let error = CloudTable::read(&path).unwrap_err().to_string();
@@ -646,6 +646,5 @@ mod tests {
         assert_eq!(table.rows[0].cloud, dir.join("a.npy"));
         let (kept, val) = table.split_off(0.25, 3);
         assert_eq!((kept.rows.len(), val.rows.len()), (3, 1));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

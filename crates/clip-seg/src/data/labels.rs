@@ -129,9 +129,7 @@ fn read_csv_names(path: &Path) -> Result<Vec<String>, SegmentationDataError> {
 mod tests {
     use super::*;
 
-    fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("clip-seg-labels-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    fn temp_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
@@ -139,14 +137,15 @@ mod tests {
 
     #[test]
     fn text_and_ade_csv_label_files() {
-        let labels = LabelSet::read(&temp_file("labels.txt", "background\ncat\n\n")).unwrap();
+        let dir = tempfile::Builder::new().prefix("clip-seg-labels-").tempdir().unwrap();
+        let labels = LabelSet::read(&temp_file(dir.path(), "labels.txt", "background\ncat\n\n")).unwrap();
         assert_eq!(labels.names, ["background", "cat"]);
         let csv = "Idx,Ratio,Train,Val,Name\n1,0.1576,11664,1172,wall\n2,0.1072,6046,612,building;edifice\n";
         assert_eq!(
-            LabelSet::read(&temp_file("objectInfo150.csv", csv)).unwrap().names,
+            LabelSet::read(&temp_file(dir.path(), "objectInfo150.csv", csv)).unwrap().names,
             ["wall", "building"]
         );
-        let err = LabelSet::read(&temp_file("gap.txt", "a\n\nb\n")).unwrap_err();
+        let err = LabelSet::read(&temp_file(dir.path(), "gap.txt", "a\n\nb\n")).unwrap_err();
         assert!(err.to_string().ends_with("gap.txt:2: empty label name"), "{err}");
     }
 

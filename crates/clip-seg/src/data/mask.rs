@@ -81,8 +81,8 @@ mod tests {
 
     #[test]
     fn palette_pngs_give_indices_not_colors() {
-        let dir = std::env::temp_dir().join(format!("clip-seg-mask-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("clip-seg-mask-").tempdir().unwrap();
+        let dir = tmp.path();
         // 8-bit palette, 3x1: indices 2, 0, 3.
         let path = dir.join("indexed8.png");
         write_png(&path, 3, 1, ColorType::Indexed, BitDepth::Eight, &[2, 0, 3]);
@@ -106,6 +106,5 @@ mod tests {
         let path = dir.join("rgb.png");
         write_png(&path, 1, 1, ColorType::Rgb, BitDepth::Eight, &[1, 2, 3]);
         assert!(read_mask_png(&path).unwrap_err().contains("label indices"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

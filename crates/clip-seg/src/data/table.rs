@@ -194,16 +194,18 @@ fn images_by_stem(dir: &Path) -> Result<HashMap<String, PathBuf>, SegmentationDa
 mod tests {
     use super::*;
 
-    fn folder(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("clip-seg-table-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("images")).unwrap();
-        std::fs::create_dir_all(dir.join("masks")).unwrap();
+    /// A fresh scratch folder with empty `images` and `masks` folders, removed when dropped.
+    fn folder(name: &str) -> tempfile::TempDir {
+        let dir = tempfile::Builder::new().prefix(&format!("clip-seg-table-{name}-")).tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("images")).unwrap();
+        std::fs::create_dir_all(dir.path().join("masks")).unwrap();
         dir
     }
 
     #[test]
     fn folders_and_lists_pair_by_name() {
-        let dir = folder("pairs");
+        let tmp = folder("pairs");
+        let dir = tmp.path();
         for name in ["b.jpg", "a.jpg", "c.jpg"] {
             std::fs::write(dir.join("images").join(name), b"").unwrap();
         }
@@ -232,12 +234,12 @@ mod tests {
         std::fs::write(dir.join("masks/d.png"), b"").unwrap();
         let err = SegmentationTable::from_folders(&dir.join("images"), &dir.join("masks")).unwrap_err();
         assert!(err.to_string().contains("d.png: no image of the same name"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn table_columns_and_split() {
-        let dir = folder("tsv");
+        let tmp = folder("tsv");
+        let dir = tmp.path();
         let rows: String = (0..10)
             .map(|i| format!("images/{i}.png\tmasks/{i}.png\tcap {i}\n"))
             .collect();
@@ -258,6 +260,5 @@ mod tests {
         };
         let err = SegmentationTable::read(&dir.join("t.tsv"), &columns).unwrap_err();
         assert!(err.to_string().contains("t.tsv:1: no column \"label\""), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

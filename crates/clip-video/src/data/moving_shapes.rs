@@ -24,7 +24,9 @@ const DIRECTIONS: [(&str, (f32, f32)); 4] = [
     ("up", (0.0, -1.0)),
     ("down", (0.0, 1.0)),
 ];
-const COLORS: [(&str, [u8; 3]); 6] = [
+/// The named colours of the generated shape sets: the moving shapes here, and `cargo xtask shapes`
+/// and `det-shapes`, whose captions name them too.
+pub const SHAPE_COLORS: [(&str, [u8; 3]); 6] = [
     ("red", [220, 40, 40]),
     ("green", [40, 190, 60]),
     ("blue", [40, 70, 230]),
@@ -87,7 +89,7 @@ impl Clip {
         let start = (coordinate(dx), coordinate(dy));
         Self {
             shape: rng.random_range(0..SHAPES.len()),
-            color: rng.random_range(0..COLORS.len()),
+            color: rng.random_range(0..SHAPE_COLORS.len()),
             direction,
             radius,
             start,
@@ -128,7 +130,7 @@ impl Clip {
         });
         // The draws above happen either way, so that `plain` changes nothing else.
         let background = if plain { image::RgbImage::new(size, size) } else { background };
-        let color = COLORS[self.color].1.map(f32::from);
+        let color = SHAPE_COLORS[self.color].1.map(f32::from);
         (0..frames)
             .map(|frame| {
                 let mut image = background.clone();
@@ -145,7 +147,7 @@ impl Clip {
     /// Two captions: "a red circle moving to the left" and "a red circle going left on a dark
     /// background".
     fn captions(&self, plain: bool) -> [String; 2] {
-        let color = COLORS[self.color].0;
+        let color = SHAPE_COLORS[self.color].0;
         let article = if color.starts_with(['a', 'e', 'i', 'o', 'u']) {
             "an"
         } else {
@@ -288,8 +290,8 @@ mod tests {
 
     #[test]
     fn writes_balanced_splits_and_refuses_frames_without_room() {
-        let dir = std::env::temp_dir().join(format!("clip-video-moving-shapes-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::Builder::new().prefix("clip-video-moving-shapes-").tempdir().unwrap();
+        let dir = tmp.path().join("moving-shapes");
         MovingShapesConfig::new().with_train(8).with_val(4).with_frames(3).with_plain(true).generate(&dir).unwrap();
         let labels = std::fs::read_to_string(dir.join("train_labels.tsv")).unwrap();
         let rows: Vec<&str> = labels.lines().skip(1).collect();
