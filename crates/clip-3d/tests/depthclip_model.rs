@@ -286,8 +286,13 @@ fn official_nyu_protocol_end_to_end() {
     // Counted: the crop (rows 45..471, columns 46..601) within the measured area (rows 40..440,
     // columns 40..600) within the pasted prediction (rows 56..472, columns 60..604).
     assert_eq!(metrics.pixels, (440 - 56) * (600 - 60));
-    // Every prediction lies within the bins (1..3 m), so it is at most 1 m from the 2 m truth.
-    assert!(metrics.abs_rel <= 0.5 && metrics.rmse <= 1.0 && metrics.abs_diff <= 1.0, "{metrics:?}");
+    // Every prediction lies within the bins (1..3 m), so it is at most 1 m from the 2 m truth; a
+    // prediction with all its weight on the 1 m bin comes out a few ulps below 1 m in f32.
+    let slack = 1e-6;
+    assert!(
+        metrics.abs_rel <= 0.5 + slack && metrics.rmse <= 1.0 + slack && metrics.abs_diff <= 1.0 + slack,
+        "{metrics:?}"
+    );
     let mut mean = MetricsMean::new();
     mean.add(&metrics);
     assert_eq!(mean.mean().unwrap(), metrics);
