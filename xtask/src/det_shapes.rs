@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use clip_video::data::SHAPE_COLORS;
+use clip_video::data::{SHAPE_COLORS, article};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -192,11 +192,8 @@ fn caption(shapes: &[Shape]) -> (String, Vec<[usize; 2]>) {
             text.push_str(if i + 1 == shapes.len() { " and " } else { ", " });
         }
         let color = SHAPE_COLORS[shape.color].0;
-        text.push_str(if color.starts_with(['a', 'e', 'i', 'o', 'u']) {
-            "an "
-        } else {
-            "a "
-        });
+        text.push_str(article(color));
+        text.push(' ');
         let start = text.len();
         text.push_str(color);
         text.push(' ');

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
-use clip_video::data::SHAPE_COLORS;
+use clip_video::data::{SHAPE_COLORS, article};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -158,12 +158,7 @@ fn caption(shapes: &[Shape], dark: bool) -> String {
         .iter()
         .map(|s| {
             let color = SHAPE_COLORS[s.color].0;
-            let article = if color.starts_with(['a', 'e', 'i', 'o', 'u']) {
-                "an"
-            } else {
-                "a"
-            };
-            format!("{article} {color} {}", LABELS[s.label as usize])
+            format!("{} {color} {}", article(color), LABELS[s.label as usize])
         })
         .collect();
     let listed = match names.split_last() {

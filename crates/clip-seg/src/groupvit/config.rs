@@ -3,11 +3,13 @@
 use std::path::Path;
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::Device;
 use clip_core::ClipError;
 use clip_core::transformer::Activation;
 use serde_json::{Value, json};
 
+use super::init::OfficialInit;
 use super::model::GroupVit;
 
 /// The image tower (Hugging Face's `GroupViTVisionConfig`).
@@ -322,10 +324,11 @@ impl GroupVitConfig {
         self.text.max_position_embeddings
     }
 
-    /// Builds the model with freshly initialized weights.
+    /// Builds the model with freshly initialized weights, drawn as Hugging Face's GroupViT draws
+    /// them (see `init.rs`).
     pub fn init(&self, device: &Device) -> clip_core::Result<GroupVit> {
         self.validate("GroupViT config")?;
-        Ok(GroupVit::new(self, device))
+        Ok(GroupVit::new(self, device).map(&mut OfficialInit::new(self)))
     }
 }
 

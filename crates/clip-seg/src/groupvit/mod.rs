@@ -14,6 +14,7 @@
 
 mod assign;
 mod config;
+mod init;
 mod model;
 mod objective;
 mod projection;

@@ -26,7 +26,7 @@ use rand::Rng;
 
 pub use augment::{ClipAugment, ClipAugmentConfig};
 pub use ffmpeg::{FFMPEG_ENV, FFPROBE_ENV, Ffmpeg};
-pub use moving_shapes::{MovingShapesConfig, SHAPE_COLORS};
+pub use moving_shapes::{MovingShapesConfig, SHAPE_COLORS, article};
 pub use sampler::FrameSampler;
 pub use table::{VideoSample, VideoTable};
 

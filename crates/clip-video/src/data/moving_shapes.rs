@@ -35,6 +35,12 @@ pub const SHAPE_COLORS: [(&str, [u8; 3]); 6] = [
     ("orange", [240, 140, 30]),
 ];
 
+/// The indefinite article before `word` in the generated captions: "an" before a vowel ("an
+/// orange circle"), "a" otherwise.
+pub fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }
+}
+
 /// Size and seed of a generated moving-shapes set.
 #[derive(Config, Debug)]
 pub struct MovingShapesConfig {
@@ -148,12 +154,7 @@ impl Clip {
     /// background".
     fn captions(&self, plain: bool) -> [String; 2] {
         let color = SHAPE_COLORS[self.color].0;
-        let article = if color.starts_with(['a', 'e', 'i', 'o', 'u']) {
-            "an"
-        } else {
-            "a"
-        };
-        let thing = format!("{article} {color} {}", SHAPES[self.shape]);
+        let thing = format!("{} {color} {}", article(color), SHAPES[self.shape]);
         let direction = DIRECTIONS[self.direction].0;
         let towards = match direction {
             "left" | "right" => format!("to the {direction}"),
