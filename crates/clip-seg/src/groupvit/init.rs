@@ -104,6 +104,7 @@ mod tests {
     use burn::tensor::Device;
 
     use super::*;
+    use crate::groupvit::objective::tests::tiny_config;
 
     /// Sample standard deviation of a tensor's values.
     fn std_of<const D: usize>(t: Tensor<D>) -> f64 {
@@ -115,8 +116,7 @@ mod tests {
 
     #[test]
     fn weights_take_transformers_standard_deviations() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/models/groupvit-tiny-shapes.json");
-        let config = GroupVitConfig::from_file(&path).unwrap();
+        let config = tiny_config();
         let model = config.init(&Device::flex()).unwrap();
         let (width, layers) = (config.vision.hidden_size as f64, config.vision.depths.iter().sum::<usize>() as f64);
         let block = &model.vision.stages[0].layers.resblocks[0];
