@@ -6,8 +6,8 @@
 #
 # Steps, each timed and marked PASS / FAIL / SKIP; a failed step does not stop the next:
 #   1. nvidia-smi and `vulkaninfo --summary`, when installed;
-#   2. `BURN_DEVICE=wgpu cargo test-wgpu` and `cargo test-wgpu-3d` (the parity tests, DepthCLIP's
-#      and PointCLIP's included, and a short training run on the wgpu backend, here on the GPU);
+#   2. `cargo test-wgpu` and `cargo test-wgpu-3d` (the parity tests, DepthCLIP's and PointCLIP's
+#      included, on the wgpu backend, here on the GPU) and the flex-against-wgpu training run;
 #   3. `cargo xtask bench --device wgpu --models ViT-B-32` (inference at batch 32 and 256, a
 #      training step at batch 256, beside open_clip on torch's cuda when CLIPFORGE_BENCH_PYTHON or
 #      python3 has torch and open_clip);
@@ -73,8 +73,9 @@ else
 fi
 step "rust toolchain" bash -c 'cargo --version && rustc --version'
 
-step "cargo test-wgpu" env BURN_DEVICE=wgpu cargo test-wgpu
-step "cargo test-wgpu-3d" env BURN_DEVICE=wgpu cargo test-wgpu-3d
+step "cargo test-wgpu" cargo test-wgpu
+step "cargo test-wgpu-3d" cargo test-wgpu-3d
+step "wgpu training run" cargo test --workspace --features wgpu --test wgpu_training
 
 step "bench wgpu" cargo xtask bench --device wgpu --models ViT-B-32
 

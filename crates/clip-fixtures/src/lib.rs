@@ -14,56 +14,75 @@ use std::path::{Path, PathBuf};
 use clip_core::weights::{Checkpoint, RawTensor};
 use clip_core::{ClipError, Result};
 
-/// The device the parity tests run on: burn's default device (`Device::default()`), which is
-/// `flex` in the default build, the GPU backend in a build with `--features wgpu` (or `cuda`),
-/// and whichever compiled-in backend `BURN_DEVICE` names (`flex`, `wgpu`, `cuda`, ...): burn's
-/// own selection, so one test binary runs on every backend it was built with. An unknown or
-/// not-compiled-in `BURN_DEVICE` panics (burn's message).
+/// The device the parity tests run on: `flex`, or the backend `BURN_DEVICE` names (`wgpu`,
+/// `cuda`, ...; burn's own selection, so one test binary runs on every backend it was built
+/// with). A build with `--features wgpu` still tests on flex unless `BURN_DEVICE` says
+/// otherwise: `cargo test --workspace --features wgpu` runs every test on flex, and `cargo
+/// test-wgpu` then runs the parity tests of that same build again with `BURN_DEVICE=wgpu` (see
+/// docs/backends.md). An unknown or not-compiled-in `BURN_DEVICE` panics (burn's message).
 ///
-/// The device is tried once per test binary with a small computation. Where it cannot run (a
-/// wgpu build on a machine without a Vulkan driver, a CUDA build without a GPU), this prints why
-/// and returns `None`, and the caller skips its checks; under CI (`CI` set) it panics instead,
-/// so a CI that lost its driver fails rather than passing tests that never ran:
+/// Where the device cannot run, this skips or fails as [`usable`] says:
 ///
 /// ```ignore
 /// let Some(device) = clip_fixtures::device() else { return };
 /// ```
 pub fn device() -> Option<burn::tensor::Device> {
-    use std::sync::OnceLock;
-    static PROBE: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    let probe = PROBE.get_or_init(|| {
-        let device = burn::tensor::Device::default();
-        let name = format!("{device:?}");
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let x = burn::tensor::Tensor::<1>::from_data(burn::tensor::TensorData::new(vec![1.0f32, 2.0], [2]), &device);
-            (x.clone() + x).into_data().iter::<f32>().collect::<Vec<_>>()
-        }));
-        match ran {
-            Ok(values) if values == [2.0, 4.0] => {
-                say(&format!("clip-fixtures: tests run on {name}"));
-                Ok(name)
-            }
-            Ok(values) => Err(format!("{name} computed 1+1, 2+2 as {values:?}")),
-            Err(payload) => {
-                let reason = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "it panicked".into());
-                Err(format!("{name} cannot run here: {reason}"))
-            }
-        }
-    });
+    let device = match std::env::var_os("BURN_DEVICE") {
+        Some(_) => burn::tensor::Device::default(),
+        None => burn::tensor::Device::flex(),
+    };
+    usable(device)
+}
+
+/// `device`, once a small computation on it has given the right numbers (tried once per device
+/// and test binary). Where it cannot run (a wgpu build on a machine without a Vulkan driver, a
+/// CUDA build without a GPU), this prints why and returns `None`, and the caller skips its
+/// checks; under CI (`CI` set) it panics instead, so a CI that lost its driver fails rather than
+/// passing tests that never ran.
+pub fn usable(device: burn::tensor::Device) -> Option<burn::tensor::Device> {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    static PROBES: Mutex<BTreeMap<String, std::result::Result<(), String>>> = Mutex::new(BTreeMap::new());
+    let name = format!("{device:?}");
+    let probe = PROBES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .entry(name.clone())
+        .or_insert_with(|| probe(&device, &name))
+        .clone();
     match probe {
-        Ok(_) => Some(burn::tensor::Device::default()),
+        Ok(()) => Some(device),
         Err(reason) if std::env::var_os("CI").is_some() => {
             panic!("{reason} (CI is set, so this fails instead of skipping; on a machine without a GPU install Mesa's lavapipe: apt install mesa-vulkan-drivers)")
         }
         Err(reason) => {
             say(&format!(
-                "SKIPPED: {reason}; install a Vulkan driver (Mesa's lavapipe: apt install mesa-vulkan-drivers) or set BURN_DEVICE=flex"
+                "SKIPPED: {reason}; install a Vulkan driver (Mesa's lavapipe: apt install mesa-vulkan-drivers) or unset BURN_DEVICE"
             ));
             None
+        }
+    }
+}
+
+/// Computes 1+1, 2+2 on `device`: `Err` says why it cannot be used.
+fn probe(device: &burn::tensor::Device, name: &str) -> std::result::Result<(), String> {
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let x = burn::tensor::Tensor::<1>::from_data(burn::tensor::TensorData::new(vec![1.0f32, 2.0], [2]), device);
+        (x.clone() + x).into_data().iter::<f32>().collect::<Vec<_>>()
+    }));
+    match ran {
+        Ok(values) if values == [2.0, 4.0] => {
+            say(&format!("clip-fixtures: tests run on {name}"));
+            Ok(())
+        }
+        Ok(values) => Err(format!("{name} computed 1+1, 2+2 as {values:?}")),
+        Err(payload) => {
+            let reason = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "it panicked".into());
+            Err(format!("{name} cannot run here: {reason}"))
         }
     }
 }

@@ -79,6 +79,10 @@ enum Command {
         /// How many labels to print per image.
         #[arg(long, default_value_t = 5)]
         top: usize,
+        /// The backend to compute on: `flex` (the CPU), or `wgpu` or `cuda` in a build with
+        /// that cargo feature.
+        #[arg(long, default_value = "flex")]
+        device: String,
     },
     /// Write normalized embeddings of images or texts to a .safetensors or .npy file.
     Embed {
@@ -100,6 +104,10 @@ enum Command {
         /// Output file: `.safetensors` (key `embeddings`) or `.npy`, `[items, embed_dim]`.
         #[arg(long)]
         output: PathBuf,
+        /// The backend to compute on: `flex` (the CPU), or `wgpu` or `cuda` in a build with
+        /// that cargo feature.
+        #[arg(long, default_value = "flex")]
+        device: String,
     },
     /// Convert a table (CSV/TSV/JSONL) or class-folder dataset into webdataset tar shards
     /// (`KEY.jpg|png|webp`, `KEY.txt`, `KEY.json`) of N samples each, with `sizes.json`.
@@ -264,7 +272,7 @@ fn run_task_command(name: &str, args: &clap::ArgMatches) -> anyhow::Result<()> {
     }
     // The run of a `--config` is trained first when it has not finished.
     let checkpoint = if by_config.is_some() { Some(runs::trained(&config)?) } else { checkpoint };
-    let device = trainer::select_device(config.run.backend())?;
+    let device = trainer::select_device(config.run.backend()).context("run.device")?;
     let section = task.section().and_then(|key| config.sections.get(key));
     task.run_command(name, args, section, config.context(&config.run.output), checkpoint.as_deref(), &device)
 }
@@ -290,7 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.model.weights = weights;
                 checkpoint = explicit;
             }
-            let device = trainer::select_device(config.run.backend())?;
+            let device = trainer::select_device(config.run.backend()).context("run.device")?;
             let task = registry::task(&config.train.objective).map_err(anyhow::Error::msg)?;
             let section = task.section().and_then(|key| config.sections.get(key));
             let report = task
@@ -298,8 +306,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("neither data.val nor data.val_fraction is set: nothing to evaluate")?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        Command::ZeroShot { model, weights, labels, images, top } => {
-            let device = burn::tensor::Device::default();
+        Command::ZeroShot { model, weights, labels, images, top, device } => {
+            let device = trainer::select_device(&device).context("--device")?;
             let labels: Vec<&str> = labels.split(',').map(str::trim).filter(|l| !l.is_empty()).collect();
             anyhow::ensure!(!labels.is_empty(), "--labels: give at least one class name");
             // Files that are not images go to the run's task (audio for an AudioCLIP run).
@@ -329,8 +337,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Embed { model, weights, images, texts, batch_size, output } => {
-            let device = burn::tensor::Device::default();
+        Command::Embed { model, weights, images, texts, batch_size, output, device } => {
+            let device = trainer::select_device(&device).context("--device")?;
             let (model, clip) = runs::load_clip(&model, &weights, &device)?;
             let batch_size = batch_size.max(1);
             let mut chunks = Vec::new();

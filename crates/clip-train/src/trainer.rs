@@ -56,7 +56,8 @@ pub struct Summary {
     pub checkpoint: PathBuf,
 }
 
-/// The device a config names; GPU backends need the matching cargo feature.
+/// The device of a backend's name (`flex`, `wgpu`, `cuda`); GPU backends need the matching
+/// cargo feature.
 pub fn select_device(name: &str) -> anyhow::Result<Device> {
     match name {
         "flex" => Ok(Device::flex()),
@@ -64,10 +65,12 @@ pub fn select_device(name: &str) -> anyhow::Result<Device> {
         "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::default())),
         #[cfg(feature = "cuda")]
         "cuda" => Ok(Device::cuda(0)),
-        other => bail!(
-            "run.device = {other:?}: this clipforge was built without the {other} backend; \
-             rebuild with `cargo build --release -p clip-train --features {other}`"
+        // A GPU backend this build lacks (the arms above take those it has).
+        gpu if ["wgpu", "cuda"].contains(&gpu) => bail!(
+            "{gpu:?}: this clipforge was built without the {gpu} backend; \
+             rebuild with `cargo build --release -p clip-train --features {gpu}`"
         ),
+        other => bail!("{other:?}: unknown backend (flex, wgpu or cuda)"),
     }
 }
 
@@ -75,15 +78,15 @@ pub fn select_device(name: &str) -> anyhow::Result<Device> {
 /// device of `run.device`; a device this machine does not have is an error naming it.
 pub fn select_devices(run: &RunSection) -> anyhow::Result<Vec<Device>> {
     if run.devices.is_empty() {
-        return Ok(vec![select_device(run.backend())?]);
+        return Ok(vec![select_device(run.backend()).context("run.device")?]);
     }
     run.devices
         .iter()
         .enumerate()
         .map(|(i, spec)| {
             let (backend, index) = parse_device(spec).map_err(|e| anyhow::anyhow!("run.devices[{i}] = {spec:?}: {e}"))?;
-            let Some(index) = index else { return select_device(backend) };
-            let found = available_devices(backend)?;
+            let Some(index) = index else { return select_device(backend).with_context(|| format!("run.devices[{i}] = {spec:?}")) };
+            let found = available_devices(backend).with_context(|| format!("run.devices[{i}] = {spec:?}"))?;
             found.get(index).cloned().with_context(|| {
                 format!(
                     "run.devices[{i}] = {spec:?}: this machine has {} {backend} device{} ({backend}:0 to {backend}:{})",

@@ -159,9 +159,12 @@ fn bad_configs_name_the_file_and_the_key() {
         assert!(!output.status.success(), "{name}: accepted");
         assert!(message.contains(&format!("{name}.toml")) && message.contains(key), "{name}: {message}");
     }
-    if !cfg!(feature = "wgpu") {
-        let output = run(&["check", "configs/quickstart.toml", "--set", "run.device=wgpu"]);
-        assert!(stderr(&output).contains("--features wgpu"), "{}", stderr(&output));
+    // CI's build has the wgpu backend compiled in but never the cuda one.
+    for backend in ["wgpu", "cuda"] {
+        if !(backend == "wgpu" && cfg!(feature = "wgpu") || backend == "cuda" && cfg!(feature = "cuda")) {
+            let output = run(&["check", "configs/quickstart.toml", "--set", &format!("run.device={backend}")]);
+            assert!(stderr(&output).contains(&format!("--features {backend}")), "{}", stderr(&output));
+        }
     }
     let output = run(&["check", "configs/quickstart.toml", "--set", "train.epochs=0"]);
     assert!(stderr(&output).contains("train.epochs"), "{}", stderr(&output));
@@ -557,6 +560,9 @@ fn zero_shot_command_ranks_the_labels() {
     let output = run(&["zero-shot", "--weights", checkpoint.to_str().unwrap(), "--labels", " , ", image.to_str().unwrap(),
         "--model", "configs/models/tiny-digits.json"]);
     assert!(!output.status.success() && stderr(&output).contains("--labels"), "{}", stderr(&output));
+    let output = run(&["zero-shot", "--weights", checkpoint.to_str().unwrap(), "--labels", "zero", image.to_str().unwrap(),
+        "--model", "configs/models/tiny-digits.json", "--device", "tpu"]);
+    assert!(!output.status.success() && stderr(&output).contains("--device: \"tpu\": unknown backend"), "{}", stderr(&output));
 }
 
 #[test]

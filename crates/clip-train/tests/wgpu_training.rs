@@ -1,5 +1,6 @@
-//! A short training run on the wgpu backend (built only with `--features wgpu`; CI runs it on
-//! Mesa's lavapipe, a Vulkan driver on the CPU): the quickstart's tiny CLIP, fine-tuned for a few
+//! A short training run on the wgpu backend (built only with `--features wgpu`, and run by
+//! `cargo test --workspace --features wgpu`; CI runs it on Mesa's lavapipe, a Vulkan driver on
+//! the CPU): the quickstart's tiny CLIP, fine-tuned for a few
 //! steps from the same starting weights on `flex` and on `wgpu`, must give the same loss at
 //! every step and evaluate to the same numbers.
 //!
@@ -46,9 +47,9 @@ fn summary(output: &Path) -> serde_json::Value {
 
 #[test]
 fn a_short_run_on_wgpu_gives_the_losses_of_flex() {
-    // The test process itself opens burn's default device, wgpu in this build: skipped (or,
-    // under CI, failed) where no Vulkan driver is found.
-    let Some(_) = clip_fixtures::device() else { return };
+    // Skipped (or, under CI, failed) where no Vulkan driver is found.
+    let wgpu = burn::tensor::Device::wgpu(burn::tensor::DeviceKind::default());
+    let Some(_) = clip_fixtures::usable(wgpu) else { return };
     let dir = tempfile::Builder::new().prefix("clipforge-wgpu-").tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
 
