@@ -79,7 +79,7 @@ def load(split):
         masks = np.where(masks > 0, nearest, 0)
     return torch.tensor(ims, dtype=torch.float32).permute(0, 3, 1, 2), torch.tensor(masks).long(), [r[2] for r in rows]
 
-tr_im, tr_mask, tr_cap = load('train'); va_im, va_mask, va_cap = load('val')
+tr_im, tr_mask, tr_cap = load('train'); va_im, va_mask, _ = load('val')
 vocab = {}
 def tok(s, ctx=77):
     words = s.lower().replace('.', ' .').replace(',', ' ,').split()
@@ -118,6 +118,8 @@ def evaluate(topk=None):
     model.eval()
     with torch.no_grad():
         fg = labels if args.bgtext else labels[1:]
+        offset = 0 if args.bgtext else 1  # label index of text label 0
+        EMPTY[0] = EMPTY[1] = 0
         t = []
         for l in fg:
             e = F.normalize(text_embed([tok(tm.format(l)) for tm in templates]), dim=-1).mean(0)
@@ -143,7 +145,7 @@ def evaluate(topk=None):
         img_top = 0
         for b in range(B):
             present = set(va_mask[b].unique().tolist())
-            img_top += int((avg[b] @ t.T).argmax().item() + (0 if args.bgtext else 1) in present)
+            img_top += int((avg[b] @ t.T).argmax().item() + offset in present)
             aff = s * groups[b] @ t.T
             pre = aff.softmax(-1)
             top = (avg[b] @ t.T).topk(min(topk, len(fg))).indices
@@ -177,17 +179,17 @@ def evaluate(topk=None):
                 purity.append((bc.max().item(), sel.numel()))
                 maj = bc.argmax().item(); opred[gid[b] == gg] = maj
                 if maj > 0:
-                    named[1] += 1; named[0] += int(aff2[gg].argmax().item() + (0 if args.bgtext else 1) == maj)
+                    named[1] += 1; named[0] += int(aff2[gg].argmax().item() + offset == maj)
             for c in range(len(labels)):
                 oi[c] += ((opred == c) & (gt == c)).sum().item(); ou[c] += ((opred == c) | (gt == c)).sum().item()
         iou = inter / np.maximum(union, 1)
         pur = sum(a for a, _ in purity) / sum(b for _, b in purity)
-        print('image-level top1 in present %d/%d' % (img_top, B))
+        print('image-level top1 in present %d/%d;' % (img_top, B), 'threshold set by a group owning no pixel: %d/%d' % tuple(EMPTY))
         tr_o = model.vision_model(pixel_values=tr_im[:64]); tavg = F.normalize(model.visual_projection(tr_o.pooler_output), dim=-1)
-        print('train image-level top1', sum(int((tavg[b] @ t.T).argmax().item() + 1 in set(tr_mask[b].unique().tolist())) for b in range(64)), '/64')
+        print('train image-level top1', sum(int((tavg[b] @ t.T).argmax().item() + offset in set(tr_mask[b].unique().tolist())) for b in range(64)), '/64')
         print('oracle-named miou %.3f' % (oi / np.maximum(ou, 1)).mean(), np.round(oi / np.maximum(ou, 1), 3), 'shape groups named right %d/%d' % tuple(named))
     model.train()
-    return iou.mean(), iou, pur, gid
+    return iou.mean(), iou, pur
 
 n = len(tr_cap)
 t0 = time.time()
@@ -197,11 +199,11 @@ for step in range(args.steps):
     x = crop(tr_im[idx])
     caps = [tr_cap[i] for i in idx]
     nn_ = [nouns_of(c) for c in caps]
-    prompts = []; owners = []; pnoun = []
+    prompts = []; pnoun = []
     for i, ns in enumerate(nn_):
         for k in range(args.K):
             w = random.choice(ns)
-            prompts.append(tok(random.choice(templates).format(w))); owners.append(i); pnoun.append(w)
+            prompts.append(tok(random.choice(templates).format(w))); pnoun.append(w)
     img = F.normalize(model.visual_projection(model.vision_model(pixel_values=x).pooler_output), dim=-1)
     allt = text_embed([tok(cap_text(c)) for c in caps] + prompts)
     allt = F.normalize(allt, dim=-1)
@@ -224,8 +226,7 @@ for step in range(args.steps):
         model.logit_scale.clamp_(0, math.log(100))
     if step % 50 == 0 or step == args.steps - 1:
         print(f'step {step} clip {l_clip.item():.3f} ml {l_ml.item():.3f} scale {s.item():.1f} rawstd {np.mean(STATS[-10:]):.3f} {time.time()-t0:.0f}s', flush=True)
-EMPTY[0] = EMPTY[1] = 0
-miou, iou, pur, _ = evaluate()
+miou, iou, pur = evaluate()
 for k in [1, 2, 3]:
     print('topk', k, 'miou %.3f' % evaluate(k)[0])
-print('empty-threshold images', EMPTY[0], '/', EMPTY[1]); print('FINAL miou %.3f' % miou, np.round(iou, 3), 'purity %.3f' % pur, flush=True)
+print('FINAL miou %.3f' % miou, np.round(iou, 3), 'purity %.3f' % pur, flush=True)
