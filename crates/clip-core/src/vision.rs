@@ -148,9 +148,8 @@ impl VisionTransformer {
     /// Patch embedding, class token and positional embedding: `[batch, 1 + patches, width]`
     /// and the patch grid.
     pub(crate) fn embed(&self, images: Tensor<4>) -> (Tensor<3>, [usize; 2]) {
-        let x = self.conv1.forward(images);
-        let [batch, width, grid_h, grid_w] = x.dims();
-        let x = x.reshape([batch, width, grid_h * grid_w]).swap_dims(1, 2);
+        let (x, [grid_h, grid_w]) = embed_patches(&self.conv1, images);
+        let [batch, _, width] = x.dims();
         let class = self
             .class_embedding
             .val()
@@ -184,6 +183,36 @@ impl VisionTransformer {
     }
 }
 
+/// A ViT's patch embedding, the convolution `conv` (kernel = stride = patch, no padding), as one
+/// matrix product over flattened patches: the same linear map, `[batch, patches, width]` in
+/// row-major patch order, and the patch grid. Pixels beyond the last whole patch are dropped, as
+/// the convolution drops them.
+///
+/// Not `conv.forward`: burn 0.22.1's cubecl backends may pick (by timing) a weight-gradient
+/// kernel, `wgrad_im2col`, that misreads an output gradient whose batch stride is not
+/// `patches * width`, which is what a class token's concatenation hands back (docs/backends.md).
+pub fn embed_patches(conv: &Conv2d, images: Tensor<4>) -> (Tensor<3>, [usize; 2]) {
+    let [patch_h, patch_w] = conv.kernel_size;
+    debug_assert_eq!(conv.stride, conv.kernel_size, "a patch embedding's stride is its kernel");
+    let [batch, channels, height, width] = images.dims();
+    let [grid_h, grid_w] = [height / patch_h, width / patch_w];
+    let patch_len = channels * patch_h * patch_w;
+    let patches = images
+        .narrow(2, 0, grid_h * patch_h)
+        .narrow(3, 0, grid_w * patch_w)
+        .reshape([batch, channels, grid_h, patch_h, grid_w, patch_w])
+        .permute([0, 2, 4, 1, 3, 5])
+        .reshape([batch, grid_h * grid_w, patch_len]);
+    let [out_channels, ..] = conv.weight.dims();
+    let weight = conv.weight.val().reshape([out_channels, patch_len]).transpose();
+    let x = patches.matmul(weight.unsqueeze());
+    let x = match &conv.bias {
+        Some(bias) => x + bias.val().unsqueeze(),
+        None => x,
+    };
+    (x, [grid_h, grid_w])
+}
+
 /// Resizes a ViT positional embedding `[1 + g*g, width]` (class token first, square grid) to
 /// `[1 + grid_h*grid_w, width]`, as open_clip's `resize_pos_embed` does (`align_corners=False`).
 /// Returns the input unchanged when the grid already matches.
@@ -209,4 +238,26 @@ pub fn resize_positional_embedding(
         .permute([0, 2, 3, 1])
         .reshape([grid[0] * grid[1], width]);
     Tensor::cat(vec![class, patches], 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Distribution, Tolerance};
+
+    use super::*;
+
+    /// The matrix product is the convolution, bias and ragged edges included.
+    #[test]
+    fn patch_embedding_is_the_convolution() {
+        let device = Device::flex();
+        let conv = Conv2dConfig::new([3, 8], [4, 4])
+            .with_stride([4, 4])
+            .with_initializer(Initializer::Normal { mean: 0.0, std: 1.0 })
+            .init(&device);
+        let images = Tensor::<4>::random([2, 3, 14, 9], Distribution::Normal(0.0, 1.0), &device);
+        let (tokens, grid) = embed_patches(&conv, images.clone());
+        assert_eq!(grid, [3, 2]);
+        let expected = conv.forward(images).reshape([2, 8, 6]).swap_dims(1, 2);
+        tokens.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-5));
+    }
 }

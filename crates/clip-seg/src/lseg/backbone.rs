@@ -12,7 +12,7 @@ use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::ops::InterpolateMode;
 use burn::tensor::{Device, Tensor};
 use clip_core::transformer::{Activation, Transformer, TransformerConfig};
-use clip_core::vision::resize_positional_embedding;
+use clip_core::vision::{embed_patches, resize_positional_embedding};
 
 /// Configuration of a [`TimmVit`] (timm's `VisionTransformer` arguments).
 #[derive(Config, Debug, PartialEq)]
@@ -115,9 +115,8 @@ impl TimmVit {
     /// The outputs of blocks `0..=last` (`[batch, 1 + gh*gw, width]` each, class token first)
     /// for images `[batch, 3, H, W]`, and the patch grid `[gh, gw]` (`H / patch`, `W / patch`).
     pub fn forward_blocks(&self, images: Tensor<4>, last: usize) -> (Vec<Tensor<3>>, [usize; 2]) {
-        let x = self.patch_embed.forward(images);
-        let [batch, width, gh, gw] = x.dims();
-        let x = x.reshape([batch, width, gh * gw]).swap_dims(1, 2);
+        let (x, [gh, gw]) = embed_patches(&self.patch_embed, images);
+        let [batch, _, width] = x.dims();
         let class = self.cls_token.val().expand([batch, 1, width]);
         let mut x = Tensor::cat(vec![class, x], 1) + self.positional_embedding_for([gh, gw]);
         let mut states = Vec::with_capacity(last + 1);
