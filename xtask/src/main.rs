@@ -2,7 +2,8 @@
 //!
 //! - `digits [ASSET]`: regenerate `datasets/digits` from the UCI handwritten digits
 //!   (`../shared/assets/digits.csv.gz` by default).
-//! - `shapes`: regenerate `datasets/shapes`, a tiny generated segmentation set.
+//! - `shapes`: regenerate `datasets/shapes` and `datasets/shapes-colors`, tiny generated
+//!   segmentation sets.
 //! - `det-shapes`: regenerate `datasets/det-shapes`, a tiny generated COCO detection set.
 //! - `videos [--train N --val N --frames N] [--output DIR]`: regenerate `datasets/moving-shapes`, a
 //!   tiny generated video set (clip_video's `MovingShapesConfig`), or a larger one elsewhere.
@@ -27,7 +28,7 @@ use anyhow::{Context, bail};
 
 const USAGE: &str = "usage: cargo xtask <command>
   digits [ASSET]  regenerate datasets/digits from digits.csv.gz (default ../shared/assets/digits.csv.gz)
-  shapes          regenerate datasets/shapes (generated shapes with label masks and captions)
+  shapes          regenerate datasets/shapes and datasets/shapes-colors (generated shapes with label masks and captions)
   det-shapes      regenerate datasets/det-shapes (generated shapes with COCO boxes, captions and proposals)
   videos [--train N] [--val N] [--frames N] [--plain true] [--output DIR]
                   regenerate datasets/moving-shapes (generated moving-shape clips with captions and labels)
@@ -51,7 +52,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| root.join("../shared/assets/digits.csv.gz"));
             digits::convert(&asset, &root.join("datasets/digits"))
         }
-        Some("shapes") => shapes::generate(&root.join("datasets/shapes")),
+        Some("shapes") => shapes::generate(&root.join("datasets")),
         Some("det-shapes") => det_shapes::generate(&root.join("datasets/det-shapes")),
         Some("videos") => videos(&root, &args[1..]),
         Some("pointclouds") => pointclouds::generate(&root.join("datasets/pointclouds")),

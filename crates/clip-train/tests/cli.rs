@@ -910,16 +910,19 @@ fn lseg_learns_the_shapes_and_segments_photographs() {
 fn groupvit_learns_from_captions_and_segments_photographs() {
     let tmp = scratch("groupvit");
     let out = tmp.path();
-    let output = run(&[
-        "train", "configs/groupvit.toml", "--output", out.to_str().unwrap(), "--set", "train.batch_size=16",
-        "--set", "train.max_steps=24", "--set", "train.log_every=1", "--set", "train.warmup_steps=2",
-    ]);
+    // The color-labelled shapes set, trained from scratch for its config's 300 steps.
+    let output = run(&["train", "configs/groupvit-colors.toml", "--output", out.to_str().unwrap(), "--set", "train.log_every=5"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let (first, last) = loss_drop(out, 4);
+    let (first, last) = loss_drop(out, 6);
     assert!(last < first, "loss went from {first} to {last}");
+    // Held-out mIoU at least twice the chance level (every pixel labelled background: 0.11 on
+    // the shipped validation masks), from captions alone: no mask is seen in training.
     let eval = &summary_of(out)["eval"];
-    assert!((0.0..=1.0).contains(&eval["mean_iou"].as_f64().unwrap()), "{eval}");
-    // A config alone (random weights) runs the same path; labels from segmentation.labels.
+    let (miou, chance) = (eval["mean_iou"].as_f64().unwrap(), eval["chance_mean_iou"].as_f64().unwrap());
+    assert!(miou >= 2.0 * chance, "mIoU {miou:.3} is below twice the chance level {chance:.3}: {eval}");
+    // The trained run segments photographs with labels of its choosing, and a config alone
+    // (random weights, labels from segmentation.labels) runs the same path.
+    segment_photographs(out, &out.join("segmented"), &["--labels", "red,blue,yellow,background"]);
     segment_photographs(Path::new("configs/groupvit.toml"), &out.join("random"), &[]);
 }
 

@@ -345,7 +345,7 @@ mod tests {
 
     #[test]
     fn shipped_configs_parse_and_round_trip_through_hf_json() {
-        for name in ["groupvit-tiny-shapes.json", "groupvit-gcc-yfcc.json"] {
+        for name in ["groupvit-tiny-shapes.json", "groupvit-tiny-colors.json", "groupvit-gcc-yfcc.json"] {
             let config = shipped(name);
             assert_eq!(
                 GroupVitConfig::from_hf_json(&config.to_hf_json(), name).unwrap(),
