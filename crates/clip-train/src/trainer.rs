@@ -874,9 +874,9 @@ mod tests {
             }
         }
         let input = || Tensor::<1>::from_floats([1.0], &Device::flex());
-        let error = cast_inputs(&Plain, input(), Precision::Mixed(FloatDType::BF16), "lseg").unwrap_err().to_string();
-        assert!(error.contains("run.precision = \"bf16\"") && error.contains("train.objective = \"lseg\""), "{error}");
-        assert!(cast_inputs(&Plain, input(), Precision::Uniform, "lseg").is_ok());
+        let error = cast_inputs(&Plain, input(), Precision::Mixed(FloatDType::BF16), "plain").unwrap_err().to_string();
+        assert!(error.contains("run.precision = \"bf16\"") && error.contains("train.objective = \"plain\""), "{error}");
+        assert!(cast_inputs(&Plain, input(), Precision::Uniform, "plain").is_ok());
     }
 
     #[test]
